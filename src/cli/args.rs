@@ -1,0 +1,124 @@
+//! Flag definitions shared by the commands.
+
+use crate::error::{Error, Result};
+use crate::trace::{BatchBy, BatchSpec, OverLong, Trace, TraceFormat};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hsap-tune",
+    version,
+    about = "Plan hierarchical, sequence-aware parallelism per batch for long-context LLM training",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
+    Inspect(super::InspectArgs),
+}
+
+/// Where document lengths come from and how they form batches.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Document lengths in training order: CSV, JSON Lines, text (one per line) or Megatron .idx.
+    /// Without it, the embedded trace traces/distca_textbookchapters_llama3.csv is used.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Trace format, when the extension does not tell.
+    #[arg(long, value_name = "FORMAT", value_parser = clap::builder::PossibleValuesParser::new(TraceFormat::NAMES))]
+    pub format: Option<String>,
+    /// Documents per global batch (FlexSP's convention).
+    #[arg(long, value_name = "N", conflicts_with = "batch_tokens", default_value_t = 512)]
+    pub global_batch: usize,
+    /// Tokens per global batch instead of a document count.
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<u64>,
+    /// Longest document, in tokens; longer ones are handled by --over-long.
+    #[arg(long, value_name = "N")]
+    pub max_seq: Option<u32>,
+    /// What to do with documents longer than --max-seq.
+    #[arg(long, value_enum, default_value_t = OverLongArg::Drop)]
+    pub over_long: OverLongArg,
+    /// Shuffle documents with this seed before batching.
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverLongArg {
+    /// Leave them out and report how many.
+    Drop,
+    /// Cut them into --max-seq pieces.
+    Split,
+}
+
+impl TraceArgs {
+    pub fn load(&self) -> Result<Trace> {
+        let Some(path) = &self.trace else {
+            return Trace::embedded(crate::trace::embedded::DEFAULT);
+        };
+        match &self.format {
+            Some(name) => {
+                let format = TraceFormat::from_name(name).ok_or_else(|| {
+                    Error::invalid(format!("unknown trace format '{name}'"), format!("use one of {:?}", TraceFormat::NAMES))
+                })?;
+                Trace::read_as(path, format)
+            }
+            None => Trace::read(path),
+        }
+    }
+
+    pub fn batch_spec(&self) -> BatchSpec {
+        BatchSpec {
+            by: match self.batch_tokens {
+                Some(t) => BatchBy::Tokens(t),
+                None => BatchBy::Count(self.global_batch),
+            },
+            max_seq: self.max_seq,
+            over_long: match self.over_long {
+                OverLongArg::Drop => OverLong::Drop,
+                OverLongArg::Split => OverLong::Split,
+            },
+            shuffle_seed: self.shuffle,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model preset name, a preset-style TOML, or a Hugging Face config.json.
+    #[arg(long, value_name = "NAME|FILE", default_value = "gpt-7b")]
+    pub model: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<crate::model::ModelShape> {
+        crate::model::ModelShape::resolve(&self.model)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Cluster preset name, or a cluster TOML (e.g. a calibrated profile).
+    #[arg(long, value_name = "NAME|FILE", default_value = "a100-40g-ib400")]
+    pub cluster: String,
+    /// Nodes in use (default: the preset's).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u32>,
+}
+
+impl ClusterArgs {
+    pub fn load(&self) -> Result<crate::cluster::Cluster> {
+        let cluster = crate::cluster::Cluster::resolve(&self.cluster)?;
+        match self.nodes {
+            Some(n) => cluster.with_nodes(n),
+            None => Ok(cluster),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Cluster topologies: the GPU, how GPUs connect inside a node, and how nodes connect.
+//! Presets live in `models/clusters/`; a calibrated profile (written by `calibrate`) has the same
+//! format plus a `[calibration]` section that overrides the datasheet figures where measured.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub gpus_per_node: u32,
+    /// Nodes in use; `--nodes` overrides it.
+    pub nodes: u32,
+    pub gpu: Gpu,
+    pub intra: IntraNode,
+    pub inter: InterNode,
+    pub nccl: Nccl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpu {
+    pub name: String,
+    /// Which published kernel tables describe this GPU's attention throughput.
+    pub arch: Arch,
+    pub bf16_dense_tflops: f64,
+    /// Absent on GPUs without FP8 tensor cores.
+    #[serde(default)]
+    pub fp8_dense_tflops: Option<f64>,
+    pub hbm_gib: f64,
+    pub hbm_gb_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Ampere,
+    Hopper,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fabric {
+    /// Every GPU reaches every other at full NVLink rate through NVSwitch.
+    Nvswitch,
+    /// GPUs talk over PCIe (through switches or the CPU), no NVLink.
+    Pcie,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntraNode {
+    pub fabric: Fabric,
+    /// Per-GPU line rate, one direction (GB/s, 1 GB = 1e9 bytes).
+    pub line_rate_gb_per_s: f64,
+    /// What NCCL achieves as bus bandwidth on large messages (GB/s).
+    pub busbw_gb_per_s: f64,
+    /// NCCL's per-step hardware latency on this fabric (simple protocol), microseconds.
+    pub hw_latency_us_per_step: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterNode {
+    pub nics_per_node: u32,
+    /// Effective bandwidth NCCL gets from one NIC, one direction (GB/s).
+    pub nic_gb_per_s: f64,
+    /// NCCL's per-step hardware latency over the network (simple protocol), microseconds.
+    pub hw_latency_us_per_step: f64,
+    /// NICs one GPU can use at once in an inter-node all-to-all (NCCL cannot aggregate several).
+    pub alltoall_nics_per_gpu: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nccl {
+    /// Fixed cost of launching one collective (simple protocol), microseconds.
+    pub base_latency_us: f64,
+}
+
+/// The collectives the cost model prices and calibration fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collective {
+    AllToAll,
+    AllGather,
+    ReduceScatter,
+    AllReduce,
+    SendRecv,
+}
+
+impl Collective {
+    pub const ALL: [Collective; 5] = [
+        Collective::AllToAll,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllReduce,
+        Collective::SendRecv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Collective::AllToAll => "all_to_all",
+            Collective::AllGather => "all_gather",
+            Collective::ReduceScatter => "reduce_scatter",
+            Collective::AllReduce => "all_reduce",
+            Collective::SendRecv => "send_recv",
+        }
+    }
+
+    /// nccl-tests' bus-bandwidth factor: busbw = algbw x factor for `n` ranks
+    /// (nccl-tests doc/PERFORMANCE.md; reference/hardware_facts.csv `nccl.busbw_factor.*`).
+    pub fn busbw_factor(self, n: u32) -> f64 {
+        let n = f64::from(n.max(1));
+        match self {
+            Collective::AllToAll | Collective::AllGather | Collective::ReduceScatter => (n - 1.0) / n,
+            Collective::AllReduce => 2.0 * (n - 1.0) / n,
+            Collective::SendRecv => 1.0,
+        }
+    }
+}
+
+/// Where a group's traffic travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkLevel {
+    /// All ranks inside one node.
+    Intra,
+    /// Ranks on several nodes.
+    Inter,
+}
+
+/// Measured replacements for datasheet figures, with where they came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    #[serde(default)]
+    pub collectives: Vec<CollectiveFit>,
+    #[serde(default)]
+    pub kernels: Vec<KernelFit>,
+}
+
+/// A fitted latency-bandwidth model of one collective at one link level:
+/// time(bytes) = latency + bytes x busbw_factor(ranks) / busbw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectiveFit {
+    pub op: Collective,
+    pub level: LinkLevel,
+    /// Ranks of the measurement the fit came from.
+    pub ranks: u32,
+    pub latency_us: f64,
+    pub busbw_gb_per_s: f64,
+    /// Message size (bytes) from which the bandwidth term dominates.
+    pub saturation_bytes: f64,
+    /// Which log or measurement file, how many points, and the fit's residual.
+    pub provenance: String,
+}
+
+/// A measured kernel throughput curve that replaces the published table for its kind and shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelFit {
+    pub kind: KernelKind,
+    #[serde(default)]
+    pub head_dim: Option<u32>,
+    #[serde(default)]
+    pub causal: Option<bool>,
+    /// (work size, achieved TFLOP/s) in increasing size: sequence length for attention,
+    /// m x n x k for GEMMs.
+    pub points: Vec<(f64, f64)>,
+    pub provenance: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelKind {
+    AttentionFwd,
+    AttentionBwd,
+    Gemm,
+}
+
+impl Cluster {
+    /// Looks a preset up by name or reads a cluster TOML file (a preset or a calibrated profile).
+    pub fn resolve(name_or_path: &str) -> Result<Cluster> {
+        if let Some((file, text)) = crate::presets::CLUSTER_PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            return Cluster::from_toml(Path::new(&format!("models/clusters/{file}.toml")), text);
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            return Cluster::from_toml(path, &text);
+        }
+        Err(Error::Unknown {
+            kind: "cluster",
+            name: name_or_path.to_string(),
+            known: Cluster::preset_names(),
+            hint: "name a preset, or pass a path to a cluster TOML (e.g. one written by `hsap-tune calibrate`)".into(),
+        })
+    }
+
+    pub fn preset_names() -> Vec<String> {
+        crate::presets::CLUSTER_PRESETS.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Cluster> {
+        let cluster: Cluster = crate::toml_input::parse(path, text, "see models/clusters/dgx-a100-80g.toml for the format")?;
+        cluster.check(path)?;
+        Ok(cluster)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let positive = [
+            ("gpus_per_node", f64::from(self.gpus_per_node)),
+            ("nodes", f64::from(self.nodes)),
+            ("gpu.bf16_dense_tflops", self.gpu.bf16_dense_tflops),
+            ("gpu.hbm_gib", self.gpu.hbm_gib),
+            ("gpu.hbm_gb_per_s", self.gpu.hbm_gb_per_s),
+            ("intra.line_rate_gb_per_s", self.intra.line_rate_gb_per_s),
+            ("intra.busbw_gb_per_s", self.intra.busbw_gb_per_s),
+            ("inter.nics_per_node", f64::from(self.inter.nics_per_node)),
+            ("inter.nic_gb_per_s", self.inter.nic_gb_per_s),
+            ("inter.alltoall_nics_per_gpu", self.inter.alltoall_nics_per_gpu),
+        ];
+        match positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            Some((name, v)) => Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file")),
+            None => Ok(()),
+        }
+    }
+
+    /// The same cluster with `nodes` nodes.
+    pub fn with_nodes(mut self, nodes: u32) -> Result<Cluster> {
+        if nodes == 0 {
+            return Err(Error::invalid("--nodes must be at least 1", "try --nodes 8"));
+        }
+        self.nodes = nodes;
+        Ok(self)
+    }
+
+    pub fn gpus(&self) -> u32 {
+        self.nodes * self.gpus_per_node
+    }
+
+    pub fn hbm_bytes(&self) -> f64 {
+        self.gpu.hbm_gib * GIB
+    }
+}
+
+/// Bytes in a GiB (HBM capacities are quoted in binary units).
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+/// Bytes in a GB (bandwidths are quoted in decimal units).
+pub const GB: f64 = 1e9;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses_and_is_named_after_its_file() {
+        for name in Cluster::preset_names() {
+            let c = Cluster::resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.name, name);
+        }
+    }
+
+    #[test]
+    fn required_presets_exist() {
+        for name in ["dgx-a100-80g", "a100-40g-ib400", "a800", "dgx-h100", "h800", "pcie-a100"] {
+            Cluster::resolve(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn busbw_factors_follow_nccl_tests() {
+        assert_eq!(Collective::AllReduce.busbw_factor(8), 1.75);
+        assert_eq!(Collective::AllGather.busbw_factor(8), 0.875);
+        assert_eq!(Collective::SendRecv.busbw_factor(8), 1.0);
+    }
+
+    #[test]
+    fn unknown_cluster_lists_the_known_ones() {
+        let err = Cluster::resolve("dgx-b300").unwrap_err().to_string();
+        assert!(err.contains("unknown cluster 'dgx-b300'") && err.contains("dgx-h100"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! hsap: a simulator and autotuner for hierarchical, sequence-aware parallelism in long-context
+//! LLM training. See ARCHITECTURE.md for the code map.
+
+pub mod cli;
+pub mod cluster;
+pub mod error;
+pub mod model;
+pub mod plan;
+pub mod scheme;
+pub mod trace;
+
+mod toml_input;
+
+/// Presets embedded from `models/` by build.rs.
+mod presets {
+    include!(concat!(env!("OUT_DIR"), "/presets.rs"));
+}
+
+pub use error::{Error, Result};

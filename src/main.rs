@@ -1,0 +1,16 @@
+//! `hsap-tune`: parses the command line and hands it to the library.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = hsap::cli::Cli::parse();
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    match hsap::cli::run(cli, &mut stdout.lock(), &mut stderr.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

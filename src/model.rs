@@ -1,0 +1,233 @@
+//! Transformer shapes: the presets in `models/transformers/`, and Hugging Face `config.json` files.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The shape of a decoder-only transformer, as far as cost and memory depend on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    pub name: String,
+    pub layers: u32,
+    pub hidden: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads (= `heads` without grouped-query attention).
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    /// Width of the MLP's inner layer.
+    pub ffn: u32,
+    pub vocab: u32,
+    #[serde(default)]
+    pub mlp: Mlp,
+    /// Input embedding and output projection share one matrix.
+    #[serde(default)]
+    pub tied_embeddings: bool,
+    /// Where the shape comes from.
+    #[serde(default)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mlp {
+    /// SwiGLU-style: gate, up and down projections (three matrices of hidden x ffn).
+    #[default]
+    Gated,
+    /// GELU-style: up and down projections (two matrices).
+    Plain,
+}
+
+impl ModelShape {
+    /// Looks a preset up by name, or reads a file (a preset-style TOML or a Hugging Face `config.json`).
+    pub fn resolve(name_or_path: &str) -> Result<ModelShape> {
+        if let Some(shape) = Self::preset(name_or_path) {
+            return shape;
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            return Self::from_file(path);
+        }
+        Err(Error::Unknown {
+            kind: "model",
+            name: name_or_path.to_string(),
+            known: Self::preset_names(),
+            hint: "name a preset, or pass a path to a preset TOML or a Hugging Face config.json".into(),
+        })
+    }
+
+    pub fn preset_names() -> Vec<String> {
+        crate::presets::MODEL_PRESETS.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    fn preset(name: &str) -> Option<Result<ModelShape>> {
+        let (file, text) = crate::presets::MODEL_PRESETS.iter().find(|(n, _)| *n == name)?;
+        let path = format!("models/transformers/{file}.toml");
+        Some(Self::from_toml(Path::new(&path), text))
+    }
+
+    pub fn from_file(path: &Path) -> Result<ModelShape> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::from_hf_config(path, &text)
+        } else {
+            Self::from_toml(path, &text)
+        }
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<ModelShape> {
+        let shape: ModelShape = crate::toml_input::parse(path, text, "see models/transformers/llama3-8b.toml for the format")?;
+        shape.check(path)?;
+        Ok(shape)
+    }
+
+    /// Reads the fields of a Hugging Face `config.json` that the cost model needs.
+    pub fn from_hf_config(path: &Path, text: &str) -> Result<ModelShape> {
+        let config: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            Error::input(path, e.line(), format!("not valid JSON: {e}"), "pass a Hugging Face config.json")
+        })?;
+        let field = |name: &str| -> Result<Option<u32>> {
+            match config.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).map(Some).ok_or_else(|| {
+                    Error::input(path, 0, format!("field '{name}' = {v} is not a positive integer"), "fix the config")
+                }),
+            }
+        };
+        let required = |name: &str| -> Result<u32> {
+            field(name)?.ok_or_else(|| {
+                Error::input(
+                    path,
+                    0,
+                    format!("missing field '{name}'"),
+                    "a config.json needs hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size",
+                )
+            })
+        };
+        let hidden = required("hidden_size")?;
+        let heads = required("num_attention_heads")?;
+        let layers = required("num_hidden_layers")?;
+        let ffn = required("intermediate_size")?;
+        let vocab = required("vocab_size")?;
+        // Transformers itself defaults these two when absent: MHA, and hidden / heads.
+        let kv_heads = field("num_key_value_heads")?.unwrap_or(heads);
+        let head_dim = field("head_dim")?.unwrap_or(if heads == 0 { 0 } else { hidden / heads });
+        let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let act = config.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("");
+        let gated = matches!(model_type, "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma2")
+            || act == "silu"
+            || act == "swiglu";
+        let shape = ModelShape {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            vocab,
+            mlp: if gated { Mlp::Gated } else { Mlp::Plain },
+            tied_embeddings: config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            source: format!("Hugging Face config {}", path.display()),
+        };
+        shape.check(path)?;
+        Ok(shape)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let positive = [
+            ("layers", self.layers),
+            ("hidden", self.hidden),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::input(path, 0, format!("{name} must be positive"), "fix the model shape"));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(Error::input(
+                path,
+                0,
+                format!("heads ({}) is not a multiple of kv_heads ({})", self.heads, self.kv_heads),
+                "grouped-query attention needs heads divisible by kv_heads",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parameters of one transformer layer (attention and MLP weights; norms are negligible and left out).
+    pub fn layer_params(&self) -> u64 {
+        let h = u64::from(self.hidden);
+        let q = u64::from(self.heads * self.head_dim);
+        let kv = u64::from(self.kv_heads * self.head_dim);
+        let attention = h * q + 2 * h * kv + q * h;
+        let mlp_matrices = match self.mlp {
+            Mlp::Gated => 3,
+            Mlp::Plain => 2,
+        };
+        attention + mlp_matrices * h * u64::from(self.ffn)
+    }
+
+    /// Parameters of the embedding and output projection.
+    pub fn embedding_params(&self) -> u64 {
+        let one = u64::from(self.vocab) * u64::from(self.hidden);
+        if self.tied_embeddings {
+            one
+        } else {
+            2 * one
+        }
+    }
+
+    pub fn params(&self) -> u64 {
+        u64::from(self.layers) * self.layer_params() + self.embedding_params()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses() {
+        for name in ModelShape::preset_names() {
+            let shape = ModelShape::resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(shape.name, name, "a preset's name matches its file name");
+        }
+    }
+
+    #[test]
+    fn llama3_8b_has_eight_billion_parameters() {
+        // 32 layers x 218,103,808 + 2 x 128256 x 4096 = 8,029,995,008; with the 266,240 RMSNorm
+        // weights left out here, that is the 8,030,261,248 of the released checkpoint.
+        let m = ModelShape::resolve("llama3-8b").unwrap();
+        assert_eq!(m.layer_params(), 218_103_808);
+        assert_eq!(m.params(), 8_029_995_008);
+    }
+
+    #[test]
+    fn gpt_7b_matches_flexsp_shape() {
+        let m = ModelShape::resolve("gpt-7b").unwrap();
+        assert_eq!((m.layers, m.hidden, m.heads, m.head_dim, m.kv_heads), (32, 4096, 64, 64, 64));
+        assert_eq!(m.mlp, Mlp::Plain);
+        // 12 h^2 per layer with ffn = 4h
+        assert_eq!(m.layer_params(), 12 * 4096 * 4096);
+    }
+
+    #[test]
+    fn hf_config_defaults_and_missing_fields() {
+        let ok = r#"{"hidden_size": 1024, "num_attention_heads": 16, "num_hidden_layers": 2,
+                     "intermediate_size": 4096, "vocab_size": 1000, "model_type": "gpt2"}"#;
+        let m = ModelShape::from_hf_config(Path::new("c.json"), ok).unwrap();
+        assert_eq!((m.kv_heads, m.head_dim, m.mlp), (16, 64, Mlp::Plain));
+        let missing = r#"{"hidden_size": 1024, "num_attention_heads": 16, "num_hidden_layers": 2, "vocab_size": 1000}"#;
+        let err = ModelShape::from_hf_config(Path::new("c.json"), missing).unwrap_err().to_string();
+        assert!(err.contains("missing field 'intermediate_size'"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Sequence-parallel schemes: how one SP group of `ulysses x ring` GPUs splits the attention of
+//! the sequences it runs. The cost model prices a [`GroupShape`]; the planner chooses them; the
+//! validator executes them.
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::model::ModelShape;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// DeepSpeed-Ulysses: all-to-all from sequence shards to head shards (ring = 1).
+    Ulysses,
+    /// Ring attention: KV blocks circulate, each step's transfer overlaps its compute (ulysses = 1).
+    Ring,
+    /// Llama-3-style context parallel: all-gather K and V over the ring dimension.
+    Allgather,
+    /// USP: Ulysses inside the `ulysses` ranks, ring attention across the `ring` ranks.
+    Usp,
+    /// Double ring: the ring dimension as an inner ring inside each node and an outer ring across nodes.
+    DoubleRing,
+    /// Sequence-aware hierarchical SP: Ulysses inside a node, ring across, and documents placed so that
+    /// masked blocks are skipped and no KV goes to a rank that does not need it.
+    Hsap,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 6] = [
+        Scheme::Ulysses,
+        Scheme::Ring,
+        Scheme::Allgather,
+        Scheme::Usp,
+        Scheme::DoubleRing,
+        Scheme::Hsap,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Ulysses => "ulysses",
+            Scheme::Ring => "ring",
+            Scheme::Allgather => "allgather",
+            Scheme::Usp => "usp",
+            Scheme::DoubleRing => "double_ring",
+            Scheme::Hsap => "hsap",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Scheme> {
+        Scheme::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| Error::Unknown {
+            kind: "scheme",
+            name: name.to_string(),
+            known: Scheme::ALL.iter().map(|s| s.name().to_string()).collect(),
+            hint: "pick one of the schemes listed".into(),
+        })
+    }
+}
+
+/// How a ring scheme lays a sequence's tokens over the ring ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RingVariant {
+    /// Contiguous chunks: causal masking leaves the early ranks idle in late steps.
+    Basic,
+    /// Chunks i and 2r-1-i on rank i: balanced causal work.
+    #[default]
+    Zigzag,
+    /// Token t on rank t mod r: balanced up to one token per row.
+    Stripe,
+}
+
+impl RingVariant {
+    pub const ALL: [RingVariant; 3] = [RingVariant::Basic, RingVariant::Zigzag, RingVariant::Stripe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RingVariant::Basic => "basic",
+            RingVariant::Zigzag => "zigzag",
+            RingVariant::Stripe => "stripe",
+        }
+    }
+}
+
+/// One SP group's configuration: scheme, degrees and ring layout. Ranks are laid out
+/// Ulysses-major: the `ulysses` ranks of one ring position are consecutive, so they share a node
+/// whenever `ulysses` divides the GPUs per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupShape {
+    pub scheme: Scheme,
+    pub ulysses: u32,
+    pub ring: u32,
+    #[serde(default)]
+    pub variant: RingVariant,
+}
+
+impl GroupShape {
+    pub fn size(&self) -> u32 {
+        self.ulysses * self.ring
+    }
+
+    /// Checks the degrees against the scheme, the model and the cluster.
+    pub fn check(&self, model: &ModelShape, cluster: &Cluster) -> Result<()> {
+        let (u, r) = (self.ulysses, self.ring);
+        let bad = |what: String, hint: &str| Err(Error::invalid(what, hint));
+        if u == 0 || r == 0 {
+            return bad(format!("degrees must be at least 1 (ulysses = {u}, ring = {r})"), "use 1 for an unused dimension");
+        }
+        match self.scheme {
+            Scheme::Ulysses if r != 1 => return bad(format!("ulysses with ring = {r}"), "use scheme usp for ulysses x ring"),
+            Scheme::Ring | Scheme::Allgather if u != 1 => {
+                return bad(format!("{} with ulysses = {u}", self.scheme.name()), "use scheme usp for ulysses x ring")
+            }
+            _ => {}
+        }
+        if model.heads % u != 0 {
+            return bad(
+                format!("ulysses degree {u} does not divide the model's {} query heads", model.heads),
+                "choose a Ulysses degree that divides the number of heads",
+            );
+        }
+        let g = self.size();
+        let gpn = cluster.gpus_per_node;
+        if g > gpn && g % gpn != 0 {
+            return bad(
+                format!("a group of {g} GPUs spans part of a node (nodes have {gpn})"),
+                "groups larger than a node must be whole nodes",
+            );
+        }
+        if g > cluster.gpus() {
+            return bad(
+                format!("a group of {g} GPUs is larger than the cluster's {}", cluster.gpus()),
+                "raise --nodes or lower the degrees",
+            );
+        }
+        Ok(())
+    }
+
+    /// How many nodes the group spans (groups are aligned to node boundaries).
+    pub fn nodes(&self, gpus_per_node: u32) -> u32 {
+        self.size().div_ceil(gpus_per_node)
+    }
+
+    /// Key/value heads each Ulysses rank holds: the model's KV heads split `ulysses` ways, or
+    /// replicated when there are fewer KV heads than the degree.
+    pub fn kv_heads_per_rank(&self, model: &ModelShape) -> u32 {
+        model.kv_heads.div_ceil(self.ulysses).max(1)
+    }
+}
+
+impl std::fmt::Display for GroupShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} u{}xr{}", self.scheme.name(), self.ulysses, self.ring)?;
+        if matches!(self.scheme, Scheme::Ring | Scheme::Usp | Scheme::DoubleRing) {
+            write!(f, " {}", self.variant.name())?;
+        }
+        Ok(())
+    }
+}
+
+pub mod layout;
+pub use layout::{layout, GroupLayout, HsapParams, Piece, RankShard, Run, Slot};
