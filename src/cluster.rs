@@ -163,6 +163,14 @@ pub struct CollectiveFit {
     pub provenance: String,
 }
 
+impl CollectiveFit {
+    /// Predicted time of the collective for `bytes` per rank (nccl-tests' `size`) on `ranks` ranks:
+    /// the fitted latency plus the bytes each rank moves over the fitted bus bandwidth.
+    pub fn time_s(&self, bytes: f64, ranks: u32) -> f64 {
+        self.latency_us * 1e-6 + bytes * self.op.busbw_factor(ranks) / (self.busbw_gb_per_s * GB)
+    }
+}
+
 /// A measured kernel throughput curve that replaces the published table for its kind and shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

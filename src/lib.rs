@@ -1,10 +1,12 @@
 //! hsap: a simulator and autotuner for hierarchical, sequence-aware parallelism in long-context
 //! LLM training. See ARCHITECTURE.md for the code map.
 
+pub mod calibrate;
 pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod model;
+pub mod output;
 pub mod plan;
 pub mod scheme;
 pub mod trace;

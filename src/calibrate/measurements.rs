@@ -1,0 +1,170 @@
+//! The measurements CSV (docs/measurements.md): one row per timed operation, written by
+//! `validate` and `calibrate --run`, read by `calibrate` and the report.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasuredKind {
+    /// One NCCL collective (`op` names it).
+    Collective,
+    AttentionFwd,
+    AttentionBwd,
+    Gemm,
+    /// A phase of a plan's step (several kernels and collectives; `op` names the phase).
+    Phase,
+    /// A whole training step of a plan.
+    Step,
+}
+
+/// One timed operation. Shape fields that do not apply are empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub kind: MeasuredKind,
+    /// Collective name (`all_to_all`, `all_gather`, `reduce_scatter`, `all_reduce`, `send_recv`),
+    /// kernel name, or phase name.
+    pub op: String,
+    /// Ranks taking part (1 for a single-GPU kernel).
+    pub ranks: u32,
+    /// Nodes the ranks span.
+    pub nodes: u32,
+    /// Bytes each rank sends or owns (collectives), as nccl-tests' `size` column for the same op.
+    #[serde(default)]
+    pub bytes: Option<f64>,
+    /// Floating-point operations of the timed work on one rank (kernels).
+    #[serde(default)]
+    pub flops: Option<f64>,
+    /// `key=value` pairs separated by `;`: e.g. `seqlen=8192;heads=32;head_dim=128;causal=1` or
+    /// `m=4096;n=4096;k=4096`.
+    #[serde(default)]
+    pub shape: String,
+    /// Whether the operation ran overlapped with other work (for overlap-efficiency fits).
+    #[serde(default)]
+    pub overlapped: bool,
+    /// Median time of the repetitions, seconds.
+    pub time_s: f64,
+    /// The cost model's prediction for the same operation, seconds, when known.
+    #[serde(default)]
+    pub predicted_s: Option<f64>,
+    pub repeats: u32,
+    /// Where the row came from (host, tool, plan and batch...).
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Measurement {
+    /// The value of `key` in the shape field, if present.
+    pub fn shape_value(&self, key: &str) -> Option<&str> {
+        self.shape
+            .split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim())
+    }
+}
+
+/// Reads a measurements CSV; errors name the line and the column.
+pub fn read(path: &Path) -> Result<Vec<Measurement>> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_slice());
+    let mut rows = Vec::new();
+    for record in reader.deserialize::<Measurement>() {
+        let row = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line() as usize);
+            Error::input(path, line, format!("bad measurement row: {e}"), "see docs/measurements.md for the columns")
+        })?;
+        if !(row.time_s.is_finite() && row.time_s > 0.0) {
+            return Err(Error::input(
+                path,
+                rows.len() + 2,
+                format!("time_s = {} must be a positive number of seconds", row.time_s),
+                "drop the row or fix the timing",
+            ));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Writes measurements as CSV (the header is always written, even for no rows).
+pub fn write(path: &Path, rows: &[Measurement]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer
+            .serialize(row)
+            .map_err(|e| Error::invalid(format!("cannot encode a measurement: {e}"), "report this as a bug"))?;
+    }
+    if rows.is_empty() {
+        writer
+            .write_record(HEADER)
+            .map_err(|e| Error::invalid(format!("cannot encode the header: {e}"), "report this as a bug"))?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug"))?;
+    crate::output::write_atomic(path, &bytes)
+}
+
+/// The columns, in order.
+pub const HEADER: [&str; 12] = [
+    "kind", "op", "ranks", "nodes", "bytes", "flops", "shape", "overlapped", "time_s", "predicted_s", "repeats", "source",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let rows = vec![
+            Measurement {
+                kind: MeasuredKind::Collective,
+                op: "all_to_all".into(),
+                ranks: 8,
+                nodes: 1,
+                bytes: Some(1048576.0),
+                flops: None,
+                shape: String::new(),
+                overlapped: false,
+                time_s: 2.5e-5,
+                predicted_s: Some(2.4e-5),
+                repeats: 20,
+                source: "test".into(),
+            },
+            Measurement {
+                kind: MeasuredKind::AttentionFwd,
+                op: "attn_fwd_varlen".into(),
+                ranks: 1,
+                nodes: 1,
+                bytes: None,
+                flops: Some(1e12),
+                shape: "seqlen=8192;heads=32;head_dim=128;causal=1".into(),
+                overlapped: false,
+                time_s: 5e-3,
+                predicted_s: None,
+                repeats: 10,
+                source: "test".into(),
+            },
+        ];
+        write(&path, &rows).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&HEADER.join(",")), "{text}");
+        assert_eq!(read(&path).unwrap(), rows);
+        assert_eq!(rows[1].shape_value("head_dim"), Some("128"));
+    }
+
+    #[test]
+    fn bad_rows_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let text = format!("{}\ncollective,all_gather,8,1,1024,,,false,abc,,5,x\n", HEADER.join(","));
+        std::fs::write(&path, text).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("m.csv:2"), "{err}");
+    }
+}

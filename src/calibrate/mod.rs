@@ -1,0 +1,3 @@
+//! Calibration: fitting the cost model's hardware figures to measurements of the user's cluster.
+
+pub mod measurements;
