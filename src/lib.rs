@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod cli;
 pub mod cluster;
+pub mod cost;
 pub mod error;
 pub mod model;
 pub mod output;
