@@ -58,7 +58,7 @@ pub(crate) fn warn_skipped(trace: &Trace, err: &mut dyn Write) -> Result<()> {
 }
 
 fn write_table(trace: &Trace, s: &TraceStats, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(out, "trace        {} ({:?})", trace.source.display(), trace.format)?;
+    writeln!(out, "trace        {} ({})", trace.source.display(), trace.format.name())?;
     writeln!(out, "documents    {}", thousands(s.count as u64))?;
     writeln!(out, "tokens       {}", thousands(s.total_tokens))?;
     writeln!(
@@ -74,7 +74,7 @@ fn write_table(trace: &Trace, s: &TraceStats, out: &mut dyn Write) -> std::io::R
     let shares: Vec<String> = s
         .token_share_above
         .iter()
-        .map(|(t, f)| format!(">{}K {:.1}%", t / 1024, 100.0 * f))
+        .map(|t| format!(">{}K {:.1}%", t.above / 1024, 100.0 * t.share))
         .collect();
     writeln!(out, "token share  {}", shares.join("  "))?;
     if let Some(m) = s.max_seq {

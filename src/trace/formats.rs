@@ -7,20 +7,32 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum TraceFormat {
     /// CSV with a `tokens`/`length`/`seq_len`/`num_tokens` column, or one unnamed integer column.
+    #[serde(rename = "csv")]
     Csv,
     /// One JSON object per line with one of the same field names.
+    #[serde(rename = "jsonl")]
     JsonLines,
     /// One integer per line; blank lines and lines starting with `#` are ignored.
+    #[serde(rename = "txt")]
     Text,
     /// A Megatron-LM indexed dataset's `.idx` file; documents are the unit.
+    #[serde(rename = "idx")]
     MegatronIdx,
 }
 
 impl TraceFormat {
     pub const NAMES: [&'static str; 4] = ["csv", "jsonl", "txt", "idx"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceFormat::Csv => "csv",
+            TraceFormat::JsonLines => "jsonl",
+            TraceFormat::Text => "txt",
+            TraceFormat::MegatronIdx => "idx",
+        }
+    }
 
     pub fn from_name(name: &str) -> Option<TraceFormat> {
         match name {

@@ -16,14 +16,22 @@ pub struct TraceStats {
     pub p90: u32,
     pub p99: u32,
     pub max: u32,
-    /// (threshold, fraction of all tokens in documents longer than the threshold)
-    pub token_share_above: Vec<(u32, f64)>,
+    /// Fraction of all tokens in documents longer than each threshold of [`SHARE_THRESHOLDS`].
+    pub token_share_above: Vec<TokenShare>,
     /// The `--max-seq` the counts below refer to, if one was given.
     pub max_seq: Option<u32>,
     /// Documents longer than `max_seq`, and the tokens they hold.
     pub over_max_seq: usize,
     pub over_max_seq_tokens: u64,
     pub histogram: Histogram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TokenShare {
+    /// Length in tokens.
+    pub above: u32,
+    /// Fraction of all tokens in documents longer than `above`.
+    pub share: f64,
 }
 
 /// Document counts in power-of-two length buckets: bucket k holds lengths in [2^k, 2^(k+1)).
@@ -53,7 +61,10 @@ impl TraceStats {
         };
         let token_share_above = SHARE_THRESHOLDS
             .iter()
-            .map(|&t| (t, tokens_above(t) as f64 / total_tokens as f64))
+            .map(|&t| TokenShare {
+                above: t,
+                share: tokens_above(t) as f64 / total_tokens as f64,
+            })
             .collect();
         let (over_max_seq, over_max_seq_tokens) = match max_seq {
             Some(m) => (sorted.len() - sorted.partition_point(|&l| l <= m), tokens_above(m)),
@@ -127,9 +138,9 @@ mod tests {
         assert_eq!(s.over_max_seq, 2);
         assert_eq!(s.over_max_seq_tokens, 49000);
         // 49000 of 49104 tokens sit in documents over 8K, 40000 over 32K, none over 128K.
-        assert!((s.token_share_above[0].1 - 49000.0 / 49104.0).abs() < 1e-12);
-        assert!((s.token_share_above[1].1 - 40000.0 / 49104.0).abs() < 1e-12);
-        assert_eq!(s.token_share_above[2].1, 0.0);
+        assert!((s.token_share_above[0].share - 49000.0 / 49104.0).abs() < 1e-12);
+        assert!((s.token_share_above[1].share - 40000.0 / 49104.0).abs() < 1e-12);
+        assert_eq!(s.token_share_above[2].share, 0.0);
         let counts: Vec<usize> = s.histogram.buckets.iter().map(|b| b.count).collect();
         // buckets from [1,2) to [32768,65536): 1 | 3 | 100 | 9000 | 40000
         assert_eq!(counts.len(), 16);

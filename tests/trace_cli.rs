@@ -1,0 +1,148 @@
+//! `hsap-tune inspect` on the real binary: every trace format, and every kind of bad input.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn hsap() -> Command {
+    Command::cargo_bin("hsap-tune").expect("the binary is built")
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/traces/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `inspect --json` and returns the parsed object.
+fn inspect_json(args: &[&str]) -> Value {
+    let out = hsap().arg("inspect").args(args).arg("--json").assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).expect("inspect --json prints JSON")
+}
+
+#[test]
+fn csv_with_a_named_column_among_others() {
+    let v = inspect_json(&["--trace", &data("with_header.csv")]);
+    // 120, 4096, 77; the zero-length row is skipped and counted
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["total_tokens"], 4293);
+    assert_eq!((v["min"].as_u64(), v["median"].as_u64(), v["max"].as_u64()), (Some(77), Some(120), Some(4096)));
+    assert_eq!(v["skipped_empty"], 1);
+}
+
+#[test]
+fn zero_length_documents_are_skipped_with_a_warning() {
+    hsap()
+        .args(["inspect", "--trace", &data("with_header.csv")])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("skipped 1 zero-length documents"));
+}
+
+#[test]
+fn csv_without_header_and_with_seq_len() {
+    let v = inspect_json(&["--trace", &data("headerless.csv")]);
+    assert_eq!((v["count"].as_u64(), v["total_tokens"].as_u64()), (Some(3), Some(3584)));
+    let v = inspect_json(&["--trace", &data("seq_len.csv")]);
+    assert_eq!((v["count"].as_u64(), v["total_tokens"].as_u64()), (Some(2), Some(30)));
+}
+
+#[test]
+fn json_lines() {
+    let v = inspect_json(&["--trace", &data("lengths.jsonl")]);
+    assert_eq!((v["count"].as_u64(), v["median"].as_u64(), v["max"].as_u64()), (Some(3), Some(300), Some(5000)));
+    assert_eq!(v["format"], "jsonl");
+}
+
+#[test]
+fn plain_text_with_comments() {
+    let v = inspect_json(&["--trace", &data("lengths.txt")]);
+    assert_eq!((v["count"].as_u64(), v["total_tokens"].as_u64()), (Some(3), Some(600)));
+}
+
+#[test]
+fn megatron_index_counts_documents_not_sequences() {
+    // tests/data/traces/make_idx.py: documents of 100+50, 30 and 400+300 tokens.
+    let v = inspect_json(&["--trace", &data("megatron_text_document.idx")]);
+    assert_eq!(v["count"], 3);
+    assert_eq!((v["min"].as_u64(), v["median"].as_u64(), v["max"].as_u64()), (Some(30), Some(150), Some(700)));
+    assert_eq!(v["format"], "idx");
+}
+
+#[test]
+fn format_flag_overrides_the_extension() {
+    let v = inspect_json(&["--trace", &data("lengths.txt"), "--format", "txt"]);
+    assert_eq!(v["count"], 3);
+}
+
+#[test]
+fn max_seq_counts_the_documents_over_it() {
+    let v = inspect_json(&["--trace", &data("lengths.jsonl"), "--max-seq", "299"]);
+    assert_eq!((v["over_max_seq"].as_u64(), v["over_max_seq_tokens"].as_u64()), (Some(2), Some(5300)));
+}
+
+#[test]
+fn the_wikipedia_trace_has_a_median_of_347() {
+    let trace = format!("{}/traces/flexsp_wikipedia_1m.csv", env!("CARGO_MANIFEST_DIR"));
+    let v = inspect_json(&["--trace", &trace]);
+    assert_eq!(v["count"], 1_000_000);
+    assert_eq!(v["median"], 347);
+    assert_eq!(v["p99"], 10_919);
+    assert_eq!(v["max"], 1_823_777);
+}
+
+#[test]
+fn human_output_has_the_histogram() {
+    hsap()
+        .args(["inspect", "--trace", &data("lengths.jsonl")])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("median 300"))
+        .stdout(predicate::str::contains("4,096 - 8,191"));
+}
+
+/// Runs inspect on a bad input and checks the exit code and that stderr has every fragment.
+fn fails_with(trace: &str, fragments: &[&str]) {
+    let assert = hsap().args(["inspect", "--trace", trace]).assert().code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    for f in fragments {
+        assert!(stderr.contains(f), "stderr lacks {f:?}:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn malformed_row_names_file_line_and_expectation() {
+    fails_with(&data("bad_value.csv"), &["bad_value.csv:3", "tokens = 'abc' is not an integer", "hint:"]);
+}
+
+#[test]
+fn negative_and_fractional_lengths_are_refused() {
+    fails_with(&data("negative.csv"), &["negative.csv:3", "-5 is negative"]);
+    fails_with(&data("fractional.csv"), &["fractional.csv:3", "'3.5' is not an integer"]);
+}
+
+#[test]
+fn empty_traces_are_refused() {
+    fails_with(&data("empty.csv"), &["empty.csv", "no documents"]);
+    fails_with(&data("all_zero.csv"), &["all_zero.csv", "all 2 lengths are zero"]);
+}
+
+#[test]
+fn a_csv_without_a_length_column_lists_the_accepted_names() {
+    fails_with(&data("no_column.csv"), &["no_column.csv:1", "no length column", "tokens, length, seq_len, num_tokens"]);
+}
+
+#[test]
+fn json_lines_errors_name_the_line() {
+    fails_with(&data("missing_field.jsonl"), &["missing_field.jsonl:2", "no length field"]);
+    fails_with(&data("broken.jsonl"), &["broken.jsonl:2", "not a JSON object"]);
+}
+
+#[test]
+fn truncated_megatron_index_is_refused() {
+    fails_with(&data("megatron_truncated.idx"), &["megatron_truncated.idx", "truncated"]);
+}
+
+#[test]
+fn a_missing_trace_file_is_named() {
+    fails_with(&data("does_not_exist.csv"), &["does_not_exist.csv", "No such file", "hint: check the path"]);
+}
