@@ -16,6 +16,9 @@ pub struct Plan {
     pub trace: String,
     pub model: crate::model::ModelShape,
     pub cluster: crate::cluster::Cluster,
+    /// How training runs (ZeRO stage, checkpointing, dtype...), which the plan was priced with.
+    #[serde(default)]
+    pub train: crate::cost::TrainConfig,
     pub batches: Vec<BatchPlan>,
 }
 

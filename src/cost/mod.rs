@@ -139,19 +139,39 @@ impl CostModel {
         self.cluster.hbm_bytes() * 0.9
     }
 
-    /// Gradient reduction over all GPUs (reduce-scatter under ZeRO 2/3, all-reduce otherwise),
-    /// and what of it is exposed after the backward pass of `last_backward_s` hides the rest.
-    pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
+    /// The optimizer step on each GPU's shard: Adam reads fp32 master weights, momentum, variance
+    /// and the bf16 gradient (14 bytes per parameter) and writes the first three and the bf16
+    /// weights (14 bytes), a memory-bound pass at HBM bandwidth.
+    pub fn optimizer_step_s(&self, gpus: u32) -> f64 {
+        let params = self.model.params() as f64 / f64::from(self.train.tp);
+        let shard = if self.train.zero >= 1 { params / f64::from(gpus.max(1)) } else { params };
+        shard * 28.0 / (self.cluster.gpu.hbm_gb_per_s * crate::cluster::GB)
+    }
+
+    /// The gradient reduction over all GPUs: reduce-scatter under ZeRO 2/3, all-reduce otherwise,
+    /// of bf16 gradients.
+    pub fn grad_sync_transfer(&self, gpus: u32) -> Transfer {
         let nodes = gpus.div_ceil(self.cluster.gpus_per_node);
         let bytes = 2.0 * self.model.params() as f64 / f64::from(self.train.tp);
         let collective = if self.train.zero >= 2 { Collective::ReduceScatter } else { Collective::AllReduce };
-        let time_s = comm::time_s(&self.cluster, &Transfer::new(collective, gpus, nodes, bytes));
-        let exposed_s = if self.train.overlap_grad_sync {
-            (time_s - last_backward_s).max(0.0)
-        } else {
-            time_s
-        };
-        SyncCost { time_s, exposed_s }
+        Transfer::new(collective, gpus, nodes, bytes)
+    }
+
+    /// Gradient synchronisation of a step whose last micro-batch runs `last` (one program per
+    /// group). Gradients of the shared weights are complete layer by layer once every group has
+    /// reached that layer's backward, so the reduction starts when the last group enters its
+    /// backward pass and overlaps what remains of the micro-batch (unless overlap is off).
+    pub fn grad_sync(&self, gpus: u32, last: &[&Program]) -> SyncCost {
+        let time_s = comm::time_s(&self.cluster, &self.grad_sync_transfer(gpus));
+        if !self.train.overlap_grad_sync {
+            return SyncCost { time_s, exposed_s: time_s };
+        }
+        let start = last.iter().map(|p| p.forward_s()).fold(0.0, f64::max);
+        let end = last.iter().map(|p| p.time_s()).fold(0.0, f64::max);
+        SyncCost {
+            time_s,
+            exposed_s: (start + time_s - end).max(0.0),
+        }
     }
 }
 

@@ -53,7 +53,16 @@ impl Stage {
     pub fn time_s(&self) -> f64 {
         self.time_with(self.transfer_s)
     }
+
+    /// Whether the stage runs in the backward pass (recomputation included): from here on a
+    /// group's gradients are being produced.
+    pub fn in_backward(&self) -> bool {
+        self.pass == Pass::Bwd || self.label.starts_with(RECOMPUTE)
+    }
 }
+
+/// Label prefix of recomputed forward stages.
+pub const RECOMPUTE: &str = "recompute ";
 
 /// A group's micro-batch as stages, with its memory peak and FLOPs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +76,15 @@ pub struct Program {
 impl Program {
     pub fn time_s(&self) -> f64 {
         self.stages.iter().map(|s| f64::from(s.repeat) * s.time_s()).sum()
+    }
+
+    /// Time until the backward pass begins, on an idle cluster.
+    pub fn forward_s(&self) -> f64 {
+        self.stages
+            .iter()
+            .take_while(|s| !s.in_backward())
+            .map(|s| f64::from(s.repeat) * s.time_s())
+            .sum()
     }
 
     /// The isolated cost: compute, idle, and each collective's exposed part.
@@ -144,8 +162,8 @@ pub fn build(cm: &CostModel, shape: &GroupShape, docs: &[u32]) -> Program {
     ctx.forward_layer(layers, "");
     if cm.train.backward {
         match cm.train.checkpointing {
-            Checkpointing::Full => ctx.forward_layer(layers, "recompute "),
-            Checkpointing::Selective => ctx.attention_compute_only(layers, Pass::Fwd, "recompute "),
+            Checkpointing::Full => ctx.forward_layer(layers, RECOMPUTE),
+            Checkpointing::Selective => ctx.attention_compute_only(layers, Pass::Fwd, RECOMPUTE),
             Checkpointing::None => {}
         }
         ctx.backward_layer(layers);
