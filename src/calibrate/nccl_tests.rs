@@ -1089,8 +1089,15 @@ fn command_line(n: usize, content: &str, tokens: &[&str]) -> Option<CommandLine>
             })
         })
     };
+    // Only a command that starts with the binary (after a prompt, variables or wrappers such
+    // as `env` or `numactl ...`) is known to be one process; `kubectl exec pod -- x_perf` or a
+    // sentence naming the binary says nothing about the launch.
+    let direct = before.iter().all(|t| {
+        ["$", "#", ">", "%", "env", "sudo", "time", "exec", "nohup", "numactl"].contains(t) || t.contains('=') || t.starts_with('-')
+    });
     let (launcher, processes, nodes) = match launcher_at {
-        None => (None, Some(1), Some(1)),
+        None if direct => (None, Some(1), Some(1)),
+        None => (None, None, None),
         Some(i) => {
             let name = before[i].rsplit('/').next().unwrap_or(before[i]).to_string();
             let args = &before[i + 1..];
@@ -1522,6 +1529,15 @@ mod tests {
         let tokens: Vec<&str> = text.split_whitespace().collect();
         let c = command_line(1, text, &tokens).unwrap();
         assert_eq!((c.op, c.processes, c.nodes), (NcclOp::AllReduce, Some(16), Some(2)));
+        let text = "$ NCCL_DEBUG=INFO ./all_reduce_perf -b 8 -e 1G";
+        let c = command_line(1, text, &text.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!((c.op, c.processes, c.nodes), (NcclOp::AllReduce, Some(1), Some(1)));
+        let text = "kubectl exec nccl-0 -- /opt/nccl-tests/build/alltoall_perf -g 8";
+        let c = command_line(1, text, &text.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!((c.op, c.launcher.as_deref(), c.processes, c.nodes, c.gpus), (NcclOp::AllToAll, None, None, None, 8));
+        let text = "Running all_gather_perf on the cluster";
+        let c = command_line(1, text, &text.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!((c.op, c.processes), (NcclOp::AllGather, None));
         let text = "$ dstack apply -f nccl-tests.dstack.yml";
         assert!(command_line(1, text, &text.split_whitespace().collect::<Vec<_>>()).is_none());
     }
