@@ -171,18 +171,18 @@ pub fn fit_envelope_max(points: &[Point], max_lines: usize) -> Option<EnvelopeFi
         .filter(|p| p.bytes >= 0.0 && p.bytes.is_finite() && p.time_s > 0.0 && p.time_s.is_finite())
         .collect();
     pts.sort_by(|a, b| a.bytes.total_cmp(&b.bytes));
-    let distinct = pts.windows(2).filter(|w| w[0].bytes != w[1].bytes).count() + usize::from(!pts.is_empty());
-    if distinct < 2 {
+    let bins = size_bins(&pts);
+    if bins.len() < 2 {
         return None;
     }
-    // Each line needs a segment of at least two points, and the data must outnumber the
+    // Each line needs a segment of at least two sizes, and the sizes must outnumber the
     // parameters to judge them.
-    let max_lines = max_lines.min(pts.len() / 3).max(1);
-    let costs = SegmentCosts::new(&pts);
+    let max_lines = max_lines.min(bins.len() / 3).max(1);
+    let costs = SegmentCosts::new(&pts, &bins);
     let mut best: Option<EnvelopeFit> = None;
     for k in 1..=max_lines {
         let Some(segments) = costs.partition(k) else { continue };
-        let lines: Vec<Line> = segments.iter().map(|&(i, j)| segment_line(&pts[i..=j])).collect();
+        let lines: Vec<Line> = segments.iter().map(|&(i, j)| segment_line(&pts[bins[i].0..bins[j].1])).collect();
         let fit = polish(&pts, lines);
         if best.as_ref().is_none_or(|b| fit.bic < b.bic - 1e-9) {
             best = Some(fit);
@@ -209,15 +209,17 @@ struct LineSums {
 }
 
 impl LineSums {
+    const ZERO: LineSums = LineSums {
+        uu: 0.0,
+        uv: 0.0,
+        vv: 0.0,
+        u: 0.0,
+        v: 0.0,
+        m: 0.0,
+    };
+
     fn of(pts: &[Point]) -> LineSums {
-        let mut s = LineSums {
-            uu: 0.0,
-            uv: 0.0,
-            vv: 0.0,
-            u: 0.0,
-            v: 0.0,
-            m: pts.len() as f64,
-        };
+        let mut s = LineSums::ZERO;
         for p in pts {
             let (u, v) = (1.0 / p.time_s, p.bytes / p.time_s);
             s.uu += u * u;
@@ -225,8 +227,18 @@ impl LineSums {
             s.vv += v * v;
             s.u += u;
             s.v += v;
+            s.m += 1.0;
         }
         s
+    }
+
+    fn add(&mut self, o: &LineSums) {
+        self.uu += o.uu;
+        self.uv += o.uv;
+        self.vv += o.vv;
+        self.u += o.u;
+        self.v += o.v;
+        self.m += o.m;
     }
 
     fn objective(&self, a: f64, b: f64) -> f64 {
@@ -272,33 +284,59 @@ impl LineSums {
     }
 }
 
-/// The cost of fitting one line to every contiguous run of sorted points, and the best
+/// Segment boundaries fall between sizes, never inside one: the sorted points grouped by
+/// size, as [start, end) ranges, merged into at most [`MAX_BINS`] groups of neighbouring sizes
+/// so that the segmentation stays quadratic however many sizes a sweep has.
+fn size_bins(pts: &[Point]) -> Vec<(usize, usize)> {
+    let mut bins: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in pts.iter().enumerate() {
+        match bins.last_mut() {
+            Some(last) if pts[last.0].bytes == p.bytes => last.1 = i + 1,
+            _ => bins.push((i, i + 1)),
+        }
+    }
+    if bins.len() <= MAX_BINS {
+        return bins;
+    }
+    let per = bins.len().div_ceil(MAX_BINS);
+    bins.chunks(per).map(|c| (c[0].0, c[c.len() - 1].1)).collect()
+}
+
+/// The most groups of sizes the segmentation works on.
+const MAX_BINS: usize = 512;
+
+/// The cost of fitting one line to every contiguous run of size bins, and the best
 /// partitions into k runs (segmented least squares by dynamic programming).
 struct SegmentCosts {
     n: usize,
-    /// cost[i][j]: points i..=j on one line (infinite for fewer than two points).
+    /// cost[i][j]: bins i..=j on one line (infinite for fewer than two bins). Sums are
+    /// accumulated bin by bin, never differenced, so small segments keep their precision.
     cost: Vec<Vec<f64>>,
 }
 
 impl SegmentCosts {
-    fn new(pts: &[Point]) -> SegmentCosts {
-        let n = pts.len();
+    fn new(pts: &[Point], bins: &[(usize, usize)]) -> SegmentCosts {
+        let n = bins.len();
+        let sums: Vec<LineSums> = bins.iter().map(|&(a, b)| LineSums::of(&pts[a..b])).collect();
         let mut cost = vec![vec![f64::INFINITY; n]; n];
         for i in 0..n {
+            let mut acc = LineSums::ZERO;
+            acc.add(&sums[i]);
             for j in i + 1..n {
-                cost[i][j] = LineSums::of(&pts[i..=j]).best_line().1;
+                acc.add(&sums[j]);
+                cost[i][j] = acc.best_line().1;
             }
         }
         SegmentCosts { n, cost }
     }
 
-    /// The partition of the points into `k` contiguous segments with the least total cost.
+    /// The partition of the bins into `k` contiguous segments with the least total cost.
     fn partition(&self, k: usize) -> Option<Vec<(usize, usize)>> {
         let n = self.n;
         if k == 0 || 2 * k > n {
             return None;
         }
-        // best[m][j]: first j points in m segments; from[m][j]: where the last one starts.
+        // best[m][j]: first j bins in m segments; from[m][j]: where the last one starts.
         let mut best = vec![vec![f64::INFINITY; n + 1]; k + 1];
         let mut from = vec![vec![0usize; n + 1]; k + 1];
         best[0][0] = 0.0;
@@ -669,6 +707,22 @@ mod tests {
             Holdout::Skipped { reason } => assert!(reason.contains("4 sizes"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn repeated_sizes_are_one_bin_and_long_sweeps_are_merged() {
+        let p = |bytes: f64| Point { bytes, time_s: 1e-5 + bytes * 1e-11 };
+        let pts = vec![p(8.0), p(8.0), p(16.0), p(32.0), p(32.0), p(32.0)];
+        assert_eq!(size_bins(&pts), vec![(0, 2), (2, 3), (3, 6)]);
+        let sweep: Vec<Point> = (1..=2000).map(|i| p(f64::from(i) * 1e6)).collect();
+        let bins = size_bins(&sweep);
+        assert!(bins.len() <= MAX_BINS && bins.len() > MAX_BINS / 2, "{}", bins.len());
+        assert_eq!((bins[0].0, bins[bins.len() - 1].1), (0, 2000));
+        assert!(bins.windows(2).all(|w| w[0].1 == w[1].0));
+        // A line through a long linear sweep is still recovered exactly.
+        let fit = fit_envelope(&sweep).unwrap();
+        assert_eq!(fit.envelope.lines.len(), 1);
+        assert!(fit.max_rel_error < 1e-9, "{fit:?}");
     }
 
     #[test]
