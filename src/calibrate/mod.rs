@@ -8,3 +8,12 @@ pub mod measurements;
 pub mod nccl_tests;
 pub mod profile;
 pub mod report;
+
+/// "1 node", "2 nodes".
+pub(crate) fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}

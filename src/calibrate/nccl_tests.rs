@@ -8,6 +8,7 @@
 //! `--nodes`). Input that is not a log, or a table with unreadable rows, is an [`Error::Input`]
 //! naming the file and line.
 
+use super::plural;
 use crate::cluster::Collective;
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -446,7 +447,7 @@ impl NcclRun {
             (None, Some((lo, hi))) => format!("{lo}-{hi} ranks"),
             (None, None) => "? ranks".into(),
         };
-        let nodes = self.nodes.as_ref().map_or_else(|| "? nodes".to_string(), |n| plural(n.value, "node"));
+        let nodes = self.nodes.as_ref().map_or_else(|| "? nodes".to_string(), |n| plural(n.value as usize, "node"));
         let sizes = match (self.rows.first(), self.rows.last()) {
             (Some(a), Some(b)) => format!(
                 "{} rows {} .. {}",
@@ -1242,14 +1243,6 @@ fn intersect(a: RankSet, b: RankSet) -> Option<RankSet> {
     }
 }
 
-fn plural(n: u32, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
 /// Sizes as nccl-tests users read them: 8 B, 512 KiB, 8 GiB.
 pub fn format_bytes(bytes: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -1376,7 +1369,7 @@ fn infer(run: &mut NcclRun) {
     if run.nodes.is_none() {
         let seen = run.hosts().len();
         notes.push(if seen > 0 {
-            format!("the node count is not listed (the cut device list shows {})", plural(seen as u32, "host"))
+            format!("the node count is not listed (the cut device list shows {})", plural(seen, "host"))
         } else {
             "the node count is not listed".into()
         });

@@ -6,6 +6,7 @@
 use super::fit::{self, EnvelopeFit, Holdout, Point};
 use super::measurements::{MeasuredKind, Measurement};
 use super::nccl_tests::{NcclLog, NcclOp, NcclRun, OpFinding};
+use super::plural;
 use crate::cluster::{
     Calibration, Cluster, Collective, CollectiveFit, CollectiveRegime, KernelFit, KernelKind, LinkLevel, OverlapFit, GB,
 };
@@ -282,19 +283,19 @@ fn resolve_run(
 
     let nodes = match (&run.nodes, hints.nodes) {
         (Some(n), _) => {
-            facts.push(format!("{}: {}", plural(n.value, "node"), n.from));
+            facts.push(format!("{}: {}", plural(n.value as usize, "node"), n.from));
             n.value
         }
         (None, Some(n)) => {
             used.nodes = true;
-            facts.push(format!("{}: --nodes", plural(n, "node")));
+            facts.push(format!("{}: --nodes", plural(n as usize, "node")));
             n
         }
         (None, None) => {
             let n = ranks.div_ceil(base.gpus_per_node);
             let assumption = format!(
                 "{} assumed: the log does not list its hosts, so its {ranks} ranks are taken to fill nodes of {} GPUs (pass --nodes to say otherwise)",
-                plural(n, "node"),
+                plural(n as usize, "node"),
                 base.gpus_per_node
             );
             warnings.push(format!("{source}: {assumption}"));
@@ -383,7 +384,7 @@ fn collective_fit(op: Collective, level: LinkLevel, ranks: u32, nodes: Option<u3
             "{}: {} sizes, envelope of {} fitted by least squares on ln(time), rms log residual {:.4}, max error {:.1}%",
             sources.join("; "),
             fit.points,
-            plural(regimes.len() as u32, "alpha-beta line"),
+            plural(regimes.len(), "alpha-beta line"),
             fit.rms_log_residual,
             fit.max_rel_error * 100.0
         ),
@@ -433,7 +434,7 @@ fn measured_collectives(file: &MeasurementFile) -> Result<Vec<Series>> {
                 reason: "measurement rows are not checked by hold-out (their sizes need not form a sweep)".into(),
             },
             points,
-            facts: vec![format!("{} on {ranks} ranks, {nodes} nodes, from the measurement rows", op.name())],
+            facts: vec![format!("{} on {ranks} ranks, {}, from the measurement rows", op.name(), plural(nodes as usize, "node"))],
             notes: Vec::new(),
             peak_busbw_gb_per_s: None,
         })
@@ -591,14 +592,6 @@ fn round6(x: f64) -> f64 {
     }
     let scale = 10f64.powi(5 - x.abs().log10().floor() as i32);
     (x * scale).round() / scale
-}
-
-fn plural(n: u32, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 fn file_label(path: &Path) -> String {

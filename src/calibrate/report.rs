@@ -4,6 +4,7 @@
 
 use super::fit::Holdout;
 use super::nccl_tests::format_bytes;
+use super::plural;
 use super::profile::{level_name, Outcome};
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -98,7 +99,7 @@ impl Table {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(c, (s, w))| if c == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
+                .map(|(c, (s, w))| if self.is_text(c) { format!("{s:<w$}") } else { format!("{s:>w$}") })
                 .collect();
             format!("{indent}{}\n", padded.join("  ").trim_end())
         };
@@ -109,9 +110,14 @@ impl Table {
         out
     }
 
+    /// Names and notes read best left-aligned, numbers right-aligned.
+    fn is_text(&self, column: usize) -> bool {
+        column == 0 || ["op", "level", "kind", "note"].contains(&self.header[column])
+    }
+
     fn markdown(&self) -> String {
         let mut out = format!("| {} |\n", self.header.join(" | "));
-        out.push_str(&format!("|{}\n", self.header.iter().enumerate().map(|(i, _)| if i == 0 { "---|" } else { "---:|" }).collect::<String>()));
+        out.push_str(&format!("|{}\n", (0..self.header.len()).map(|c| if self.is_text(c) { "---|" } else { "---:|" }).collect::<String>()));
         for r in &self.rows {
             out.push_str(&format!("| {} |\n", r.join(" | ")));
         }
@@ -248,7 +254,7 @@ fn kernel_table(outcome: &Outcome) -> Table {
     for k in &outcome.calibration.kernels {
         let (lo, hi) = k.points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
         t.rows.push(vec![
-            format!("{:?}", k.kind),
+            kernel_name(k.kind).to_string(),
             k.head_dim.map_or("-".into(), |h| h.to_string()),
             k.causal.map_or("-".into(), |c| c.to_string()),
             k.points.len().to_string(),
@@ -269,15 +275,22 @@ fn overlap_table(outcome: &Outcome) -> Table {
 
 fn input_line(s: &super::profile::Series) -> String {
     format!(
-        "{}: {} {}, {} ranks on {} node{}, {} sizes",
+        "{}: {} {}, {} ranks on {}, {}",
         s.source,
         s.op.name(),
         level_name(s.level),
         s.ranks,
-        s.nodes,
-        if s.nodes == 1 { "" } else { "s" },
-        s.points.len()
+        plural(s.nodes as usize, "node"),
+        plural(s.points.len(), "size")
     )
+}
+
+fn kernel_name(kind: crate::cluster::KernelKind) -> &'static str {
+    match kind {
+        crate::cluster::KernelKind::AttentionFwd => "attention_fwd",
+        crate::cluster::KernelKind::AttentionBwd => "attention_bwd",
+        crate::cluster::KernelKind::Gemm => "gemm",
+    }
 }
 
 const MODEL: &str = "time(bytes) = min over regimes of latency + bytes x busbw_factor(ranks) / busbw";

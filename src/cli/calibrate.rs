@@ -126,13 +126,14 @@ pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write)
     crate::output::write_atomic(&dir.join("fit_summary.md"), report::markdown(&outcome, &points, &args.out, &command).as_bytes())?;
 
     out.write_all(report::text(&outcome, &points).as_bytes()).map_err(io_out)?;
+    let cal = &outcome.calibration;
     writeln!(
         out,
-        "\nwrote {} ({} collective fits, {} kernel curves, {} overlap figures); report in {}",
+        "\nwrote {} ({}, {}, {}); report in {}",
         args.out.display(),
-        outcome.calibration.collectives.len(),
-        outcome.calibration.kernels.len(),
-        outcome.calibration.overlap.len(),
+        crate::calibrate::plural(cal.collectives.len(), "collective fit"),
+        crate::calibrate::plural(cal.kernels.len(), "kernel curve"),
+        crate::calibrate::plural(cal.overlap.len(), "overlap figure"),
         dir.display()
     )
     .map_err(io_out)?;
