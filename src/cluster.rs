@@ -136,18 +136,38 @@ pub enum LinkLevel {
     Inter,
 }
 
-/// Measured replacements for datasheet figures, with where they came from.
+/// Measured replacements for datasheet figures, with where they came from
+/// (written by `hsap-tune calibrate`; docs/calibration.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collectives: Vec<CollectiveFit>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<KernelFit>,
+    /// How much of its standalone speed an operation keeps when it runs overlapped with other
+    /// work, where both were measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlap: Vec<OverlapFit>,
 }
 
-/// A fitted latency-bandwidth model of one collective at one link level:
-/// time(bytes) = latency + bytes x busbw_factor(ranks) / busbw.
+impl Calibration {
+    /// The fit for `op` at `level` measured on `ranks` ranks, or else on the nearest rank count
+    /// (by ratio) at that level.
+    pub fn collective_fit(&self, op: Collective, level: LinkLevel, ranks: u32) -> Option<&CollectiveFit> {
+        let distance = |f: &CollectiveFit| (f64::from(f.ranks.max(1)) / f64::from(ranks.max(1))).ln().abs();
+        self.collectives
+            .iter()
+            .filter(|f| f.op == op && f.level == level)
+            .min_by(|a, b| distance(a).total_cmp(&distance(b)))
+    }
+}
+
+/// A fitted model of one collective at one link level. NCCL prices every (algorithm,
+/// protocol) pair as a latency plus bytes over a bandwidth and runs the cheapest, so the fit is
+/// the lower envelope of a few such lines (`regimes`):
+/// time(bytes) = min over regimes of latency + bytes x busbw_factor(ranks) / busbw.
+/// Without regimes (a hand-written profile) it is the single line (latency_us, busbw_gb_per_s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectiveFit {
@@ -155,20 +175,70 @@ pub struct CollectiveFit {
     pub level: LinkLevel,
     /// Ranks of the measurement the fit came from.
     pub ranks: u32,
+    /// Nodes the measurement spanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Latency of the smallest messages (the first regime's), microseconds.
     pub latency_us: f64,
+    /// Bus bandwidth of the largest messages (the last regime's), GB/s.
     pub busbw_gb_per_s: f64,
-    /// Message size (bytes) from which the bandwidth term dominates.
+    /// Message size (bytes) from which the highest-bandwidth regime is the cheapest and its
+    /// bandwidth term outweighs its latency (the collective runs at half its peak or better).
     pub saturation_bytes: f64,
+    /// The lines of the envelope, in the order they take over as messages grow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regimes: Vec<CollectiveRegime>,
+    /// Measured sizes the fit used.
+    #[serde(default)]
+    pub points: u32,
+    /// Root mean square of ln(fitted / measured) over those sizes.
+    #[serde(default)]
+    pub rms_log_residual: f64,
+    /// Largest |fitted - measured| / measured over those sizes.
+    #[serde(default)]
+    pub max_rel_error: f64,
     /// Which log or measurement file, how many points, and the fit's residual.
     pub provenance: String,
 }
 
+/// One alpha-beta line of a [`CollectiveFit`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectiveRegime {
+    pub latency_us: f64,
+    pub busbw_gb_per_s: f64,
+    /// Where this line became the cheapest at the measured rank count (informational: time_s
+    /// takes the minimum over all lines, which moves the crossovers for other rank counts).
+    pub from_bytes: f64,
+}
+
 impl CollectiveFit {
     /// Predicted time of the collective for `bytes` per rank (nccl-tests' `size`) on `ranks` ranks:
-    /// the fitted latency plus the bytes each rank moves over the fitted bus bandwidth.
+    /// the cheapest regime's latency plus the bytes each rank moves over its bus bandwidth.
     pub fn time_s(&self, bytes: f64, ranks: u32) -> f64 {
-        self.latency_us * 1e-6 + bytes * self.op.busbw_factor(ranks) / (self.busbw_gb_per_s * GB)
+        let factor = self.op.busbw_factor(ranks);
+        let line = |latency_us: f64, busbw_gb_per_s: f64| latency_us * 1e-6 + bytes * factor / (busbw_gb_per_s * GB);
+        if self.regimes.is_empty() {
+            return line(self.latency_us, self.busbw_gb_per_s);
+        }
+        self.regimes
+            .iter()
+            .map(|r| line(r.latency_us, r.busbw_gb_per_s))
+            .fold(f64::INFINITY, f64::min)
     }
+}
+
+/// Overlap efficiency of one operation: its time alone over its time when overlapped with
+/// other work (1 = overlap costs it nothing), the median over matched measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlapFit {
+    /// The measurement's `op` (a collective such as `send_recv`, or a kernel name).
+    pub op: String,
+    pub efficiency: f64,
+    /// Shapes measured both alone and overlapped.
+    pub pairs: u32,
+    pub provenance: String,
 }
 
 /// A measured kernel throughput curve that replaces the published table for its kind and shape.
@@ -289,6 +359,65 @@ mod tests {
         assert_eq!(Collective::AllReduce.busbw_factor(8), 1.75);
         assert_eq!(Collective::AllGather.busbw_factor(8), 0.875);
         assert_eq!(Collective::SendRecv.busbw_factor(8), 1.0);
+    }
+
+    fn fit(ranks: u32, regimes: Vec<CollectiveRegime>) -> CollectiveFit {
+        CollectiveFit {
+            op: Collective::AllReduce,
+            level: LinkLevel::Inter,
+            ranks,
+            nodes: Some(2),
+            latency_us: 10.0,
+            busbw_gb_per_s: 100.0,
+            saturation_bytes: 0.0,
+            regimes,
+            points: 0,
+            rms_log_residual: 0.0,
+            max_rel_error: 0.0,
+            provenance: String::new(),
+        }
+    }
+
+    #[test]
+    fn collective_fit_without_regimes_is_one_alpha_beta_line() {
+        // 10 us + 1 GB x 1.75 / 100 GB/s = 17.51 ms on 8 ranks.
+        let t = fit(8, Vec::new()).time_s(1e9, 8);
+        assert!((t - 0.01751).abs() < 1e-12, "{t}");
+    }
+
+    #[test]
+    fn collective_fit_takes_the_cheapest_regime() {
+        let f = fit(
+            16,
+            vec![
+                CollectiveRegime {
+                    latency_us: 10.0,
+                    busbw_gb_per_s: 10.0,
+                    from_bytes: 0.0,
+                },
+                CollectiveRegime {
+                    latency_us: 100.0,
+                    busbw_gb_per_s: 100.0,
+                    from_bytes: 1e5,
+                },
+            ],
+        );
+        // 1 KB on 2 ranks (factor 1): 10 us + 0.1 us beats 100 us + 0.01 us.
+        assert!((f.time_s(1e3, 2) - 10.1e-6).abs() < 1e-15);
+        // 1 GB on 2 ranks: 100 us + 10 ms beats 10 us + 100 ms.
+        assert!((f.time_s(1e9, 2) - 0.0101).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibration_finds_the_nearest_rank_count() {
+        let cal = Calibration {
+            collectives: vec![fit(8, Vec::new()), fit(64, Vec::new())],
+            ..Calibration::default()
+        };
+        assert_eq!(cal.collective_fit(Collective::AllReduce, LinkLevel::Inter, 16).map(|f| f.ranks), Some(8));
+        assert_eq!(cal.collective_fit(Collective::AllReduce, LinkLevel::Inter, 32).map(|f| f.ranks), Some(64));
+        assert!(cal.collective_fit(Collective::AllReduce, LinkLevel::Intra, 8).is_none());
+        assert!(cal.collective_fit(Collective::AllGather, LinkLevel::Inter, 8).is_none());
     }
 
     #[test]

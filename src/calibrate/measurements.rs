@@ -42,7 +42,7 @@ pub struct Measurement {
     #[serde(default)]
     pub shape: String,
     /// Whether the operation ran overlapped with other work (for overlap-efficiency fits).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     pub overlapped: bool,
     /// Median time of the repetitions, seconds.
     pub time_s: f64,
@@ -53,6 +53,16 @@ pub struct Measurement {
     /// Where the row came from (host, tool, plan and batch...).
     #[serde(default)]
     pub source: String,
+}
+
+/// `true`/`false` (also `1`/`0`); an empty field is `false`, as when the column is left out.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "false" | "0" => Ok(false),
+        "true" | "1" => Ok(true),
+        other => Err(serde::de::Error::custom(format!("overlapped must be true or false, not '{other}'"))),
+    }
 }
 
 impl Measurement {
@@ -68,23 +78,44 @@ impl Measurement {
 
 /// Reads a measurements CSV; errors name the line and the column.
 pub fn read(path: &Path) -> Result<Vec<Measurement>> {
+    Ok(read_located(path)?.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Reads a measurements CSV keeping each row's line number, so later checks can name it.
+pub fn read_located(path: &Path) -> Result<Vec<(usize, Measurement)>> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_slice());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::input(path, 1, format!("bad header: {e}"), "see docs/measurements.md for the columns"))?
+        .clone();
+    if let Some(missing) = REQUIRED.iter().find(|c| !headers.iter().any(|h| h == **c)) {
+        return Err(Error::input(
+            path,
+            1,
+            format!("no `{missing}` column (the header is: {})", headers.iter().collect::<Vec<_>>().join(",")),
+            "see docs/measurements.md for the columns",
+        ));
+    }
     let mut rows = Vec::new();
-    for record in reader.deserialize::<Measurement>() {
-        let row = record.map_err(|e| {
+    for record in reader.records() {
+        let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line() as usize);
+            Error::input(path, line, format!("bad measurement row: {e}"), "see docs/measurements.md for the columns")
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let row: Measurement = record.deserialize(Some(&headers)).map_err(|e| {
             Error::input(path, line, format!("bad measurement row: {e}"), "see docs/measurements.md for the columns")
         })?;
         if !(row.time_s.is_finite() && row.time_s > 0.0) {
             return Err(Error::input(
                 path,
-                rows.len() + 2,
+                line,
                 format!("time_s = {} must be a positive number of seconds", row.time_s),
                 "drop the row or fix the timing",
             ));
         }
-        rows.push(row);
+        rows.push((line, row));
     }
     Ok(rows)
 }
@@ -107,6 +138,9 @@ pub fn write(path: &Path, rows: &[Measurement]) -> Result<()> {
         .map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug"))?;
     crate::output::write_atomic(path, &bytes)
 }
+
+/// Columns a file must have; the others may be left out (docs/measurements.md).
+const REQUIRED: [&str; 6] = ["kind", "op", "ranks", "nodes", "time_s", "repeats"];
 
 /// The columns, in order.
 pub const HEADER: [&str; 12] = [
@@ -156,6 +190,33 @@ mod tests {
         assert!(text.starts_with(&HEADER.join(",")), "{text}");
         assert_eq!(read(&path).unwrap(), rows);
         assert_eq!(rows[1].shape_value("head_dim"), Some("128"));
+    }
+
+    #[test]
+    fn optional_columns_may_be_left_out_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let text = "kind,op,ranks,nodes,bytes,overlapped,time_s,repeats\n\
+                    collective,all_gather,8,1,1024,,2e-5,5\n\
+                    collective,all_gather,8,1,1024,1,3e-5,5\n";
+        std::fs::write(&path, text).unwrap();
+        let rows = read_located(&path).unwrap();
+        assert_eq!(rows.iter().map(|(line, _)| *line).collect::<Vec<_>>(), vec![2, 3]);
+        let (_, first) = &rows[0];
+        assert_eq!((first.bytes, first.flops, first.shape.as_str(), first.overlapped), (Some(1024.0), None, "", false));
+        assert!(rows[1].1.overlapped);
+    }
+
+    #[test]
+    fn a_missing_required_column_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        std::fs::write(&path, "kind,op,ranks,time_s,repeats\ngemm,x,1,1e-3,5\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("m.csv:1: no `nodes` column"), "{err}");
+        std::fs::write(&path, format!("{}\ncollective,all_gather,8,1,1024,,,maybe,2e-5,,5,x\n", HEADER.join(","))).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("m.csv:2") && err.contains("overlapped must be true or false, not 'maybe'"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
     Inspect(super::InspectArgs),
+    /// Fit the cost model to nccl-tests logs and measurements of your cluster; writes a
+    /// calibrated cluster profile that every command takes as --cluster FILE.toml.
+    Calibrate(super::CalibrateArgs),
 }
 
 /// Where document lengths come from and how they form batches.

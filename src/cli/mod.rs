@@ -2,9 +2,11 @@
 //! function that writes to a `Write`, so tests can call it without the binary.
 
 mod args;
+mod calibrate;
 mod inspect;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
+pub use calibrate::{calibrate, CalibrateArgs};
 pub use inspect::{inspect, InspectArgs};
 
 use crate::error::Result;
@@ -14,6 +16,7 @@ use std::io::Write;
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect(&args, out, err),
+        Command::Calibrate(args) => calibrate(&args, out, err),
     }
 }
 

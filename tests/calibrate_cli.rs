@@ -1,0 +1,142 @@
+//! `hsap-tune calibrate` on the real binary: real logs give a profile that `Cluster::resolve`
+//! reads back; bad inputs exit non-zero with a message naming the file.
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use hsap::cluster::{Cluster, Collective, LinkLevel};
+use predicates::prelude::*;
+use std::path::Path;
+
+const LOGS: &str = "tests/data/nccl-tests";
+
+fn log(file: &str) -> String {
+    Path::new(LOGS).join(file).display().to_string()
+}
+
+#[test]
+fn calibrating_on_real_logs_writes_a_profile_every_command_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a3mega.toml");
+    let report = dir.path().join("report");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("01_h100_a3mega_2node_allreduce.txt"))
+        .arg(log("09_h100_a3mega_2node_allgather_tcpxo_hash_stripped.txt"))
+        .args(["--op", "all_gather", "--cluster", "dgx-h100", "--out"])
+        .arg(&out)
+        .arg("--report")
+        .arg(&report)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Collective fits"))
+        .stdout(predicate::str::contains("all_reduce  inter     16      2     31"))
+        .stdout(predicate::str::contains("Per-point error"))
+        .stderr(predicate::str::contains("2 nodes assumed"));
+
+    let profile = Cluster::resolve(out.to_str().unwrap()).unwrap();
+    let cal = profile.calibration.unwrap();
+    assert_eq!(cal.collectives.len(), 2);
+    let ar = cal.collective_fit(Collective::AllReduce, LinkLevel::Inter, 16).unwrap();
+    // 8 GiB took 47535 us in the log.
+    let t = ar.time_s(8_589_934_592.0, 16);
+    assert!((t / 47535e-6 - 1.0).abs() < 0.05, "{t}");
+
+    let csv = std::fs::read_to_string(report.join("fit_points.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert_eq!(header, "op,level,ranks,bytes,measured_s,fitted_s,rel_error,held_out,holdout_predicted_s,holdout_rel_error,nodes,source");
+    assert_eq!(csv.lines().count(), 1 + 31 + 11);
+    let summary = std::fs::read_to_string(report.join("fit_summary.md")).unwrap();
+    assert!(summary.starts_with("# Calibration fit report"), "{summary}");
+}
+
+#[test]
+fn every_real_log_goes_through_the_binary() {
+    // All logs at once, from five different clusters: the command works and says that the
+    // pooled all-reduce runs disagree.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("all.toml");
+    let mut files: Vec<String> = std::fs::read_dir(LOGS)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".txt"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 9);
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .args(&files)
+        .args(["--ranks", "128", "--op", "all_gather", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("disagree"))
+        .stdout(predicate::str::contains("skipped: 4 sizes"));
+    let profile = Cluster::resolve(out.to_str().unwrap()).unwrap();
+    // all_gather inter 16, all_reduce intra 8, inter 16 and inter 128, send_recv intra 8 and inter 8.
+    assert_eq!(profile.calibration.unwrap().collectives.len(), 6);
+    assert!(dir.path().join("all-fit").join("fit_summary.md").exists());
+}
+
+fn fails_naming(args: &[&str], needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.toml");
+    let assert = cargo_bin_cmd!("hsap-tune").args(args).arg("--out").arg(&out).assert().failure().code(2);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    for n in needles {
+        assert!(stderr.contains(n), "missing '{n}' in: {stderr}");
+    }
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(!out.exists(), "no profile is written on error");
+}
+
+#[test]
+fn a_missing_log_is_named() {
+    fails_naming(
+        &["calibrate", "--nccl-tests", "tests/data/nccl-tests/no_such.txt", "--cluster", "dgx-h100"],
+        &["error: tests/data/nccl-tests/no_such.txt"],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_log_is_named() {
+    fails_naming(&["calibrate", "--nccl-tests", "Cargo.toml", "--cluster", "dgx-h100"], &["error: Cargo.toml: not an nccl-tests log"]);
+}
+
+#[test]
+fn an_empty_table_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.log");
+    std::fs::write(
+        &path,
+        "# nThread 1 nGpus 8 minBytes 8 maxBytes 1024 step: 2(factor) warmup iters: 5 iters: 20\n#\n\
+         #       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong\n",
+    )
+    .unwrap();
+    let p = path.display().to_string();
+    fails_naming(
+        &["calibrate", "--nccl-tests", &p, "--cluster", "dgx-h100"],
+        &[&format!("{p}:3: the result table has a column header but no rows")],
+    );
+}
+
+#[test]
+fn an_ambiguous_log_asks_for_the_op() {
+    let l = log("09_h100_a3mega_2node_allgather_tcpxo_hash_stripped.txt");
+    fails_naming(&["calibrate", "--nccl-tests", &l, "--cluster", "dgx-h100"], &[&format!("{l}:4: cannot tell which collective"), "--op"]);
+    fails_naming(&["calibrate", "--nccl-tests", &l, "--op", "allreduce", "--cluster", "dgx-h100"], &["--op allreduce: not an nccl-tests test"]);
+}
+
+#[test]
+fn a_log_without_its_rank_count_asks_for_it() {
+    let l = log("02_a100_coreweave_16node_allreduce_oldfmt.txt");
+    fails_naming(&["calibrate", "--nccl-tests", &l, "--cluster", "dgx-a100-80g"], &[&format!("{l}:1:"), "between 126 and 128", "--ranks"]);
+}
+
+#[test]
+fn bad_usage_is_refused() {
+    fails_naming(&["calibrate", "--cluster", "dgx-h100"], &["nothing to calibrate from"]);
+    let l = log("01_h100_a3mega_2node_allreduce.txt");
+    fails_naming(&["calibrate", "--nccl-tests", &l, "--cluster", "dgx-b300"], &["unknown cluster 'dgx-b300'"]);
+    fails_naming(&["calibrate", "--nccl-tests", &l, "--cluster", "dgx-h100", "--nodes", "0"], &["--nodes must be at least 1"]);
+    let bad_csv = "tests/data/nccl-tests/README.md";
+    fails_naming(&["calibrate", "--measurements", bad_csv, "--cluster", "dgx-h100"], &["README.md:1: no `kind` column"]);
+}
