@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
     Inspect(super::InspectArgs),
+    /// Draw the comparison report of a planner run: DIR/report/index.html, figures as SVG and PNG.
+    Report(super::ReportArgs),
 }
 
 /// Where document lengths come from and how they form batches.
