@@ -49,6 +49,27 @@ fn report_out_puts_it_elsewhere_and_warnings_go_to_stderr() {
 }
 
 #[test]
+fn a_report_drawn_again_without_measurements_drops_their_figures() {
+    let dir = fixture_copy(&[]);
+    let run = || {
+        hsap_tune()
+            .args(["report", "--from"])
+            .arg(dir.path())
+            .assert()
+            .success()
+    };
+    run();
+    let stale = dir.path().join("report/calibration_fit.png");
+    assert!(stale.is_file());
+    std::fs::remove_file(dir.path().join("measurements.csv")).expect("remove");
+    std::fs::remove_file(dir.path().join("fit_points.csv")).expect("remove");
+    run();
+    assert!(!stale.exists());
+    assert!(!dir.path().join("report/predicted_vs_measured.csv").exists());
+    assert!(dir.path().join("report/plans.png").is_file());
+}
+
+#[test]
 fn a_missing_run_directory_is_a_usage_error() {
     hsap_tune()
         .args(["report", "--from", "/nonexistent/run"])

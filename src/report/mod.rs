@@ -27,6 +27,9 @@ pub const PNG_SCALE: f64 = 1.5;
 /// The folder of the run directory the report is written to.
 pub const REPORT_DIR: &str = "report";
 
+/// Figures drawn only when the run holds their data.
+const OPTIONAL_FIGURES: [&str; 2] = ["predicted_vs_measured", "calibration_fit"];
+
 /// One figure, ready to write.
 #[derive(Debug, Clone)]
 pub struct Figure {
@@ -90,6 +93,19 @@ pub fn write(report: &Report, out: &Path) -> Result<ReportFiles> {
     }
     put("summary.md".into(), report.summary_md.as_bytes())?;
     put("index.html".into(), report.index_html.as_bytes())?;
+    // A figure an earlier report of this run had (measurements since removed...) would sit
+    // beside the new ones, looking current.
+    for id in OPTIONAL_FIGURES
+        .iter()
+        .filter(|id| !report.figures.iter().any(|f| f.id == **id))
+    {
+        for ext in ["svg", "png", "csv"] {
+            let stale = out.join(format!("{id}.{ext}"));
+            if stale.is_file() {
+                std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+            }
+        }
+    }
     Ok(ReportFiles {
         dir: out.to_path_buf(),
         index_html: out.join("index.html"),
