@@ -390,11 +390,8 @@ where
         &bins.title("Step time per batch (cost model)", "mean"),
         &legend,
     )?;
-    // Per strategy, hsap last so that it is drawn over the baselines: predicted and simulated lines.
-    let lines: Vec<(&String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = strategies
-        .iter()
-        .filter(|s| *s != HSAP)
-        .chain(strategies.iter().filter(|s| *s == HSAP))
+    // Per strategy, in drawing order: predicted and simulated lines.
+    let lines: Vec<(&String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = line_order(strategies)
         .map(|s| {
             let mine = rows.iter().filter(|r| &r.strategy == s);
             let predicted: BTreeMap<usize, f64> = mine.clone().map(|r| (r.batch, r.predicted_step_s)).collect();
@@ -431,10 +428,13 @@ where
                 chart.draw_series(LineSeries::new(sim, c.mix(0.5).stroke_width(t.upx(1.0))))?;
             }
         }
-        let width = if s == HSAP { 3.0 } else { 2.0 };
-        chart.draw_series(LineSeries::new(predicted.clone(), c.stroke_width(t.upx(width))))?;
+        chart.draw_series(LineSeries::new(predicted.clone(), c.stroke_width(t.upx(line_width(s)))))?;
         if dashed {
-            chart.draw_series(predicted.iter().map(|&p| Circle::new(p, t.upx(3.5), c.filled())))?;
+            chart.draw_series(
+                predicted
+                    .iter()
+                    .map(|&p| Circle::new(p, t.upx(marker_radius(s)), c.filled())),
+            )?;
         }
     }
     Ok(())
@@ -704,11 +704,7 @@ where
         .y_label_formatter(&|v| fmt_tick(*v))
         .draw()?;
     let markers = bins.per_bin == 1 && bins.bins.len() <= FEW_BATCHES;
-    for s in strategies
-        .iter()
-        .filter(|s| *s != HSAP)
-        .chain(strategies.iter().filter(|s| *s == HSAP))
-    {
+    for s in line_order(strategies) {
         let c = strategy_colour(s);
         let peaks: BTreeMap<usize, f64> = rows
             .iter()
@@ -716,10 +712,13 @@ where
             .map(|r| (r.batch, r.peak_memory_gib))
             .collect();
         let points = bins.reduce(&peaks, highest);
-        let width = if s == HSAP { 3.0 } else { 2.0 };
-        chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(t.upx(width))))?;
+        chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(t.upx(line_width(s)))))?;
         if markers {
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, t.upx(3.5), c.filled())))?;
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|&p| Circle::new(p, t.upx(marker_radius(s)), c.filled())),
+            )?;
         }
     }
     // The tightest limit of any strategy on each batch (they normally share one).
@@ -889,6 +888,31 @@ where
 }
 
 // --- scales and labels ------------------------------------------------------------------------
+
+/// The order lines are drawn in: hsap first and wide, so that a baseline with the same values
+/// draws over it thinly and both stay visible.
+fn line_order(strategies: &[String]) -> impl Iterator<Item = &String> {
+    strategies
+        .iter()
+        .filter(|s| *s == HSAP)
+        .chain(strategies.iter().filter(|s| *s != HSAP))
+}
+
+fn line_width(strategy: &str) -> f64 {
+    if strategy == HSAP {
+        5.0
+    } else {
+        2.0
+    }
+}
+
+fn marker_radius(strategy: &str) -> f64 {
+    if strategy == HSAP {
+        6.0
+    } else {
+        3.5
+    }
+}
 
 /// Consecutive batches grouped so that a line over the batches has at most [`MAX_LINE_POINTS`]
 /// points: beyond a point per few pixels a line only grows the SVG.

@@ -173,7 +173,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             6,
             "memory",
             "Peak memory per GPU",
-            "The highest predicted memory of any GPU in each batch's step, against the usable memory per GPU (dashed).",
+            "The highest predicted memory of any GPU in each batch's step, against the usable memory per GPU (dashed). hsap's wide line is drawn first, so a baseline with the same peak shows on top of it; memory.csv has every value.",
             data::to_csv(&memory_rows)?,
             Plot::Memory { rows: &memory_rows, strategies: &strategies },
         )?,
