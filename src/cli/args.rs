@@ -24,6 +24,8 @@ pub enum Command {
     /// Fit the cost model to nccl-tests logs and measurements of your cluster; writes a
     /// calibrated cluster profile that every command takes as --cluster FILE.toml.
     Calibrate(super::CalibrateArgs),
+    /// Draw the comparison report of a planner run: DIR/report/index.html, figures as SVG and PNG.
+    Report(super::ReportArgs),
 }
 
 /// Where document lengths come from and how they form batches.

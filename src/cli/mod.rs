@@ -4,10 +4,12 @@
 mod args;
 mod calibrate;
 mod inspect;
+mod report;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use calibrate::{calibrate, CalibrateArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use report::{report, ReportArgs};
 
 use crate::error::Result;
 use std::io::Write;
@@ -17,6 +19,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect(&args, out, err),
         Command::Calibrate(args) => calibrate(&args, out, err),
+        Command::Report(args) => report(&args, out, err),
     }
 }
 

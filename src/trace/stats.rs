@@ -1,11 +1,11 @@
 //! Summary statistics of a trace: what a user wants to know before planning on it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Length thresholds (tokens) above which `inspect` reports the share of all tokens.
 pub const SHARE_THRESHOLDS: [u32; 3] = [8 * 1024, 32 * 1024, 128 * 1024];
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceStats {
     pub count: usize,
     pub total_tokens: u64,
@@ -35,12 +35,12 @@ pub struct TokenShare {
 }
 
 /// Document counts in power-of-two length buckets: bucket k holds lengths in [2^k, 2^(k+1)).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     pub buckets: Vec<HistogramBucket>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistogramBucket {
     pub lo: u64,
     pub hi: u64,

@@ -1,0 +1,621 @@
+//! The run directory: what the planner writes and the report is drawn from. Every file is a plain
+//! serde type (docs/report.md lists the columns and their units), so the planner writes exactly
+//! what the report reads and a user can open each file in a spreadsheet.
+
+use crate::calibrate::measurements::{self, Measurement};
+use crate::cluster::{Collective, LinkLevel};
+use crate::error::{Error, Result};
+use crate::scheme::Scheme;
+use crate::trace::{TraceFormat, TraceStats};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+pub const SUMMARY_JSON: &str = "summary.json";
+pub const TRACE_JSON: &str = "trace.json";
+pub const BATCHES_CSV: &str = "batches.csv";
+pub const GROUPS_CSV: &str = "groups.csv";
+pub const MEASUREMENTS_CSV: &str = "measurements.csv";
+pub const FIT_POINTS_CSV: &str = "fit_points.csv";
+
+/// Bumped whenever a field of `summary.json` changes meaning.
+pub const SUMMARY_FORMAT_VERSION: u32 = 1;
+
+/// Our strategy's name; every speedup is measured against it.
+pub const HSAP: &str = "hsap";
+/// Baselines whose names start with this keep one (u, r) for the whole trace.
+pub const STATIC_PREFIX: &str = "static-";
+/// The planner's strategies in the order tables and legends list them; other names follow,
+/// alphabetically.
+pub const KNOWN_STRATEGIES: [&str; 6] = [
+    "hsap",
+    "flexsp",
+    "megatron-dcp",
+    "static-ulysses",
+    "static-ring",
+    "static-usp",
+];
+
+/// One batch priced (and optionally simulated) under one strategy: a row of `batches.csv`.
+///
+/// The four parts of the step (`compute_s`, `exposed_comm_s`, `idle_s`, `grad_sync_s`) are
+/// averages over the GPUs and add up to `predicted_step_s`: each GPU's step is its compute, the
+/// communication it waits for, the time it waits for the slowest group, and the gradient
+/// synchronisation left exposed at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRow {
+    pub batch: usize,
+    pub strategy: String,
+    pub documents: usize,
+    pub tokens: u64,
+    /// The cost model's step time.
+    pub predicted_step_s: f64,
+    /// The simulator's step time, when the batch was simulated.
+    #[serde(default)]
+    pub simulated_step_s: Option<f64>,
+    pub compute_s: f64,
+    pub exposed_comm_s: f64,
+    /// Waiting for the slowest group of a micro-batch (load imbalance).
+    pub idle_s: f64,
+    /// Data-parallel gradient synchronisation not hidden behind the backward pass.
+    pub grad_sync_s: f64,
+    /// Highest predicted memory of any GPU in the step.
+    pub peak_memory_bytes: f64,
+    /// Usable memory per GPU the plan was constrained to.
+    pub memory_limit_bytes: f64,
+    pub microbatches: u32,
+    /// SP groups, summed over the micro-batches.
+    pub groups: u32,
+}
+
+impl BatchRow {
+    pub fn breakdown_sum_s(&self) -> f64 {
+        self.compute_s + self.exposed_comm_s + self.idle_s + self.grad_sync_s
+    }
+}
+
+/// One SP group a strategy chose: a row of `groups.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRow {
+    pub batch: usize,
+    pub strategy: String,
+    pub microbatch: u32,
+    /// GPUs in the group: `ulysses x ring`.
+    pub size: u32,
+    pub ulysses: u32,
+    pub ring: u32,
+    pub scheme: Scheme,
+    /// Nodes the group's GPUs are on.
+    pub nodes: u32,
+    pub documents: usize,
+    pub tokens: u64,
+    /// The cost model's time for the group's share of the micro-batch.
+    pub predicted_s: f64,
+}
+
+/// `trace.json`: the statistics `hsap-tune inspect --json` prints, for the trace the run used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    pub source: String,
+    pub format: TraceFormat,
+    #[serde(default)]
+    pub skipped_empty: usize,
+    #[serde(flatten)]
+    pub stats: TraceStats,
+}
+
+/// `summary.json`: the run's inputs and headline numbers. Its `strategies` and `solve_ms` are the
+/// fields `hsap-tune --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub format_version: u32,
+    /// The trace's path or embedded name.
+    pub trace: String,
+    pub model: String,
+    pub cluster: String,
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    /// Documents per global batch, when batches are cut by count.
+    #[serde(default)]
+    pub global_batch: Option<usize>,
+    /// Tokens per global batch, when batches are cut by tokens.
+    #[serde(default)]
+    pub batch_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_seq: Option<u32>,
+    pub batches: usize,
+    pub strategies: Vec<StrategySummary>,
+    /// The static baseline with the least total time (the reference of `speedup_vs_best_static`).
+    pub best_static: String,
+    /// hsap's solve time per batch, milliseconds.
+    pub solve_ms: SolveMs,
+    /// The command line that produced the run.
+    #[serde(default)]
+    pub command: String,
+}
+
+impl Summary {
+    pub fn gpus(&self) -> u32 {
+        self.nodes * self.gpus_per_node
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategySummary {
+    pub name: String,
+    /// Sum of the predicted step times over all batches.
+    pub total_time_s: f64,
+    pub mean_step_s: f64,
+    /// The best static baseline's total time over this strategy's.
+    pub speedup_vs_best_static: f64,
+    /// Sum of the simulated step times, when every batch was simulated.
+    #[serde(default)]
+    pub simulated_total_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SolveMs {
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Per strategy (in [`strategy_order`]): totals and speedups over the best static baseline, and
+/// that baseline's name (None when no strategy is static). The one definition of the headline
+/// numbers: the planner writes them into `summary.json` and the report checks them.
+pub fn strategy_summaries(rows: &[BatchRow]) -> (Vec<StrategySummary>, Option<String>) {
+    let names = strategy_order(rows.iter().map(|r| r.strategy.as_str()));
+    let mut totals: Vec<(String, f64, usize, Option<f64>)> = Vec::with_capacity(names.len());
+    for name in names {
+        let mine: Vec<&BatchRow> = rows.iter().filter(|r| r.strategy == name).collect();
+        let total: f64 = mine.iter().map(|r| r.predicted_step_s).sum();
+        let simulated: Option<f64> = mine.iter().map(|r| r.simulated_step_s).sum();
+        totals.push((name, total, mine.len(), simulated));
+    }
+    let best_static = totals
+        .iter()
+        .filter(|(name, ..)| name.starts_with(STATIC_PREFIX))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, total, ..)| (name.clone(), *total));
+    let summaries = totals
+        .into_iter()
+        .map(|(name, total, n, simulated)| StrategySummary {
+            speedup_vs_best_static: best_static.as_ref().map_or(f64::NAN, |(_, best)| best / total),
+            name,
+            total_time_s: total,
+            mean_step_s: total / n as f64,
+            simulated_total_s: simulated,
+        })
+        .collect();
+    (summaries, best_static.map(|(name, _)| name))
+}
+
+/// Distinct strategy names in presentation order: the known ones first, in their order, then the
+/// rest alphabetically.
+pub fn strategy_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let distinct: BTreeSet<&str> = names.into_iter().collect();
+    let mut ordered: Vec<String> = KNOWN_STRATEGIES
+        .iter()
+        .filter(|k| distinct.contains(*k))
+        .map(|k| k.to_string())
+        .collect();
+    ordered.extend(
+        distinct
+            .iter()
+            .filter(|n| !KNOWN_STRATEGIES.contains(n))
+            .map(|n| n.to_string()),
+    );
+    ordered
+}
+
+/// A point of a calibration fit: a row of `fit_points.csv`, written by `calibrate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitPoint {
+    pub op: Collective,
+    pub level: LinkLevel,
+    pub ranks: u32,
+    /// Message size per rank (nccl-tests' `size`).
+    pub bytes: f64,
+    pub measured_s: f64,
+    pub fitted_s: f64,
+    /// (fitted - measured) / measured.
+    pub rel_error: f64,
+    /// Whether the point was left out of the fit to test it.
+    pub held_out: bool,
+}
+
+/// Everything in a run directory, checked for consistency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunData {
+    pub summary: Summary,
+    pub trace: TraceInfo,
+    pub batches: Vec<BatchRow>,
+    pub groups: Vec<GroupRow>,
+    /// Rows of `measurements.csv` (all of them; the report uses those with `predicted_s`).
+    pub measurements: Vec<Measurement>,
+    pub fit_points: Vec<FitPoint>,
+    /// Inconsistencies that do not stop the report (a summary that disagrees with the batches...).
+    pub warnings: Vec<String>,
+}
+
+impl RunData {
+    /// Reads and checks a run directory. Missing required files and malformed rows are errors
+    /// naming the file and line; the optional files may be absent.
+    pub fn load(dir: &Path) -> Result<RunData> {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(
+                    format!("{} is not a directory", dir.display()),
+                    "pass the run directory the planner wrote (its --out)",
+                ))
+            }
+            Err(e) => return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+                hint:
+                    "pass the run directory the planner wrote (its --out); `hsap-tune --trace FILE --out DIR` makes one",
+            }),
+        }
+        let summary: Summary = read_json(&required(dir, SUMMARY_JSON)?, "summary.json")?;
+        if summary.format_version != SUMMARY_FORMAT_VERSION {
+            return Err(Error::input(
+                dir.join(SUMMARY_JSON),
+                0,
+                format!(
+                    "format_version {} is not the one this hsap reads ({SUMMARY_FORMAT_VERSION})",
+                    summary.format_version
+                ),
+                "re-run the planner with this version of hsap-tune",
+            ));
+        }
+        let trace: TraceInfo = read_json(&required(dir, TRACE_JSON)?, "trace.json")?;
+        let batches = read_csv::<BatchRow>(&required(dir, BATCHES_CSV)?)?;
+        let groups = read_csv::<GroupRow>(&required(dir, GROUPS_CSV)?)?;
+        let measurements = match optional(dir, MEASUREMENTS_CSV) {
+            Some(path) => measurements::read(&path)?,
+            None => Vec::new(),
+        };
+        let fit_points = match optional(dir, FIT_POINTS_CSV) {
+            Some(path) => read_csv::<FitPoint>(&path)?,
+            None => Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        check_batches(&dir.join(BATCHES_CSV), &batches, &mut warnings)?;
+        check_groups(&dir.join(GROUPS_CSV), &groups, &batches, &mut warnings)?;
+        check_fit_points(&dir.join(FIT_POINTS_CSV), &fit_points)?;
+        let batches: Vec<BatchRow> = batches.into_iter().map(|(_, r)| r).collect();
+        check_summary(&summary, &batches, &mut warnings);
+        Ok(RunData {
+            summary,
+            trace,
+            batches,
+            groups: groups.into_iter().map(|(_, r)| r).collect(),
+            measurements,
+            fit_points: fit_points.into_iter().map(|(_, r)| r).collect(),
+            warnings,
+        })
+    }
+
+    /// Writes the run directory's files (the optional ones only when there are rows).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_json(&dir.join(SUMMARY_JSON), &self.summary)?;
+        write_json(&dir.join(TRACE_JSON), &self.trace)?;
+        write_csv(&dir.join(BATCHES_CSV), &self.batches)?;
+        write_csv(&dir.join(GROUPS_CSV), &self.groups)?;
+        if !self.measurements.is_empty() {
+            measurements::write(&dir.join(MEASUREMENTS_CSV), &self.measurements)?;
+        }
+        if !self.fit_points.is_empty() {
+            write_csv(&dir.join(FIT_POINTS_CSV), &self.fit_points)?;
+        }
+        Ok(())
+    }
+
+    /// Strategy names in presentation order.
+    pub fn strategies(&self) -> Vec<String> {
+        strategy_order(self.batches.iter().map(|r| r.strategy.as_str()))
+    }
+}
+
+fn required(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Error::input(
+        &path,
+        0,
+        format!("the run directory has no {name}"),
+        "the planner writes it with --out DIR; docs/report.md lists the files a run directory holds",
+    ))
+}
+
+fn optional(dir: &Path, name: &str) -> Option<PathBuf> {
+    Some(dir.join(name)).filter(|p| p.is_file())
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    crate::toml_input::read(path, &format!("see docs/report.md for the fields of {what}"))
+}
+
+/// Reads a CSV into typed rows, each with its 1-based line number.
+pub fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let hint = || format!("see docs/report.md for the columns of {name}");
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes.as_slice());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::input(path, 1, format!("unreadable header: {e}"), hint()))?
+        .clone();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line() as usize);
+            Error::input(path, line, format!("unreadable row: {e}"), hint())
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let row = record
+            .deserialize::<T>(Some(&headers))
+            .map_err(|e| Error::input(path, line, describe_csv_error(&e, &headers, &record), hint()))?;
+        rows.push((line, row));
+    }
+    if rows.is_empty() {
+        return Err(Error::input(path, 0, "no rows after the header", hint()));
+    }
+    Ok(rows)
+}
+
+/// The csv crate's message without its position (the caller adds file and line), with the column.
+fn describe_csv_error(e: &csv::Error, headers: &csv::StringRecord, record: &csv::StringRecord) -> String {
+    let csv::ErrorKind::Deserialize { err, .. } = e.kind() else {
+        return e.to_string();
+    };
+    let message = err.kind().to_string();
+    // serde's own messages (an unknown variant...) carry no column; they quote the bad value,
+    // so the column is the one holding it.
+    let column = err.field().map(|i| i as usize).or_else(|| {
+        let quoted = message.split('`').nth(1)?;
+        let mut holding = record.iter().enumerate().filter(|(_, f)| *f == quoted);
+        match (holding.next(), holding.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    });
+    match column.and_then(|i| headers.get(i)) {
+        Some(name) => format!("column '{name}': {message}"),
+        None => message,
+    }
+}
+
+/// Writes rows as CSV with a header.
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    crate::output::write_atomic(path, to_csv(rows)?.as_bytes())
+}
+
+/// Rows as CSV text with a header (empty for no rows).
+pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer
+            .serialize(row)
+            .map_err(|e| Error::invalid(format!("cannot encode a CSV row: {e}"), "report this as a bug"))?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| Error::invalid(format!("cannot encode CSV: {e}"), "report this as a bug"))?;
+    String::from_utf8(bytes).map_err(|e| Error::invalid(format!("CSV is not UTF-8: {e}"), "report this as a bug"))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::invalid(format!("cannot encode {}: {e}", path.display()), "report this as a bug"))?;
+    text.push('\n');
+    crate::output::write_atomic(path, text.as_bytes())
+}
+
+fn bad_row(path: &Path, line: usize, what: String, hint: &str) -> Error {
+    Error::input(path, line, what, hint)
+}
+
+fn check_batches(path: &Path, rows: &[(usize, BatchRow)], warnings: &mut Vec<String>) -> Result<()> {
+    let mut seen: BTreeMap<(&str, usize), usize> = BTreeMap::new();
+    for (line, r) in rows {
+        let times = [
+            ("predicted_step_s", r.predicted_step_s),
+            ("compute_s", r.compute_s),
+            ("exposed_comm_s", r.exposed_comm_s),
+            ("idle_s", r.idle_s),
+            ("grad_sync_s", r.grad_sync_s),
+            ("peak_memory_bytes", r.peak_memory_bytes),
+            ("memory_limit_bytes", r.memory_limit_bytes),
+        ];
+        let simulated = r.simulated_step_s.map(|s| ("simulated_step_s", s));
+        for (column, v) in times.into_iter().chain(simulated) {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad_row(
+                    path,
+                    *line,
+                    format!("{column} = {v} must be a non-negative number"),
+                    "fix or drop the row",
+                ));
+            }
+        }
+        if r.predicted_step_s == 0.0 || r.memory_limit_bytes == 0.0 {
+            return Err(bad_row(
+                path,
+                *line,
+                "predicted_step_s and memory_limit_bytes must be positive".into(),
+                "a priced batch takes time and a GPU has memory",
+            ));
+        }
+        if r.strategy.is_empty() {
+            return Err(bad_row(
+                path,
+                *line,
+                "empty strategy".into(),
+                "name the strategy that priced the batch",
+            ));
+        }
+        if let Some(first) = seen.insert((r.strategy.as_str(), r.batch), *line) {
+            return Err(bad_row(
+                path,
+                *line,
+                format!(
+                    "batch {} of strategy '{}' appears again (first on line {first})",
+                    r.batch, r.strategy
+                ),
+                "write one row per batch and strategy",
+            ));
+        }
+        let parts = r.breakdown_sum_s();
+        if (parts - r.predicted_step_s).abs() > 0.01 * r.predicted_step_s {
+            warnings.push(format!(
+                "{}:{line}: compute + exposed communication + idle + grad sync = {parts:.4} s differs from predicted_step_s = {:.4} s by more than 1%",
+                path.display(),
+                r.predicted_step_s
+            ));
+        }
+    }
+    let strategies = strategy_order(rows.iter().map(|(_, r)| r.strategy.as_str()));
+    if !strategies.iter().any(|s| s == HSAP) {
+        return Err(Error::input(
+            path,
+            0,
+            format!("no rows for strategy '{HSAP}' (strategies: {})", strategies.join(", ")),
+            "the report compares hsap with the baselines; run the planner with hsap among its strategies",
+        ));
+    }
+    let all_batches: BTreeSet<usize> = rows.iter().map(|(_, r)| r.batch).collect();
+    for s in &strategies {
+        if let Some(missing) = all_batches.iter().find(|&&b| !seen.contains_key(&(s.as_str(), b))) {
+            return Err(Error::input(
+                path,
+                0,
+                format!("strategy '{s}' has no row for batch {missing}, which other strategies have"),
+                "every strategy is priced on the same batches; write one row per batch and strategy",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_groups(
+    path: &Path,
+    rows: &[(usize, GroupRow)],
+    batches: &[(usize, BatchRow)],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let known: BTreeMap<(&str, usize), &BatchRow> = batches
+        .iter()
+        .map(|(_, r)| ((r.strategy.as_str(), r.batch), r))
+        .collect();
+    let mut covered: BTreeSet<(&str, usize)> = BTreeSet::new();
+    for (line, g) in rows {
+        let Some(batch) = known.get(&(g.strategy.as_str(), g.batch)) else {
+            return Err(bad_row(
+                path,
+                *line,
+                format!("batch {} of strategy '{}' is not in batches.csv", g.batch, g.strategy),
+                "groups.csv and batches.csv must come from the same run",
+            ));
+        };
+        if g.ulysses == 0 || g.ring == 0 || g.size != g.ulysses * g.ring {
+            return Err(bad_row(
+                path,
+                *line,
+                format!("size {} is not ulysses {} x ring {}", g.size, g.ulysses, g.ring),
+                "a group has ulysses x ring GPUs, both at least 1",
+            ));
+        }
+        if g.microbatch >= batch.microbatches {
+            return Err(bad_row(
+                path,
+                *line,
+                format!(
+                    "micro-batch {} but batches.csv says the batch has {}",
+                    g.microbatch, batch.microbatches
+                ),
+                "micro-batches are numbered from 0",
+            ));
+        }
+        if !(g.predicted_s.is_finite() && g.predicted_s >= 0.0) {
+            return Err(bad_row(
+                path,
+                *line,
+                format!("predicted_s = {} must be a non-negative number", g.predicted_s),
+                "fix or drop the row",
+            ));
+        }
+        covered.insert((g.strategy.as_str(), g.batch));
+    }
+    let uncovered = known.keys().filter(|k| !covered.contains(*k)).count();
+    if uncovered > 0 {
+        warnings.push(format!(
+            "{}: {uncovered} (batch, strategy) pairs of batches.csv have no groups; the plans figure leaves them empty",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn check_fit_points(path: &Path, rows: &[(usize, FitPoint)]) -> Result<()> {
+    for (line, p) in rows {
+        let positive = [
+            ("bytes", p.bytes),
+            ("measured_s", p.measured_s),
+            ("fitted_s", p.fitted_s),
+        ];
+        if let Some((column, v)) = positive.into_iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(bad_row(
+                path,
+                *line,
+                format!("{column} = {v} must be a positive number"),
+                "fix or drop the row",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_summary(summary: &Summary, batches: &[BatchRow], warnings: &mut Vec<String>) {
+    let (recomputed, best_static) = strategy_summaries(batches);
+    let listed: BTreeSet<&str> = summary.strategies.iter().map(|s| s.name.as_str()).collect();
+    let priced: BTreeSet<&str> = recomputed.iter().map(|s| s.name.as_str()).collect();
+    if listed != priced {
+        warnings.push(format!(
+            "summary.json lists strategies {listed:?} but batches.csv prices {priced:?}; the figures follow batches.csv"
+        ));
+    }
+    for s in &summary.strategies {
+        let Some(r) = recomputed.iter().find(|r| r.name == s.name) else {
+            continue;
+        };
+        if (r.total_time_s - s.total_time_s).abs() > 1e-3 * r.total_time_s {
+            warnings.push(format!(
+                "summary.json gives {} a total of {:.4} s but its batches in batches.csv add up to {:.4} s",
+                s.name, s.total_time_s, r.total_time_s
+            ));
+        }
+    }
+    if let Some(best) = best_static.filter(|b| *b != summary.best_static) {
+        warnings.push(format!(
+            "summary.json names '{}' the best static baseline but batches.csv makes it '{best}'",
+            summary.best_static
+        ));
+    }
+    let distinct: BTreeSet<usize> = batches.iter().map(|r| r.batch).collect();
+    if distinct.len() != summary.batches {
+        warnings.push(format!(
+            "summary.json counts {} batches but batches.csv has {}",
+            summary.batches,
+            distinct.len()
+        ));
+    }
+}

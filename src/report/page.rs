@@ -1,0 +1,327 @@
+//! The report's text: `summary.md` (the headline numbers) and `index.html` (the same numbers and
+//! every figure's SVG inline, so that the one file shows everything without network access).
+
+use super::data::{RunData, Summary};
+use super::palette::{hex, strategy_colour};
+use super::tables::{AccuracyRow, SpeedupStats};
+use super::Figure;
+use std::fmt::Write;
+
+/// Relative errors are judged on messages from this size up (issue 6's fit target).
+const LARGE_MESSAGE_BYTES: f64 = 1024.0 * 1024.0;
+
+/// The markdown summary: run, headline table, speedup distributions, model accuracy, figures.
+pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[AccuracyRow], figures: &[Figure]) -> String {
+    let s = &data.summary;
+    let mut md = String::new();
+    let _ = writeln!(md, "# hsap report: {}\n", s.trace);
+    let _ = writeln!(md, "{}\n", run_line(s));
+    if !s.command.is_empty() {
+        let _ = writeln!(md, "Produced by `{}`.\n", s.command);
+    }
+    let _ = writeln!(md, "## Headline\n");
+    let _ = writeln!(
+        md,
+        "| strategy | total time (s) | mean step (s) | speedup vs best static ({}) |",
+        s.best_static
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for st in &s.strategies {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.4} | {:.3}× |",
+            st.name, st.total_time_s, st.mean_step_s, st.speedup_vs_best_static
+        );
+    }
+    let _ = writeln!(md, "\n{}\n", solve_line(s));
+    let _ = writeln!(md, "## Speedup of hsap per batch\n");
+    let _ = writeln!(
+        md,
+        "Baseline step time over hsap's, per batch (whole run: total over total).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| baseline | batches | min | p25 | median | p75 | max | mean | whole run | batches hsap is slower |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for st in speedups {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            st.baseline, st.batches, st.min, st.p25, st.median, st.p75, st.max, st.mean, st.total, st.batches_slower
+        );
+    }
+    let errors = accuracy_lines(accuracy);
+    if !errors.is_empty() {
+        let _ = writeln!(md, "\n## Model against measurements\n");
+        let _ = writeln!(md, "| source | series | points | median abs. error | max abs. error |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        for e in &errors {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1}% | {:.1}% |",
+                e.source,
+                e.series,
+                e.points,
+                100.0 * e.median,
+                100.0 * e.max
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## Figures\n");
+    for f in figures {
+        let _ = writeln!(
+            md,
+            "{}. **{}** ({id}.svg, {id}.png; data {id}.csv): {}",
+            f.number,
+            f.title,
+            f.caption,
+            id = f.id
+        );
+    }
+    if !data.warnings.is_empty() {
+        let _ = writeln!(md, "\n## Warnings\n");
+        for w in &data.warnings {
+            let _ = writeln!(md, "- {w}");
+        }
+    }
+    md
+}
+
+fn run_line(s: &Summary) -> String {
+    let batch = match (s.global_batch, s.batch_tokens) {
+        (Some(n), _) => format!("global batch {n} documents"),
+        (None, Some(t)) => format!("global batch {t} tokens"),
+        (None, None) => "global batch unstated".into(),
+    };
+    let max_seq = s
+        .max_seq
+        .map(|m| format!(", max sequence {m} tokens"))
+        .unwrap_or_default();
+    format!(
+        "Model {} on {}: {} nodes × {} GPUs ({} GPUs); {batch}{max_seq}; {} batches.",
+        s.model,
+        s.cluster,
+        s.nodes,
+        s.gpus_per_node,
+        s.gpus(),
+        s.batches
+    )
+}
+
+fn solve_line(s: &Summary) -> String {
+    format!(
+        "hsap's solve time per batch: median {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+        s.solve_ms.median, s.solve_ms.p99, s.solve_ms.max
+    )
+}
+
+/// The model's error on one series of measurements.
+struct ErrorLine {
+    source: String,
+    series: String,
+    points: usize,
+    median: f64,
+    max: f64,
+}
+
+/// Median and largest absolute relative error per (source, series); for calibration points, the
+/// held-out points of 1 MiB and more get a line of their own, the figure the fit is judged by.
+fn accuracy_lines(rows: &[AccuracyRow]) -> Vec<ErrorLine> {
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in rows {
+        if !keys.contains(&(r.source, r.series.as_str())) {
+            keys.push((r.source, r.series.as_str()));
+        }
+    }
+    let mut lines: Vec<ErrorLine> = keys
+        .iter()
+        .filter_map(|&(source, series)| {
+            error_line(
+                source,
+                series,
+                rows.iter().filter(|r| r.source == source && r.series == series),
+            )
+        })
+        .collect();
+    let held_out = rows
+        .iter()
+        .filter(|r| r.held_out && r.bytes.is_some_and(|b| b >= LARGE_MESSAGE_BYTES));
+    lines.extend(error_line(
+        "calibration",
+        "held out, ≥ 1 MiB (all collectives)",
+        held_out,
+    ));
+    lines
+}
+
+fn error_line<'a>(source: &str, series: &str, rows: impl Iterator<Item = &'a AccuracyRow>) -> Option<ErrorLine> {
+    let mut errors: Vec<f64> = rows.map(|r| r.rel_error.abs()).collect();
+    if errors.is_empty() {
+        return None;
+    }
+    errors.sort_by(f64::total_cmp);
+    Some(ErrorLine {
+        source: source.to_string(),
+        series: series.to_string(),
+        points: errors.len(),
+        median: super::tables::quantile(&errors, 0.5),
+        max: errors[errors.len() - 1],
+    })
+}
+
+/// The HTML page: everything inline; a Content-Security-Policy forbids any fetch, so a page that
+/// tried one would show an error in the browser's console.
+pub fn index_html(data: &RunData, speedups: &[SpeedupStats], accuracy: &[AccuracyRow], figures: &[Figure]) -> String {
+    let s = &data.summary;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hsap report: {title}</title>
+<style>
+body {{ font-family: sans-serif; color: #222; margin: 0 auto; max-width: 1160px; padding: 16px 24px 48px; line-height: 1.45; }}
+h1 {{ font-size: 1.6em; margin-bottom: 0.2em; }}
+h2 {{ font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }}
+table {{ border-collapse: collapse; margin: 0.6em 0; }}
+th, td {{ padding: 4px 12px; border-bottom: 1px solid #e4e4e4; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f5f5f5; }}
+.swatch {{ display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px; margin-right: 0.45em; vertical-align: -0.1em; }}
+figure {{ margin: 1.2em 0 2em; }}
+figure svg {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
+figcaption {{ color: #444; margin-top: 0.4em; }}
+code {{ background: #f3f3f3; padding: 1px 4px; border-radius: 3px; }}
+.warn {{ color: #8a4b00; }}
+nav a {{ margin-right: 1em; }}
+</style>
+</head>
+<body>
+<h1>hsap report: {title}</h1>
+<p>{run}</p>
+"#,
+        title = esc(&s.trace),
+        run = esc(&run_line(s)),
+    );
+    if !s.command.is_empty() {
+        let _ = writeln!(h, "<p>Produced by <code>{}</code>.</p>", esc(&s.command));
+    }
+    let _ = writeln!(h, "<nav>");
+    for f in figures {
+        let _ = writeln!(h, "<a href=\"#fig-{}\">{}. {}</a>", f.id, f.number, esc(f.title));
+    }
+    let _ = writeln!(h, "</nav>");
+    let _ = writeln!(h, "<h2>Headline</h2>\n<table id=\"headline\">");
+    let _ = writeln!(
+        h,
+        "<tr><th>strategy</th><th>total time (s)</th><th>mean step (s)</th><th>speedup vs best static ({})</th></tr>",
+        esc(&s.best_static)
+    );
+    for st in &s.strategies {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.4}</td><td>{:.3}×</td></tr>",
+            swatch(&st.name),
+            st.total_time_s,
+            st.mean_step_s,
+            st.speedup_vs_best_static
+        );
+    }
+    let _ = writeln!(h, "</table>\n<p>{}</p>", esc(&solve_line(s)));
+    let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>\n<table id=\"speedups\">");
+    let _ = writeln!(
+        h,
+        "<tr><th>baseline</th><th>batches</th><th>min</th><th>median</th><th>max</th><th>mean</th><th>whole run</th><th>batches hsap is slower</th></tr>"
+    );
+    for st in speedups {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}×</td><td>{:.3}×</td><td>{:.3}×</td><td>{:.3}×</td><td>{:.3}×</td><td>{}</td></tr>",
+            swatch(&st.baseline),
+            st.batches,
+            st.min,
+            st.median,
+            st.max,
+            st.mean,
+            st.total,
+            st.batches_slower
+        );
+    }
+    let _ = writeln!(h, "</table>");
+    let errors = accuracy_lines(accuracy);
+    if !errors.is_empty() {
+        let _ = writeln!(h, "<h2>Model against measurements</h2>\n<table id=\"accuracy\">");
+        let _ = writeln!(
+            h,
+            "<tr><th>source</th><th>series</th><th>points</th><th>median abs. error</th><th>max abs. error</th></tr>"
+        );
+        for e in &errors {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
+                esc(&e.source),
+                esc(&e.series),
+                e.points,
+                100.0 * e.median,
+                100.0 * e.max
+            );
+        }
+        let _ = writeln!(h, "</table>");
+    }
+    for f in figures {
+        let _ = writeln!(
+            h,
+            "<h2 id=\"fig-{id}\">{n}. {title}</h2>\n<figure id=\"figure-{id}\" class=\"figure\">\n{svg}\n<figcaption>{caption} Files: <a href=\"{id}.svg\">{id}.svg</a>, <a href=\"{id}.png\">{id}.png</a>, data <a href=\"{id}.csv\">{id}.csv</a>.</figcaption>\n</figure>",
+            id = f.id,
+            n = f.number,
+            title = esc(f.title),
+            svg = f.svg.trim(),
+            caption = esc(&f.caption),
+        );
+    }
+    if !data.warnings.is_empty() {
+        let _ = writeln!(h, "<h2>Warnings</h2>\n<ul class=\"warn\">");
+        for w in &data.warnings {
+            let _ = writeln!(h, "<li>{}</li>", esc(w));
+        }
+        let _ = writeln!(h, "</ul>");
+    }
+    let _ = writeln!(h, "</body>\n</html>");
+    h
+}
+
+fn swatch(strategy: &str) -> String {
+    format!(
+        "<span class=\"swatch\" style=\"background:{}\"></span>{}",
+        hex(strategy_colour(strategy)),
+        esc(strategy)
+    )
+}
+
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(super::esc(r#"a<b>&"c'"#), "a&lt;b&gt;&amp;&quot;c&#39;");
+    }
+}
