@@ -125,8 +125,8 @@ fn fit_points_carry_the_fit_and_the_hold_out() {
     let fitted: usize = outcome.groups.iter().flat_map(|g| &g.series).map(|&i| outcome.series[i].points.len()).sum();
     assert_eq!(points.len(), fitted);
     assert_eq!(fitted, 31 + 11 + 4);
-    assert!(!points.iter().any(|p| p.op == "send_recv"));
-    let ar: Vec<_> = points.iter().filter(|p| p.op == "all_reduce").collect();
+    assert!(!points.iter().any(|p| p.op == Collective::SendRecv));
+    let ar: Vec<_> = points.iter().filter(|p| p.op == Collective::AllReduce).collect();
     assert_eq!(ar.len(), 31);
     // Every third size (8 B, 64 B, ...) was held out and predicted by the fit on the others.
     let held: Vec<f64> = ar.iter().filter(|p| p.held_out).map(|p| p.bytes).collect();
@@ -135,7 +135,7 @@ fn fit_points_carry_the_fit_and_the_hold_out() {
     for p in &ar {
         assert_eq!(p.held_out, p.holdout_predicted_s.is_some());
         assert!(close(p.rel_error, (p.fitted_s - p.measured_s) / p.measured_s, 1e-9));
-        assert_eq!((p.level.as_str(), p.ranks, p.nodes), ("inter", 16, 2));
+        assert_eq!((p.level, p.ranks, p.nodes), (LinkLevel::Inter, 16, 2));
     }
     let fit = outcome.calibration.collectives.iter().find(|f| f.op == Collective::AllReduce).unwrap();
     assert_eq!(ar[30].fitted_s, fit.time_s(8_589_934_592.0, 16));

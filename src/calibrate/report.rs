@@ -6,6 +6,7 @@ use super::fit::Holdout;
 use super::nccl_tests::format_bytes;
 use super::plural;
 use super::profile::{level_name, Outcome};
+use crate::cluster::{Collective, LinkLevel};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -14,8 +15,8 @@ use std::path::Path;
 /// later versions may add columns at the end, never reorder these.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FitPoint {
-    pub op: String,
-    pub level: String,
+    pub op: Collective,
+    pub level: LinkLevel,
     pub ranks: u32,
     pub bytes: f64,
     pub measured_s: f64,
@@ -47,8 +48,8 @@ pub fn fit_points(outcome: &Outcome) -> Vec<FitPoint> {
                 let fitted_s = group.fit.time_s(p.bytes, series.ranks);
                 let h = held.iter().find(|h| h.bytes == p.bytes);
                 rows.push(FitPoint {
-                    op: series.op.name().to_string(),
-                    level: level_name(series.level).to_string(),
+                    op: series.op,
+                    level: series.level,
                     ranks: series.ranks,
                     bytes: p.bytes,
                     measured_s: p.time_s,
@@ -64,6 +65,22 @@ pub fn fit_points(outcome: &Outcome) -> Vec<FitPoint> {
         }
     }
     rows
+}
+
+impl FitPoint {
+    /// The columns the report's calibration figure draws.
+    pub fn plotted(&self) -> crate::report::data::FitPoint {
+        crate::report::data::FitPoint {
+            op: self.op,
+            level: self.level,
+            ranks: self.ranks,
+            bytes: self.bytes,
+            measured_s: self.measured_s,
+            fitted_s: self.fitted_s,
+            rel_error: self.rel_error,
+            held_out: self.held_out,
+        }
+    }
 }
 
 pub fn write_points_csv(path: &Path, rows: &[FitPoint]) -> Result<()> {
@@ -233,7 +250,7 @@ fn point_tables(outcome: &Outcome, points: &[FitPoint]) -> Vec<(String, Table)> 
         for &i in &g.series {
             let s = &outcome.series[i];
             let mut t = Table::new(vec!["bytes", "measured_us", "fitted_us", "error", "held_out_pred_us", "held_out_error"]);
-            for p in points.iter().filter(|p| p.source == s.source && p.op == s.op.name() && p.ranks == s.ranks) {
+            for p in points.iter().filter(|p| p.source == s.source && p.op == s.op && p.ranks == s.ranks) {
                 t.rows.push(vec![
                     format_bytes(p.bytes),
                     us(p.measured_s),

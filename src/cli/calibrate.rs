@@ -122,6 +122,10 @@ pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write)
     let points = report::fit_points(&outcome);
     let dir = args.report_dir();
     report::write_points_csv(&dir.join("fit_points.csv"), &points)?;
+    let plotted: Vec<_> = points.iter().map(report::FitPoint::plotted).collect();
+    let figure = crate::report::calibration_figure(&plotted, 1)?;
+    crate::output::write_atomic(&dir.join("calibration_fit.svg"), figure.svg.as_bytes())?;
+    crate::output::write_atomic(&dir.join("calibration_fit.png"), &figure.png)?;
     let command = command_line(args);
     crate::output::write_atomic(&dir.join("fit_summary.md"), report::markdown(&outcome, &points, &args.out, &command).as_bytes())?;
 

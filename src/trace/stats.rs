@@ -26,7 +26,7 @@ pub struct TraceStats {
     pub histogram: Histogram,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TokenShare {
     /// Length in tokens.
     pub above: u32,
