@@ -22,6 +22,44 @@ pub struct Plan {
     pub batches: Vec<BatchPlan>,
 }
 
+impl Plan {
+    /// Reads a plan.json, checking its format version.
+    pub fn read(path: &std::path::Path) -> crate::Result<Plan> {
+        let text = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+        let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
+            crate::Error::input(
+                path,
+                e.line(),
+                format!("not a plan: {e}"),
+                "pass the plan.json that `hsap-tune --out DIR` wrote (docs/plan-format.md)",
+            )
+        })?;
+        if plan.format_version != PLAN_FORMAT_VERSION {
+            return Err(crate::Error::input(
+                path,
+                0,
+                format!("plan format version {} is not {PLAN_FORMAT_VERSION}", plan.format_version),
+                "re-run the planner with this version of hsap-tune",
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The batch with index `k`.
+    pub fn batch(&self, k: usize) -> crate::Result<&BatchPlan> {
+        self.batches.iter().find(|b| b.index == k).ok_or_else(|| {
+            crate::Error::invalid(
+                format!("the plan has no batch {k} (it has {} batches)", self.batches.len()),
+                format!(
+                    "choose --batch between {} and {}",
+                    self.batches.first().map_or(0, |b| b.index),
+                    self.batches.last().map_or(0, |b| b.index)
+                ),
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchPlan {
     pub index: usize,

@@ -26,6 +26,8 @@ pub enum Command {
     Calibrate(super::CalibrateArgs),
     /// Draw the comparison report of a planner run: DIR/report/index.html, figures as SVG and PNG.
     Report(super::ReportArgs),
+    /// Replay a plan with the groups of each micro-batch sharing links; write a Perfetto timeline.
+    Simulate(super::SimulateArgs),
 }
 
 /// Where document lengths come from and how they form batches.

@@ -5,11 +5,13 @@ mod args;
 mod calibrate;
 mod inspect;
 mod report;
+mod simulate;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use calibrate::{calibrate, CalibrateArgs};
 pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
+pub use simulate::{simulate, SimulateArgs};
 
 use crate::error::Result;
 use std::io::Write;
@@ -20,6 +22,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Inspect(args) => inspect(&args, out, err),
         Command::Calibrate(args) => calibrate(&args, out, err),
         Command::Report(args) => report(&args, out, err),
+        Command::Simulate(args) => simulate(&args, out, err),
     }
 }
 
