@@ -46,20 +46,54 @@ pub fn slot_pairs(layout: &GroupLayout) -> Vec<Vec<f64>> {
     slot_work(layout).pairs
 }
 
-/// Attention work between ring slots.
+/// Query rows by key columns of the attention kernels' work tiles: FlashAttention-2/3 walk the
+/// (query, key) plane in tiles of about this many tokens a side, and a tile with one unmasked
+/// pair costs as much as a full one. The tile model (cost::attention) is fitted with it.
+pub const ATTENTION_TILE_TOKENS: u32 = 128;
+
+/// Attention work between ring slots, with what the kernels see of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotWork {
     /// `pairs[i][j]`: pairs with the query on slot i and the key on slot j.
     pub pairs: Vec<Vec<f64>>,
     /// `block_len[i][j]`: the pairs-weighted mean of the shorter side of the document pieces that
-    /// meet there: the tile length the attention kernel works with.
+    /// meet there.
     pub block_len: Vec<Vec<f64>>,
+    /// `tiles[i][j]`: kernel tiles ([`ATTENTION_TILE_TOKENS`] a side) with at least one unmasked
+    /// pair. Tiles start at each document piece's first token, as varlen kernels cut them.
+    pub tiles: Vec<Vec<f64>>,
+    /// Query tiles with work at (i, j): the forward kernel's per-query-tile fixed cost.
+    pub q_tiles: Vec<Vec<f64>>,
+    /// Key tiles with work at (i, j): the backward kernel's per-key-tile fixed cost.
+    pub k_tiles: Vec<Vec<f64>>,
+    /// Query and key tokens with work at (i, j): the rows a ring step's softmax merge rewrites.
+    pub q_rows: Vec<Vec<f64>>,
+    pub k_rows: Vec<Vec<f64>>,
+    /// Whether the call at (i, j) holds a partly masked (diagonal) block, which makes it a causal
+    /// kernel call; calls of fully visible blocks only run as non-causal ones.
+    pub causal: Vec<Vec<bool>>,
+    /// Query tiles of slot i with work against any slot (one kernel over all gathered keys).
+    pub q_tiles_any: Vec<f64>,
+    /// Key tiles of slot j with work against any slot.
+    pub k_tiles_any: Vec<f64>,
 }
 
 pub fn slot_work(layout: &GroupLayout) -> SlotWork {
     let r = layout.slots.len();
-    let mut pairs = vec![vec![0.0; r]; r];
-    let mut weighted = vec![vec![0.0; r]; r];
+    let grid = || vec![vec![0.0; r]; r];
+    let mut w = SlotWork {
+        pairs: grid(),
+        block_len: grid(),
+        tiles: grid(),
+        q_tiles: grid(),
+        k_tiles: grid(),
+        q_rows: grid(),
+        k_rows: grid(),
+        causal: vec![vec![false; r]; r],
+        q_tiles_any: vec![0.0; r],
+        k_tiles_any: vec![0.0; r],
+    };
+    let mut weighted = grid();
     // Index pieces by document so only same-document pieces are paired.
     let mut by_doc: Vec<Vec<(usize, &Piece)>> = vec![Vec::new(); layout.docs.len()];
     for (s, slot) in layout.slots.iter().enumerate() {
@@ -67,21 +101,100 @@ pub fn slot_work(layout: &GroupLayout) -> SlotWork {
             by_doc[p.doc as usize].push((s, p));
         }
     }
+    // Per piece: does it have work against slot j (as query / as key)?
+    let (mut q_busy, mut k_busy): (Vec<bool>, Vec<bool>) = (Vec::new(), Vec::new());
     for pieces in &by_doc {
-        for (i, q) in pieces {
-            for (j, k) in pieces {
-                let n = piece_pairs(q, k);
-                pairs[*i][*j] += n;
-                weighted[*i][*j] += n * f64::from(q.len.min(k.len));
+        let n = pieces.len();
+        q_busy.clear();
+        q_busy.resize(n * r, false);
+        k_busy.clear();
+        k_busy.resize(n * r, false);
+        for (a, (i, q)) in pieces.iter().enumerate() {
+            for (b, (j, k)) in pieces.iter().enumerate() {
+                let count = piece_pairs(q, k);
+                if count <= 0.0 {
+                    continue;
+                }
+                w.pairs[*i][*j] += count;
+                weighted[*i][*j] += count * f64::from(q.len.min(k.len));
+                w.tiles[*i][*j] += block_tiles(q, k);
+                if !fully_visible(q, k) {
+                    w.causal[*i][*j] = true;
+                }
+                q_busy[a * r + j] = true;
+                k_busy[b * r + i] = true;
+            }
+        }
+        for (a, (s, p)) in pieces.iter().enumerate() {
+            let t = tiles_of(p.len);
+            let len = f64::from(p.len);
+            let (q_any, k_any) = (q_busy[a * r..(a + 1) * r].iter().any(|&x| x), k_busy[a * r..(a + 1) * r].iter().any(|&x| x));
+            for other in 0..r {
+                if q_busy[a * r + other] {
+                    w.q_tiles[*s][other] += t;
+                    w.q_rows[*s][other] += len;
+                }
+                if k_busy[a * r + other] {
+                    w.k_tiles[other][*s] += t;
+                    w.k_rows[other][*s] += len;
+                }
+            }
+            if q_any {
+                w.q_tiles_any[*s] += t;
+            }
+            if k_any {
+                w.k_tiles_any[*s] += t;
             }
         }
     }
-    let block_len = pairs
-        .iter()
-        .zip(&weighted)
-        .map(|(p, w)| p.iter().zip(w).map(|(&p, &w)| if p > 0.0 { w / p } else { 0.0 }).collect())
-        .collect();
-    SlotWork { pairs, block_len }
+    for i in 0..r {
+        for j in 0..r {
+            let p = w.pairs[i][j];
+            w.block_len[i][j] = if p > 0.0 { weighted[i][j] / p } else { 0.0 };
+        }
+    }
+    w
+}
+
+/// Tiles along one side of a piece of `len` tokens.
+fn tiles_of(len: u32) -> f64 {
+    f64::from(len.div_ceil(ATTENTION_TILE_TOKENS))
+}
+
+/// Every key of `k` precedes every query of `q`: the block needs no mask.
+pub fn fully_visible(q: &Piece, k: &Piece) -> bool {
+    q.stride == 1 && k.stride == 1 && k.start + k.len <= q.start
+}
+
+/// Kernel tiles with at least one unmasked pair between query piece `q` and key piece `k` of the
+/// same document, tiles aligned to each piece's first token.
+pub fn block_tiles(q: &Piece, k: &Piece) -> f64 {
+    let (tq, tk) = (tiles_of(q.len), tiles_of(k.len));
+    if fully_visible(q, k) {
+        return tq * tk;
+    }
+    if q.stride == 1 && k.stride == 1 {
+        if k.start == q.start && k.len == q.len {
+            return tq * (tq + 1.0) / 2.0; // the causal diagonal
+        }
+    }
+    // Walk the query tiles: the last query of tile t sees the keys up to its position.
+    let b = ATTENTION_TILE_TOKENS;
+    let mut tiles = 0u64;
+    for t in 0..q.len.div_ceil(b) {
+        let last = (t + 1).saturating_mul(b).min(q.len) - 1;
+        let visible = if q.stride == 1 && k.stride == 1 {
+            // keys at positions <= q.start + last
+            (i64::from(q.start) + i64::from(last) - i64::from(k.start) + 1).clamp(0, i64::from(k.len))
+        } else {
+            // same stride: key index n is visible from query index m when n <= m (k.start <= q.start)
+            // or n < m (k.start > q.start)
+            let offset = if k.start <= q.start { 1 } else { 0 };
+            (i64::from(last) + offset).clamp(0, i64::from(k.len))
+        };
+        tiles += (visible as u64).div_ceil(u64::from(b));
+    }
+    tiles as f64
 }
 
 /// Causal pairs of one document of `len` tokens: len (len + 1) / 2.
@@ -124,6 +237,57 @@ mod tests {
                 assert_eq!(sum, total, "{shape}");
             }
         }
+    }
+
+    fn brute_tiles(q: &Piece, k: &Piece) -> f64 {
+        // A tile (query tile a, key tile b) counts when one of its pairs is unmasked.
+        let b = ATTENTION_TILE_TOKENS as usize;
+        let qs: Vec<u32> = q.positions().collect();
+        let ks: Vec<u32> = k.positions().collect();
+        let mut seen = std::collections::HashSet::new();
+        for (m, &p) in qs.iter().enumerate() {
+            for (n, &x) in ks.iter().enumerate() {
+                if x <= p {
+                    seen.insert((m / b, n / b));
+                }
+            }
+        }
+        seen.len() as f64
+    }
+
+    #[test]
+    fn tiles_match_counting() {
+        let c = |start, len| Piece { doc: 0, start, len, stride: 1 };
+        let s = |start, len| Piece { doc: 0, start, len, stride: 8 };
+        let cases = [
+            (c(1000, 300), c(0, 1000)),   // rectangle: 3 x 8 = 24 tiles
+            (c(0, 300), c(0, 300)),       // diagonal: 3 x 4 / 2 = 6 tiles
+            (c(100, 300), c(50, 200)),    // partial overlap
+            (c(0, 100), c(200, 50)),      // keys after queries: nothing
+            (s(3, 300), s(1, 300)),
+            (s(1, 300), s(3, 299)),
+        ];
+        for (q, k) in cases {
+            assert_eq!(block_tiles(&q, &k), brute_tiles(&q, &k), "{q:?} {k:?}");
+        }
+        assert_eq!(block_tiles(&c(1000, 300), &c(0, 1000)), 24.0);
+        assert_eq!(block_tiles(&c(0, 300), &c(0, 300)), 6.0);
+    }
+
+    #[test]
+    fn short_documents_cut_over_the_ring_waste_tiles() {
+        // A 1000-token document over 8 slots (zigzag): 16 chunks of 63 tokens, each meeting in
+        // one tile: 16 x 17 / 2 = 136 tiles for 500,500 pairs. Kept whole (the sequence-aware
+        // layout), it takes 8 x 9 / 2 = 36 tiles.
+        let zig = GroupShape { scheme: Scheme::Ring, ulysses: 1, ring: 8, variant: RingVariant::Zigzag };
+        let whole = GroupShape { scheme: Scheme::Hsap, ulysses: 1, ring: 8, variant: RingVariant::Zigzag };
+        let docs = [1000, 1_000_000];
+        let w = slot_work(&layout(&zig, &docs, &HsapParams::default()));
+        let h = slot_work(&layout(&whole, &docs, &HsapParams::default()));
+        let big = |w: &SlotWork| w.tiles.iter().flatten().sum::<f64>();
+        let only_long = slot_work(&layout(&zig, &docs[1..], &HsapParams::default()));
+        assert_eq!(big(&w) - big(&only_long), 136.0);
+        assert_eq!(big(&h) - big(&only_long), 36.0);
     }
 
     #[test]
