@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
     Inspect(super::InspectArgs),
+    /// Price one setup with the cost model: time, TFLOP/s, MFU, memory and a breakdown.
+    Predict(super::PredictArgs),
 }
 
 /// Where document lengths come from and how they form batches.

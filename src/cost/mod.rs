@@ -10,6 +10,7 @@ pub mod comm;
 pub mod compute;
 pub mod memory;
 pub mod pairs;
+pub mod scenario;
 mod program;
 pub mod validate;
 
@@ -46,6 +47,9 @@ pub struct TrainConfig {
     pub qkv_packed: bool,
     /// The attention kernel; None: FlashAttention-3 on Hopper, FlashAttention-2 on Ampere.
     pub attention_kernel: Option<AttentionKernel>,
+    /// GPUs that hold the model states: ZeRO shards over them (divided by tp) and the per-layer
+    /// ZeRO collectives span them. None: every GPU of the cluster.
+    pub data_parallel_gpus: Option<u32>,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +63,7 @@ impl Default for TrainConfig {
             backward: true,
             qkv_packed: false,
             attention_kernel: None,
+            data_parallel_gpus: None,
         }
     }
 }
@@ -74,6 +79,16 @@ pub enum Scope {
     /// A whole micro-batch: every layer, the LM head and loss, and ZeRO traffic.
     #[default]
     Step,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Attention => "attention",
+            Scope::Layer => "layer",
+            Scope::Step => "step",
+        }
+    }
 }
 
 /// A group's predicted cost for one micro-batch.
@@ -212,6 +227,11 @@ impl CostModel {
     fn reference_count(&self, shape: &GroupShape, len: u32) -> usize {
         let tokens = u64::from(DOC_TIME_REFERENCE_TOKENS_PER_GPU) * u64::from(shape.size());
         tokens.div_ceil(u64::from(len.max(1))).max(1) as usize
+    }
+
+    /// GPUs that hold the model states (`TrainConfig::data_parallel_gpus`, else the cluster's).
+    pub fn data_parallel_gpus(&self) -> u32 {
+        self.train.data_parallel_gpus.unwrap_or_else(|| self.cluster.gpus()).max(1)
     }
 
     /// Memory the model states take per GPU when all `gpus` GPUs hold the model: the

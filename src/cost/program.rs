@@ -385,9 +385,10 @@ impl Ctx<'_> {
     fn data_parallel_transfer(&self, collective: Collective) -> Transfer {
         let c = self.cluster();
         let tp = self.cm.train.tp;
-        let ranks = (c.gpus() / tp).max(1);
+        let gpus = self.cm.data_parallel_gpus();
+        let ranks = (gpus / tp).max(1);
         let bytes = 2.0 * self.model().layer_params() as f64 / f64::from(tp);
-        Transfer::new(collective, ranks, c.nodes, bytes)
+        Transfer::new(collective, ranks, gpus.div_ceil(c.gpus_per_node), bytes)
     }
 
     fn zero3_transfer(&self, collective: Collective) -> Option<Transfer> {
@@ -768,7 +769,7 @@ impl Ctx<'_> {
                 }
             }
             Scope::Layer => {
-                let states = model_state_bytes(m, &cm.train, (cm.cluster.gpus() / cm.train.tp).max(1));
+                let states = model_state_bytes(m, &cm.train, (cm.data_parallel_gpus() / cm.train.tp).max(1));
                 MemoryBreakdown {
                     model_states_bytes: states * m.layer_params() as f64 / m.params().max(1) as f64,
                     activations_bytes: self.tokens * layer_activation_bytes_per_token(m) / tp,
@@ -782,7 +783,7 @@ impl Ctx<'_> {
                 let kept = self.tokens * layers * kept_bytes_per_token_layer(m, policy) / tp;
                 let working = self.tokens * layer_activation_bytes_per_token(m) / tp;
                 MemoryBreakdown {
-                    model_states_bytes: cm.static_memory_bytes(cm.cluster.gpus()),
+                    model_states_bytes: cm.static_memory_bytes(cm.data_parallel_gpus()),
                     activations_bytes: kept + working,
                     logits_bytes: self.tokens * logits_bytes_per_token(m, cm.train.tp),
                     buffers_bytes,
