@@ -532,10 +532,11 @@ impl Ctx<'_> {
     /// forward K and V (bf16); backward K and V (bf16) and the dK, dV accumulators, which travel
     /// in fp32 (ring-flash-attention, USP and Transformer Engine all accumulate them in fp32).
     fn ring_block_bytes(&self, pass: Pass) -> f64 {
+        // After the all-to-all a rank holds its slot's every token for its share of the heads.
         let travelling = match self.shape.scheme {
             // Only split documents' pieces (and their padding) circulate.
-            Scheme::Hsap => self.split_tokens_per_rank(),
-            _ => self.tokens,
+            Scheme::Hsap => self.split_tokens_per_slot(),
+            _ => self.slot_tokens(),
         };
         let bytes_per_element = match pass {
             Pass::Fwd => 2.0 * 2.0,
@@ -544,9 +545,8 @@ impl Ctx<'_> {
         travelling * bytes_per_element * self.kv_heads * self.head_dim()
     }
 
-    /// Tokens of split documents one rank holds (the largest over slots, padding included).
-    fn split_tokens_per_rank(&self) -> f64 {
-        let u = f64::from(self.shape.ulysses);
+    /// Tokens of split documents a slot holds (the largest over slots, padding included).
+    fn split_tokens_per_slot(&self) -> f64 {
         self.layout
             .slots
             .iter()
@@ -559,7 +559,6 @@ impl Ctx<'_> {
                     .sum::<f64>()
             })
             .fold(0.0, f64::max)
-            / u
     }
 
     /// The running-softmax merge a ring step adds after its kernel, as the open-source ring
@@ -689,7 +688,8 @@ impl Ctx<'_> {
     /// then each slot's queries against all keys in one kernel.
     fn allgather_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let r = self.shape.ring;
-        let gathered = f64::from(r) * self.tokens * 2.0 * self.head_bytes(self.kv_heads);
+        // The gathered K and V of every slot, for this rank's share of the KV heads.
+        let gathered = f64::from(r) * self.slot_tokens() * 2.0 * self.head_bytes(self.kv_heads);
         let collective = match pass {
             Pass::Fwd => Collective::AllGather,
             Pass::Bwd => Collective::ReduceScatter,
@@ -799,7 +799,7 @@ impl Ctx<'_> {
         let d = self.head_dim();
         let ring = match (self.shape.scheme, self.shape.ring) {
             (_, 1) => 0.0,
-            (Scheme::Allgather, r) => f64::from(r) * self.tokens * 2.0 * self.head_bytes(self.kv_heads),
+            (Scheme::Allgather, r) => f64::from(r) * self.slot_tokens() * 2.0 * self.head_bytes(self.kv_heads),
             // Double buffering (the block in use and the one arriving: K, V and, backward, their
             // gradients), and the fp32 accumulators of the output (forward) or of dQ, dK, dV.
             _ => {
