@@ -18,7 +18,7 @@ pub use attention::{AttentionKernel, AttentionModel};
 pub use comm::Transfer;
 pub use compute::{Dtype, Pass};
 pub use memory::{Checkpointing, MemoryBreakdown};
-pub use program::{batch_layout, Part, Program, Stage};
+pub use program::{batch_layout, OverlapSplit, Part, Program, Stage};
 
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
@@ -150,9 +150,34 @@ pub struct CostModel {
 /// (12) and the bf16 gradient (2), writes the three fp32 states (12) and the bf16 weight (2).
 pub const ADAM_BYTES_PER_PARAM: f64 = 28.0;
 
-/// Tokens per GPU of the homogeneous batches `doc_time` is measured on: enough that GEMM tiles
+/// Tokens per GPU of the homogeneous batches `doc_linear` is measured on: enough that GEMM tiles
 /// and collective latencies are amortised as in a real micro-batch.
 pub const DOC_TIME_REFERENCE_TOKENS_PER_GPU: u32 = 4096;
+
+/// Most documents in one of `doc_linear`'s reference batches (short documents would otherwise
+/// need tens of thousands).
+pub const DOC_TIME_MAX_DOCS: usize = 4096;
+
+/// A linear model of a group's micro-batch time for the planner's MILP. ZeRO's per-layer
+/// parameter and gradient traffic runs alongside the layer's GEMMs, so a group is either
+/// compute-bound or bound by that traffic:
+/// `time ~ max(fixed_s + sum doc_s, floor_s + sum doc_comm_bound_s)` (two epigraph constraints).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GroupLinear {
+    /// Intercept of the compute-bound line.
+    pub fixed_s: f64,
+    /// Intercept of the traffic-bound line: the overlapped ZeRO traffic plus the fixed rest.
+    pub floor_s: f64,
+}
+
+/// One document's slopes in [`GroupLinear`]'s two lines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DocLinear {
+    /// Marginal time when compute hides the ZeRO traffic.
+    pub doc_s: f64,
+    /// Marginal time when the ZeRO traffic hides the GEMMs it overlaps.
+    pub doc_comm_bound_s: f64,
+}
 
 impl CostModel {
     pub fn new(model: ModelShape, cluster: Cluster, train: TrainConfig) -> Result<CostModel> {
@@ -201,32 +226,66 @@ impl CostModel {
     }
 
     /// The group's time that does not grow with its documents (kernel launches, collective
-    /// latencies): the intercept of `group` over homogeneous batches, `2 T(k) - T(2k)`.
+    /// latencies) when its compute hides the ZeRO traffic: `group_linear(shape).fixed_s`.
     pub fn group_fixed_s(&self, shape: &GroupShape) -> f64 {
-        let len = 1024;
-        let k = self.reference_count(shape, len);
-        let t1 = self.group(shape, &vec![len; k]).time_s;
-        let t2 = self.group(shape, &vec![len; 2 * k]).time_s;
-        (2.0 * t1 - t2).max(0.0)
+        self.group_linear(shape).fixed_s
     }
 
-    /// The marginal time one document of `len` tokens adds to a group's micro-batch: measured on a
-    /// homogeneous batch of such documents filling the group to
-    /// [`DOC_TIME_REFERENCE_TOKENS_PER_GPU`], less the fixed part, per document. A linear model
-    /// for the planner: `group(shape, docs) ~ group_fixed_s(shape) + sum doc_time(shape, len)`.
-    /// Each call prices a whole batch: cache it per (shape, length bucket).
+    /// The marginal time one document of `len` tokens adds to a group's micro-batch when the
+    /// group's compute hides its ZeRO traffic: `doc_linear(shape, len).doc_s`.
     pub fn doc_time(&self, shape: &GroupShape, len: u32) -> f64 {
+        self.doc_linear(shape, len).doc_s
+    }
+
+    /// The intercepts of the group's two-line linear model (see [`GroupLinear`]): measured on
+    /// homogeneous batches of 1024-token documents filling the group to
+    /// [`DOC_TIME_REFERENCE_TOKENS_PER_GPU`] and twice that, `2 f(k) - f(2k)`.
+    pub fn group_linear(&self, shape: &GroupShape) -> GroupLinear {
+        let len = 1024;
+        let k = self.reference_count(shape, len);
+        let one = self.program(shape, &vec![len; k]).overlap_split();
+        let two = self.program(shape, &vec![len; 2 * k]).overlap_split();
+        let intercept = |a: f64, b: f64| (2.0 * a - b).max(0.0);
+        let rest = intercept(one.rest_s, two.rest_s);
+        GroupLinear {
+            fixed_s: rest + intercept(one.overlapped_compute_s, two.overlapped_compute_s),
+            floor_s: rest + one.overlapped_transfer_s,
+        }
+    }
+
+    /// The slopes of the two-line linear model for one document of `len` tokens, measured on
+    /// homogeneous batches of such documents (k and 2k of them, k filling the group to
+    /// [`DOC_TIME_REFERENCE_TOKENS_PER_GPU`], at most [`DOC_TIME_MAX_DOCS`]). Each call prices two
+    /// batches: cache it per (shape, length bucket).
+    pub fn doc_linear(&self, shape: &GroupShape, len: u32) -> DocLinear {
         if len == 0 {
-            return 0.0;
+            return DocLinear { doc_s: 0.0, doc_comm_bound_s: 0.0 };
         }
         let k = self.reference_count(shape, len);
-        let total = self.group(shape, &vec![len; k]).time_s;
-        ((total - self.group_fixed_s(shape)) / k as f64).max(0.0)
+        let one = self.program(shape, &vec![len; k]).overlap_split();
+        let two = self.program(shape, &vec![len; 2 * k]).overlap_split();
+        let slope = |a: f64, b: f64| ((b - a) / k as f64).max(0.0);
+        let rest = slope(one.rest_s, two.rest_s);
+        DocLinear {
+            doc_s: rest + slope(one.overlapped_compute_s, two.overlapped_compute_s),
+            doc_comm_bound_s: rest,
+        }
+    }
+
+    /// The two-line linear model's estimate of `group(shape, docs).time_s` from the documents'
+    /// slopes (the planner's cache of [`CostModel::doc_linear`]).
+    pub fn linear_estimate_s(&self, group: &GroupLinear, docs: impl Iterator<Item = DocLinear>) -> f64 {
+        let (mut compute, mut comm) = (group.fixed_s, group.floor_s);
+        for d in docs {
+            compute += d.doc_s;
+            comm += d.doc_comm_bound_s;
+        }
+        compute.max(comm)
     }
 
     fn reference_count(&self, shape: &GroupShape, len: u32) -> usize {
         let tokens = u64::from(DOC_TIME_REFERENCE_TOKENS_PER_GPU) * u64::from(shape.size());
-        tokens.div_ceil(u64::from(len.max(1))).max(1) as usize
+        (tokens.div_ceil(u64::from(len.max(1))) as usize).clamp(1, DOC_TIME_MAX_DOCS)
     }
 
     /// GPUs that hold the model states (`TrainConfig::data_parallel_gpus`, else the cluster's).

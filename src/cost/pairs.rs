@@ -1,7 +1,7 @@
 //! Attention work as (query, key) pairs: exact counts under the document-masked causal mask, per
 //! pair of ring slots, from a group's layout.
 
-use crate::scheme::{GroupLayout, Piece};
+use crate::scheme::{GroupLayout, Piece, RingVariant, Scheme};
 
 /// Pairs between query piece `q` and key piece `k` of the same document (key position <= query
 /// position). Contiguous pieces and same-stride pieces (the stripe layout) have closed forms.
@@ -79,6 +79,12 @@ pub struct SlotWork {
 }
 
 pub fn slot_work(layout: &GroupLayout) -> SlotWork {
+    slot_work_with(layout, true)
+}
+
+/// `closed_forms`: price zigzagged documents by their bucket closed forms (false: piece by piece,
+/// which the tests compare against).
+fn slot_work_with(layout: &GroupLayout, closed_forms: bool) -> SlotWork {
     let r = layout.slots.len();
     let grid = || vec![vec![0.0; r]; r];
     let mut w = SlotWork {
@@ -94,10 +100,23 @@ pub fn slot_work(layout: &GroupLayout) -> SlotWork {
         k_tiles_any: vec![0.0; r],
     };
     let mut weighted = grid();
-    // Index pieces by document so only same-document pieces are paired.
+    // Documents zigzagged over the ring have a closed form per (full chunks, partial chunk)
+    // bucket; the others are paired piece by piece.
+    let zigzagged = if closed_forms { zigzag_docs(layout) } else { vec![false; layout.docs.len()] };
+    let mut buckets: Vec<ChunkSums> = vec![ChunkSums::default(); 2 * (2 * r + 1)];
+    for (d, &len) in layout.docs.iter().enumerate() {
+        if zigzagged.get(d).copied().unwrap_or(false) && len > 0 {
+            let (m, sums) = ChunkSums::of(len, r);
+            buckets[2 * m + usize::from(sums.partial)].add(&sums);
+        }
+    }
+    for (key, sums) in buckets.iter().enumerate().filter(|(_, s)| s.docs > 0) {
+        add_zigzag_bucket(&mut w, &mut weighted, r, key / 2, sums);
+    }
+    // Index the other pieces by document so only same-document pieces are paired.
     let mut by_doc: Vec<Vec<(usize, &Piece)>> = vec![Vec::new(); layout.docs.len()];
     for (s, slot) in layout.slots.iter().enumerate() {
-        for p in slot.pieces.iter().filter(|p| p.len > 0) {
+        for p in slot.pieces.iter().filter(|p| p.len > 0 && !zigzagged.get(p.doc as usize).copied().unwrap_or(false)) {
             by_doc[p.doc as usize].push((s, p));
         }
     }
@@ -154,6 +173,152 @@ pub fn slot_work(layout: &GroupLayout) -> SlotWork {
         }
     }
     w
+}
+
+/// Which documents the layout zigzags over its ring: chunk k of 2r (each `ceil(len / 2r)` tokens,
+/// the last ones partial or empty) on slot k for k < r, on slot 2r - 1 - k otherwise.
+fn zigzag_docs(layout: &GroupLayout) -> Vec<bool> {
+    let shape = layout.shape;
+    let zigzag = shape.ring > 1
+        && match shape.scheme {
+            Scheme::Allgather | Scheme::Hsap => true,
+            Scheme::Ring | Scheme::Usp | Scheme::DoubleRing => shape.variant == RingVariant::Zigzag,
+            Scheme::Ulysses => false,
+        };
+    if !zigzag || layout.slots.len() != shape.ring as usize {
+        return vec![false; layout.docs.len()];
+    }
+    layout.split.clone()
+}
+
+/// Sums over the zigzagged documents of one bucket (same number of full chunks `m`, and whether a
+/// partial chunk follows) of the per-document quantities the closed forms need: chunk length c,
+/// partial length p, and their tiles Tc, Tp.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkSums {
+    docs: u32,
+    partial: bool,
+    c: f64,
+    c2: f64,
+    c3: f64,
+    c_diag: f64,
+    c_diag_w: f64,
+    tc: f64,
+    tc2: f64,
+    tc_diag: f64,
+    p: f64,
+    pc: f64,
+    p2c: f64,
+    p_diag: f64,
+    p_diag_w: f64,
+    tp: f64,
+    tptc: f64,
+    tp_diag: f64,
+}
+
+impl ChunkSums {
+    /// One document of `len` tokens over a ring of `r`: (full chunks, its sums).
+    fn of(len: u32, r: usize) -> (usize, ChunkSums) {
+        let chunk = len.div_ceil(2 * r as u32);
+        let m = (len / chunk) as usize;
+        let (c, p) = (f64::from(chunk), f64::from(len - m as u32 * chunk));
+        let (tc, tp) = (tiles_of(chunk), tiles_of(len - m as u32 * chunk));
+        let sums = ChunkSums {
+            docs: 1,
+            partial: p > 0.0,
+            c,
+            c2: c * c,
+            c3: c * c * c,
+            c_diag: c * (c + 1.0) / 2.0,
+            c_diag_w: c * c * (c + 1.0) / 2.0,
+            tc,
+            tc2: tc * tc,
+            tc_diag: tc * (tc + 1.0) / 2.0,
+            p,
+            pc: p * c,
+            p2c: p * p * c,
+            p_diag: p * (p + 1.0) / 2.0,
+            p_diag_w: p * p * (p + 1.0) / 2.0,
+            tp,
+            tptc: tp * tc,
+            tp_diag: tp * (tp + 1.0) / 2.0,
+        };
+        (m, sums)
+    }
+
+    fn add(&mut self, o: &ChunkSums) {
+        self.docs += o.docs;
+        self.partial = o.partial;
+        self.c += o.c;
+        self.c2 += o.c2;
+        self.c3 += o.c3;
+        self.c_diag += o.c_diag;
+        self.c_diag_w += o.c_diag_w;
+        self.tc += o.tc;
+        self.tc2 += o.tc2;
+        self.tc_diag += o.tc_diag;
+        self.p += o.p;
+        self.pc += o.pc;
+        self.p2c += o.p2c;
+        self.p_diag += o.p_diag;
+        self.p_diag_w += o.p_diag_w;
+        self.tp += o.tp;
+        self.tptc += o.tptc;
+        self.tp_diag += o.tp_diag;
+    }
+}
+
+/// Adds one bucket of zigzagged documents (`m` full chunks, then a partial one if
+/// `sums.partial`): chunk a sees chunk b fully when b < a and its own diagonal when b = a.
+fn add_zigzag_bucket(w: &mut SlotWork, weighted: &mut [Vec<f64>], r: usize, m: usize, sums: &ChunkSums) {
+    // Chunks present: 0..m full, m partial (if any); chunk k lives on slot k or 2r - 1 - k.
+    let present = m + usize::from(sums.partial);
+    let kind = |k: usize| -> Option<bool> {
+        // Some(true): full chunk; Some(false): the partial chunk; None: empty.
+        if k < m {
+            Some(true)
+        } else if k < present {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    for i in 0..r {
+        for a in [i, 2 * r - 1 - i] {
+            let Some(a_full) = kind(a) else { continue };
+            let (a_tiles, a_rows) = if a_full { (sums.tc, sums.c) } else { (sums.tp, sums.p) };
+            // Its own diagonal: a causal call on slot i.
+            let (pairs, tiles, wsum) = if a_full { (sums.c_diag, sums.tc_diag, sums.c_diag_w) } else { (sums.p_diag, sums.tp_diag, sums.p_diag_w) };
+            w.pairs[i][i] += pairs;
+            w.tiles[i][i] += tiles;
+            weighted[i][i] += wsum;
+            w.causal[i][i] = true;
+            w.q_tiles_any[i] += a_tiles;
+            w.k_tiles_any[i] += a_tiles;
+            for j in 0..r {
+                // Chunks b < a on slot j are fully visible to chunk a (b is always full then).
+                let below = [j, 2 * r - 1 - j].iter().filter(|&&b| b < a).count() as f64;
+                if below > 0.0 {
+                    let (pairs, tiles, wsum) = if a_full { (sums.c2, sums.tc2, sums.c3) } else { (sums.pc, sums.tptc, sums.p2c) };
+                    w.pairs[i][j] += below * pairs;
+                    w.tiles[i][j] += below * tiles;
+                    weighted[i][j] += below * wsum;
+                }
+                // Chunk a has work against slot j when slot j holds a chunk b <= a.
+                if j.min(2 * r - 1 - j) <= a {
+                    w.q_tiles[i][j] += a_tiles;
+                    w.q_rows[i][j] += a_rows;
+                }
+                // As a key, chunk a (on slot i) has work for query slot j when slot j holds a
+                // present chunk at or after it.
+                let has_later = [j, 2 * r - 1 - j].iter().any(|&q| q >= a && q < present);
+                if has_later {
+                    w.k_tiles[j][i] += a_tiles;
+                    w.k_rows[j][i] += a_rows;
+                }
+            }
+        }
+    }
 }
 
 /// Tiles along one side of a piece of `len` tokens.
@@ -288,6 +453,31 @@ mod tests {
         let only_long = slot_work(&layout(&zig, &docs[1..], &HsapParams::default()));
         assert_eq!(big(&w) - big(&only_long), 136.0);
         assert_eq!(big(&h) - big(&only_long), 36.0);
+    }
+
+    #[test]
+    fn zigzag_closed_forms_equal_the_piece_by_piece_count() {
+        let docs = [1, 7, 15, 16, 17, 129, 1000, 4097, 65536, 300, 300, 2];
+        for scheme in [Scheme::Ring, Scheme::Usp, Scheme::Allgather, Scheme::Hsap, Scheme::DoubleRing] {
+            for (u, r) in [(1, 2), (1, 3), (2, 4), (1, 8)] {
+                let u = if matches!(scheme, Scheme::Ring | Scheme::Allgather) { 1 } else { u };
+                let shape = GroupShape { scheme, ulysses: u, ring: r, variant: RingVariant::Zigzag };
+                let l = layout(&shape, &docs, &HsapParams { split_threshold: Some(16), linear_weight: 0.0 });
+                let (fast, slow) = (slot_work_with(&l, true), slot_work_with(&l, false));
+                assert_eq!(fast.pairs, slow.pairs, "{shape}");
+                assert_eq!(fast.tiles, slow.tiles, "{shape}");
+                assert_eq!(fast.q_tiles, slow.q_tiles, "{shape}");
+                assert_eq!(fast.k_tiles, slow.k_tiles, "{shape}");
+                assert_eq!(fast.q_rows, slow.q_rows, "{shape}");
+                assert_eq!(fast.k_rows, slow.k_rows, "{shape}");
+                assert_eq!(fast.causal, slow.causal, "{shape}");
+                assert_eq!(fast.q_tiles_any, slow.q_tiles_any, "{shape}");
+                assert_eq!(fast.k_tiles_any, slow.k_tiles_any, "{shape}");
+                for (a, b) in fast.block_len.iter().flatten().zip(slow.block_len.iter().flatten()) {
+                    assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{shape}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]

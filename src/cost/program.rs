@@ -78,9 +78,34 @@ pub struct Program {
     pub tokens_per_gpu: f64,
 }
 
+/// A program's time split by what ZeRO's overlapped traffic does to it:
+/// `time = rest + sum over the overlapped linear stages of max(compute, transfer)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OverlapSplit {
+    /// Every stage but the linear stages that carry ZeRO traffic.
+    pub rest_s: f64,
+    pub overlapped_compute_s: f64,
+    pub overlapped_transfer_s: f64,
+}
+
 impl Program {
     pub fn time_s(&self) -> f64 {
         self.stages.iter().map(|s| f64::from(s.repeat) * s.time_s()).sum()
+    }
+
+    /// The split behind the planner's two-line linear model (`CostModel::group_linear`).
+    pub fn overlap_split(&self) -> OverlapSplit {
+        let mut split = OverlapSplit { rest_s: 0.0, overlapped_compute_s: 0.0, overlapped_transfer_s: 0.0 };
+        for s in &self.stages {
+            let n = f64::from(s.repeat);
+            if s.part == Part::Linear && s.overlapped && s.transfer.is_some() {
+                split.overlapped_compute_s += n * s.compute_s;
+                split.overlapped_transfer_s += n * s.transfer_s;
+            } else {
+                split.rest_s += n * s.time_s();
+            }
+        }
+        split
     }
 
     /// The isolated cost: compute, idle, and each collective's exposed part.
