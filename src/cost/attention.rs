@@ -502,6 +502,34 @@ mod tests {
     }
 
     #[test]
+    fn calibrated_curves_replace_the_tables_for_their_shape() {
+        use crate::cluster::{Calibration, KernelFit};
+        // A measured causal forward curve at head dim 128: 100 TFLOP/s at 512 tokens (n = 4),
+        // 150 at 16K (n = 128). Two points fit the causal tile model exactly.
+        let mut cluster = Cluster::resolve("dgx-a100-80g").unwrap();
+        cluster.calibration = Some(Calibration {
+            collectives: Vec::new(),
+            kernels: vec![KernelFit {
+                kind: KernelKind::AttentionFwd,
+                head_dim: Some(128),
+                causal: Some(true),
+                points: vec![(512.0, 100.0), (16384.0, 150.0)],
+                provenance: "test".into(),
+            }],
+        });
+        let calibrated = AttentionModel::for_cluster(&cluster, None).unwrap();
+        let tables = AttentionModel::for_cluster(&Cluster::resolve("dgx-a100-80g").unwrap(), None).unwrap();
+        for (l, t) in [(512, 100.0), (16384, 150.0)] {
+            let got = calibrated.fwd.benchmark_tflops(128.0, l, true);
+            assert!((got - t).abs() < 1e-6, "{l}: {got}");
+        }
+        // Head dim 64, the non-causal curves and the backward keep the published tables.
+        assert_eq!(calibrated.fwd.full, tables.fwd.full);
+        assert_eq!(calibrated.bwd, tables.bwd);
+        assert_eq!(calibrated.fwd.causal.fits[0], tables.fwd.causal.fits[0]);
+    }
+
+    #[test]
     fn fa3_needs_hopper() {
         let a100 = Cluster::resolve("dgx-a100-80g").unwrap();
         let err = AttentionModel::for_cluster(&a100, Some(AttentionKernel::Fa3)).unwrap_err().to_string();

@@ -192,6 +192,29 @@ mod tests {
     }
 
     #[test]
+    fn calibrated_gemm_curve_replaces_the_physics() {
+        use crate::cluster::{Calibration, KernelFit};
+        // Measured: 100 TFLOP/s at m n k = 1e9, 250 at 1e12. A 4096^3 GEMM (6.87e10) interpolates
+        // in log size: 100 + 150 x (log 6.87e10 - log 1e9) / (log 1e12 - log 1e9) = 191.8 TFLOP/s.
+        let mut c = a100();
+        c.calibration = Some(Calibration {
+            collectives: Vec::new(),
+            kernels: vec![KernelFit {
+                kind: KernelKind::Gemm,
+                head_dim: None,
+                causal: None,
+                points: vec![(1e9, 100.0), (1e12, 250.0)],
+                provenance: "test".into(),
+            }],
+        });
+        let size = 4096f64.powi(3);
+        let tflops = 100.0 + 150.0 * (size.ln() - 1e9f64.ln()) / (1e12f64.ln() - 1e9f64.ln());
+        let expected = 2.0 * size / (tflops * 1e12);
+        assert!((gemm_time_s(&c, Dtype::Bf16, 4096.0, 4096.0, 4096.0) - expected).abs() < 1e-15);
+        assert!((tflops - 191.8).abs() < 0.1);
+    }
+
+    #[test]
     fn log_interpolation_clamps_at_the_ends() {
         let pts = [(1e6, 10.0), (1e9, 100.0)];
         assert_eq!(interpolate_log(&pts, 1e3), Some(10.0));
