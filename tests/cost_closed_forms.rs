@@ -230,3 +230,26 @@ fn isolated_cost_adds_up() {
         assert!(p.stages.iter().any(|st| st.pass == Pass::Bwd), "{s}");
     }
 }
+
+#[test]
+fn degenerate_batches_are_priced_without_nan() {
+    // Empty groups, one-token documents and documents shorter than the ring: finite, non-negative.
+    let llama = ModelShape::resolve("llama3-8b").unwrap();
+    let cm = model(llama, "dgx-h100", 2, TrainConfig::default());
+    for s in [
+        shape(Scheme::Ulysses, 8, 1, RingVariant::Zigzag),
+        shape(Scheme::Ring, 1, 16, RingVariant::Stripe),
+        shape(Scheme::Allgather, 1, 16, RingVariant::Zigzag),
+        shape(Scheme::Usp, 4, 4, RingVariant::Basic),
+        shape(Scheme::DoubleRing, 2, 8, RingVariant::Zigzag),
+        shape(Scheme::Hsap, 8, 2, RingVariant::Zigzag),
+    ] {
+        for docs in [vec![], vec![1], vec![3, 0, 5], vec![1; 100]] {
+            let c = cm.group(&s, &docs);
+            let values = [c.time_s, c.compute_s, c.idle_s, c.memory_bytes, c.flops_per_gpu, c.model_flops_per_gpu];
+            assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{s} {docs:?}: {c:?}");
+        }
+        let d = cm.doc_linear(&s, 1);
+        assert!(d.doc_s.is_finite() && d.doc_s >= 0.0, "{s}: {d:?}");
+    }
+}
