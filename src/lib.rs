@@ -10,6 +10,7 @@ pub mod model;
 pub mod output;
 pub mod plan;
 pub mod report;
+pub mod reference;
 pub mod scheme;
 pub mod sim;
 pub mod trace;

@@ -28,6 +28,8 @@ pub enum Command {
     Report(super::ReportArgs),
     /// Replay a plan with the groups of each micro-batch sharing links; write a Perfetto timeline.
     Simulate(super::SimulateArgs),
+    /// Price one setup with the cost model: time, TFLOP/s, MFU, memory and a breakdown.
+    Predict(super::PredictArgs),
 }
 
 /// Where document lengths come from and how they form batches.

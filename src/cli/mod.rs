@@ -6,12 +6,14 @@ mod calibrate;
 mod inspect;
 mod report;
 mod simulate;
+mod predict;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use calibrate::{calibrate, CalibrateArgs};
 pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
 pub use simulate::{simulate, SimulateArgs};
+pub use predict::{predict, PredictArgs, ReferenceTable};
 
 use crate::error::Result;
 use std::io::Write;
@@ -23,6 +25,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Calibrate(args) => calibrate(&args, out, err),
         Command::Report(args) => report(&args, out, err),
         Command::Simulate(args) => simulate(&args, out, err),
+        Command::Predict(args) => predict(&args, out, err),
     }
 }
 

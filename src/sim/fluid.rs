@@ -50,10 +50,15 @@ struct Flight {
     flows_per_node: u32,
     cap_per_flow: f64,
     nodes: Vec<u32>,
+    /// A collective over more ranks than the group (ZeRO's data-parallel traffic): every group
+    /// takes part in the same collective, so on each node it is one set of flows, not one per group.
+    shared: bool,
 }
 
 impl Flight {
-    fn new(cluster: &Cluster, t: &Transfer, nodes: Vec<u32>) -> Flight {
+    fn new(cluster: &Cluster, t: &Transfer, group_nodes: &[u32], group_size: usize) -> Flight {
+        let shared = t.ranks as usize > group_size;
+        let nodes = if shared { (0..t.nodes.min(cluster.nodes)).collect() } else { group_nodes.to_vec() };
         let demand = network_demand(cluster, t);
         let latency = (cluster.nccl.base_latency_us
             + match t.level {
@@ -75,6 +80,7 @@ impl Flight {
             flows_per_node: demand.map_or(0, |d| d.flows_per_node),
             cap_per_flow: demand.map_or(f64::INFINITY, |d| d.cap_per_flow),
             nodes,
+            shared,
         }
     }
 
@@ -167,6 +173,8 @@ struct Cursor<'a> {
     compute_left: f64,
     flight: Option<Flight>,
     nodes: Vec<u32>,
+    /// GPUs in the group.
+    size: usize,
     finished: Option<f64>,
     run: GroupRun,
     in_backward: bool,
@@ -196,7 +204,7 @@ impl<'a> Cursor<'a> {
             .transfer
             .as_ref()
             .filter(|_| stage.transfer_s > 0.0)
-            .map(|t| Flight::new(cluster, t, self.nodes.clone()));
+            .map(|t| Flight::new(cluster, t, &self.nodes, self.size));
     }
 
     /// Computing now: always in overlapped stages, after the transfer in exposed ones.
@@ -254,6 +262,7 @@ fn simulate(
                 compute_left: 0.0,
                 flight: None,
                 nodes,
+                size: ranks.len(),
                 finished: None,
                 run: GroupRun {
                     time_s: 0.0,
@@ -276,7 +285,7 @@ fn simulate(
     let mut stage_started: Vec<f64> = vec![now; cursors.len()];
     while cursors.iter().any(|c| c.finished.is_none()) || background.as_ref().is_some_and(|b| !b.done()) {
         if let Some(t) = sync.take_if(|_| cursors.iter().all(|c| c.in_backward || c.finished.is_some())) {
-            background = Some(Flight::new(cluster, &t, all_nodes.clone()));
+            background = Some(Flight::new(cluster, &t, &all_nodes, 0));
             background_span = Some((now - start, f64::NAN));
         }
         let rates = flow_rates(cluster, &cursors, background.as_ref());
@@ -366,15 +375,25 @@ fn flow_rates(cluster: &Cluster, cursors: &[Cursor], background: Option<&Flight>
     let capacity = f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s * GB;
     let mut rate = vec![f64::INFINITY; flights.len()];
     for node in 0..cluster.nodes {
-        // Flows on this node: (flight index, cap) repeated per flow.
+        // Flows on this node: (flight index, cap) repeated per flow. Shared collectives of one
+        // kind are one flight here; the others of that kind follow its rate.
         let mut flows: Vec<(usize, f64)> = Vec::new();
+        let mut followers: Vec<(usize, usize)> = Vec::new();
         for (i, f) in flights.iter().enumerate() {
-            if let Some(f) = f.filter(|f| f.nodes.contains(&node)) {
-                flows.extend(std::iter::repeat_n((i, f.cap_per_flow), f.flows_per_node as usize));
+            let Some(f) = f.filter(|f| f.nodes.contains(&node)) else { continue };
+            let leader = flights[..i]
+                .iter()
+                .position(|g| g.is_some_and(|g| g.shared && f.shared && g.collective == f.collective && g.nodes.contains(&node)));
+            match leader {
+                Some(l) => followers.push((i, l)),
+                None => flows.extend(std::iter::repeat_n((i, f.cap_per_flow), f.flows_per_node as usize)),
             }
         }
         for (i, share) in water_fill(capacity, &flows) {
             rate[i] = rate[i].min(share);
+        }
+        for (i, l) in followers {
+            rate[i] = rate[i].min(rate[l]);
         }
     }
     rate

@@ -65,7 +65,7 @@ pub fn simulate_batch(cm: &CostModel, batch: &BatchPlan, options: &SimOptions) -
     let mut exposed: Vec<(Collective, f64)> = Vec::new();
     let mut microbatches = Vec::new();
     let mut compute_gpu_s = 0.0;
-    let sync_transfer = cm.grad_sync_transfer(gpus);
+    let (overlapped_sync, after_sync) = cm.sync_transfers(gpus);
     let (mut sync_isolated, mut sync_end) = (None, clock);
     for (k, mb) in batch.microbatches.iter().enumerate() {
         let programs: Vec<(Program, Vec<u32>)> = mb
@@ -75,12 +75,13 @@ pub fn simulate_batch(cm: &CostModel, batch: &BatchPlan, options: &SimOptions) -
             .collect();
         let isolated = programs.iter().map(|(p, _)| p.time_s()).fold(0.0, f64::max);
         let last = k + 1 == batch.microbatches.len();
-        let run = if last && cm.train.overlap_grad_sync {
+        if last {
             let refs: Vec<&Program> = programs.iter().map(|(p, _)| p).collect();
-            sync_isolated = Some(cm.grad_sync(gpus, &refs));
-            simulate_microbatch_with_sync(cm, &programs, clock, sync_transfer, timeline.as_mut())
-        } else {
-            simulate_microbatch(cm, &programs, clock, timeline.as_mut())
+            sync_isolated = Some(cm.grad_sync_after(gpus, &refs));
+        }
+        let run = match overlapped_sync.filter(|_| last && cm.train.overlap_grad_sync) {
+            Some(sync) => simulate_microbatch_with_sync(cm, &programs, clock, sync, timeline.as_mut()),
+            None => simulate_microbatch(cm, &programs, clock, timeline.as_mut()),
         };
         for (g, (_, ranks)) in run.groups.iter().zip(&programs) {
             for &r in ranks {
@@ -107,24 +108,31 @@ pub fn simulate_batch(cm: &CostModel, batch: &BatchPlan, options: &SimOptions) -
         });
         clock += run.time_s();
     }
-    let (grad_sync_s, grad_sync_exposed_s, sync_isolated_exposed) = match sync_isolated {
-        Some(iso) => (iso.time_s, (sync_end - clock).max(0.0), iso.exposed_s),
-        None => {
-            // No overlap: the reduction runs alone after the last micro-batch.
-            let t = crate::cost::comm::time_s(&cm.cluster, &sync_transfer);
-            if let Some(tl) = timeline.as_mut() {
-                tl.collective_all(gpus, "gradient sync", clock, t);
-            }
-            (t, t, t)
-        }
+    let time = |t: Option<crate::cost::Transfer>| t.map_or(0.0, |t| crate::cost::comm::time_s(&cm.cluster, &t));
+    // The overlappable part ran beside the last micro-batch (what is left of it is exposed), or,
+    // without overlap, alone after it; the rest (ZeRO 1/2 weight all-gathers) runs after it.
+    let overlapped_exposed_s = if cm.train.overlap_grad_sync {
+        (sync_end - clock).max(0.0)
+    } else {
+        time(overlapped_sync)
     };
-    let optimizer_s = cm.optimizer_step_s(gpus);
+    let after_s = time(after_sync);
+    let grad_sync_s = time(overlapped_sync) + after_s;
+    let grad_sync_exposed_s = overlapped_exposed_s + after_s;
+    if let Some(t) = timeline.as_mut() {
+        let start = if cm.train.overlap_grad_sync { clock + overlapped_exposed_s } else { clock };
+        if !cm.train.overlap_grad_sync && overlapped_exposed_s > 0.0 {
+            t.collective_all(gpus, "gradient sync", clock, overlapped_exposed_s);
+        }
+        t.collective_all(gpus, "weight all-gather", start.max(clock + overlapped_exposed_s), after_s);
+    }
+    let optimizer_s = cm.optimizer_s(gpus);
+    let sync_isolated_exposed = sync_isolated.map_or(grad_sync_exposed_s + optimizer_s, |s| s.exposed_s);
     if let Some(t) = timeline.as_mut() {
         t.compute_all(gpus, "optimizer step", clock + grad_sync_exposed_s, optimizer_s);
     }
     let step_s = clock + grad_sync_exposed_s + optimizer_s;
-    let isolated_step_s =
-        microbatches.iter().map(|m| m.isolated_time_s).sum::<f64>() + sync_isolated_exposed + optimizer_s;
+    let isolated_step_s = microbatches.iter().map(|m| m.isolated_time_s).sum::<f64>() + sync_isolated_exposed;
     for b in &mut busy {
         *b += optimizer_s;
     }
@@ -164,7 +172,10 @@ mod tests {
     use crate::trace::Doc;
 
     fn model(nodes: u32, overlap_grad_sync: bool) -> CostModel {
-        let train = TrainConfig { overlap_grad_sync, ..TrainConfig::default() };
+        model_with(nodes, TrainConfig { overlap_grad_sync, ..TrainConfig::default() })
+    }
+
+    fn model_with(nodes: u32, train: TrainConfig) -> CostModel {
         let cluster = Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(nodes).unwrap();
         CostModel::new(ModelShape::resolve("gpt-7b").unwrap(), cluster, train).unwrap()
     }
@@ -237,11 +248,27 @@ mod tests {
 
     #[test]
     fn overlapped_gradient_sync_slows_cross_node_all_to_alls() {
-        // The reduction and the backward all-to-alls of a 16-GPU Ulysses group share the NICs;
-        // the isolated model lets them overlap for free.
-        let cm = model(2, true);
+        // ZeRO 0: the gradient all-reduce and the backward all-to-alls of a 16-GPU Ulysses group
+        // share the NICs; the isolated model lets them overlap for free.
+        let cm = model_with(2, TrainConfig { zero: 0, ..TrainConfig::default() });
         let b = batch(vec![vec![group(&cm, Scheme::Ulysses, 16, 1, 0, &[60000, 3000])]]);
         let (sim, _) = simulate_batch(&cm, &b, &SimOptions::default());
+        assert!(sim.step_s > sim.isolated_step_s * 1.001, "{} vs {}", sim.step_s, sim.isolated_step_s);
+    }
+
+    #[test]
+    fn zero3_traffic_of_one_group_slows_another_groups_all_to_alls() {
+        // ZeRO-3's per-layer weight gathers cross every node; a 16-GPU Ulysses group on nodes 0-1
+        // shares its NICs with the gathers that the group on nodes 2-3 drives.
+        let cm = model(4, true);
+        let alone = batch(vec![vec![group(&cm, Scheme::Ulysses, 16, 1, 0, &[60000, 3000])]]);
+        let (sim_alone, _) = simulate_batch(&cm, &alone, &SimOptions::default());
+        assert!(rel(sim_alone.step_s, sim_alone.isolated_step_s) < 1e-9);
+        let both = batch(vec![vec![
+            group(&cm, Scheme::Ulysses, 16, 1, 0, &[60000, 3000]),
+            group(&cm, Scheme::Ulysses, 16, 1, 16, &[20000, 20000, 3000]),
+        ]]);
+        let (sim, _) = simulate_batch(&cm, &both, &SimOptions::default());
         assert!(sim.step_s > sim.isolated_step_s * 1.001, "{} vs {}", sim.step_s, sim.isolated_step_s);
     }
 
@@ -264,7 +291,10 @@ mod tests {
                 overlapped: false,
             }],
             memory_bytes: 0.0,
+            memory: Default::default(),
             flops_per_gpu: 0.0,
+            model_flops_per_gpu: 0.0,
+            tokens_per_gpu: 0.0,
         }
     }
 
