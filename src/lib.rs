@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod cluster;
 pub mod error;
+pub mod gpu;
 pub mod model;
 pub mod output;
 pub mod plan;
