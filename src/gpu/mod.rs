@@ -4,7 +4,11 @@
 //! - [`varlen`]: the metadata of packed buffers, derived from a plan's per-rank layouts.
 //! - [`attention`]: the attention kernels' algorithm on the CPU, tile for tile.
 //! - [`kernels`]: the CUDA C sources of `kernels/` and their NVRTC compilation.
+//! - [`schedule`]: each rank's ordered ops (kernels, collectives, streams, waits).
+//! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
 
 pub mod attention;
 pub mod kernels;
+pub mod reference;
+pub mod schedule;
 pub mod varlen;
