@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
     Inspect(super::InspectArgs),
+    /// Run a plan's kernels and collectives on GPUs (one process per GPU) and compare with the
+    /// prediction; --dry-run prints every rank's schedule without a GPU.
+    Validate(super::ValidateArgs),
 }
 
 /// Where document lengths come from and how they form batches.

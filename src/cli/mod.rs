@@ -3,9 +3,11 @@
 
 mod args;
 mod inspect;
+mod validate;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use validate::{read_plan, validate, ValidateArgs};
 
 use crate::error::Result;
 use std::io::Write;
@@ -14,6 +16,7 @@ use std::io::Write;
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect(&args, out, err),
+        Command::Validate(args) => validate(&args, out, err),
     }
 }
 

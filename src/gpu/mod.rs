@@ -8,6 +8,7 @@
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
 
 pub mod attention;
+pub mod cuda;
 pub mod kernels;
 pub mod reference;
 pub mod schedule;

@@ -10,9 +10,11 @@
 
 use super::attention::{count, HeadMap, TileCount, Tiling};
 use super::varlen::{GroupVarlen, VarlenMeta};
-use crate::cluster::Collective;
+use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
-use crate::model::ModelShape;
+use crate::model::{Mlp, ModelShape};
+use crate::plan::{BatchPlan, Plan};
+use crate::scheme::GroupShape;
 use crate::scheme::Scheme;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -878,5 +880,362 @@ impl RankCtx<'_> {
             ops.push(Stream::Compute, self.a2a(Tensor::DK, A2aDir::ToSeq, Buf::DKvhb, Buf::DKv));
             ops.push(Stream::Compute, self.a2a(Tensor::DV, A2aDir::ToSeq, Buf::DKvhb, Buf::DKv));
         }
+    }
+}
+
+/// The part of a training step a block of ops belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// One transformer layer's forward (repeated for every layer).
+    LayerForward,
+    /// The output projection (logits) forward and backward.
+    Head,
+    /// One transformer layer's backward (repeated for every layer).
+    LayerBackward,
+    /// The data-parallel gradient reduction at the end of the step.
+    GradSync,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::LayerForward => "layer forward",
+            Phase::Head => "output head",
+            Phase::LayerBackward => "layer backward",
+            Phase::GradSync => "gradient sync",
+        }
+    }
+}
+
+/// Ops that run in order on one rank, `repeat` times back to back. Streams are joined at the
+/// start and end of a block, so waits never cross blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    pub phase: Phase,
+    pub microbatch: Option<usize>,
+    pub repeat: u32,
+    pub ops: Vec<Op>,
+}
+
+impl Block {
+    /// The sum of the ops' predictions times `repeat`, if every op is priced (streams overlap,
+    /// so this is an upper bound of the block's predicted time).
+    pub fn predicted_serial_s(&self) -> Option<f64> {
+        let one: Option<f64> = self.ops.iter().filter(|o| !is_skipped(o)).map(|o| o.predicted_s).sum();
+        one.map(|t| t * f64::from(self.repeat))
+    }
+}
+
+fn is_skipped(op: &Op) -> bool {
+    matches!(&op.kind, OpKind::AttnFwd(a) | OpKind::AttnBwd(a) if a.skip)
+}
+
+/// A group of one micro-batch, as the schedule runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRun {
+    pub index: usize,
+    pub shape: GroupShape,
+    /// Global ranks, local-rank order.
+    pub ranks: Vec<u32>,
+    /// Double ring: slots per node.
+    pub inner: u32,
+    pub documents: usize,
+    pub tokens: u64,
+    pub varlen: GroupVarlen,
+    pub predicted_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MicroRun {
+    pub index: usize,
+    pub predicted_s: f64,
+    pub groups: Vec<GroupRun>,
+}
+
+/// Where a rank sits in one micro-batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub group: usize,
+    pub local_rank: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankSchedule {
+    pub rank: u32,
+    pub node: u32,
+    /// Per micro-batch.
+    pub membership: Vec<Membership>,
+    pub blocks: Vec<Block>,
+}
+
+/// Every rank's ops for one batch of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub batch: usize,
+    pub world: u32,
+    pub model: ModelShape,
+    pub cluster: Cluster,
+    pub predicted_step_s: f64,
+    pub microbatches: Vec<MicroRun>,
+    pub ranks: Vec<RankSchedule>,
+}
+
+impl Schedule {
+    /// The schedules of batch `index` of `plan`, or of every batch.
+    pub fn for_plan(plan: &Plan, index: Option<usize>, tiling: Tiling) -> Result<Vec<Schedule>> {
+        match index {
+            Some(k) => {
+                let batch = plan.batches.iter().find(|b| b.index == k).ok_or_else(|| {
+                    let known: Vec<String> = plan.batches.iter().map(|b| b.index.to_string()).collect();
+                    Error::invalid(
+                        format!("the plan has no batch {k}"),
+                        format!("its batches are {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                    )
+                })?;
+                Ok(vec![Schedule::build(plan, batch, tiling)?])
+            }
+            None => plan.batches.iter().map(|b| Schedule::build(plan, b, tiling)).collect(),
+        }
+    }
+
+    /// Lays out one batch: every micro-batch's groups must cover every GPU exactly once.
+    pub fn build(plan: &Plan, batch: &BatchPlan, tiling: Tiling) -> Result<Schedule> {
+        let model = &plan.model;
+        let cluster = &plan.cluster;
+        let world = cluster.gpus();
+        let gpn = cluster.gpus_per_node.max(1);
+        let dims = AttnDims::of(model);
+        let mut ranks: Vec<RankSchedule> = (0..world)
+            .map(|rank| RankSchedule {
+                rank,
+                node: rank / gpn,
+                membership: Vec::new(),
+                blocks: Vec::new(),
+            })
+            .collect();
+        let mut microbatches = Vec::new();
+        for (m, mb) in batch.microbatches.iter().enumerate() {
+            let at = |g: usize| format!("batch {} micro-batch {m} group {g}", batch.index);
+            let mut owner: Vec<Option<usize>> = vec![None; world as usize];
+            let mut groups = Vec::new();
+            for (g, group) in mb.groups.iter().enumerate() {
+                let shape = group.shape();
+                for &r in &group.ranks {
+                    let slot = owner.get_mut(r as usize).ok_or_else(|| {
+                        Error::invalid(format!("{}: rank {r} is outside the cluster's {world} GPUs", at(g)), "regenerate the plan for this cluster")
+                    })?;
+                    if let Some(other) = slot.replace(g) {
+                        return Err(Error::invalid(format!("{}: rank {r} is also in group {other}", at(g)), "every GPU is in exactly one group per micro-batch"));
+                    }
+                }
+                let context = |e: Error| Error::invalid(format!("{}: {e}", at(g)), "regenerate the plan");
+                let varlen = GroupVarlen::from_rank_layouts(&shape, &group.doc_lengths(), &group.rank_layouts).map_err(context)?;
+                if group.ranks.len() != shape.size() as usize {
+                    return Err(Error::invalid(format!("{}: {} ranks for a {shape} group", at(g), group.ranks.len()), "regenerate the plan"));
+                }
+                let inner = inner_ring(&shape, &group.ranks, gpn).map_err(context)?;
+                let attn = group_attention(&varlen, dims, &group.ranks, inner, tiling).map_err(context)?;
+                for (q, (ops, &rank)) in attn.into_iter().zip(&group.ranks).enumerate() {
+                    let rs = &mut ranks[rank as usize];
+                    rs.membership.push(Membership { group: g, local_rank: q as u32 });
+                    rs.blocks.extend(layer_blocks(model, m, varlen.shard_rows, ops));
+                }
+                groups.push(GroupRun {
+                    index: g,
+                    shape,
+                    ranks: group.ranks.clone(),
+                    inner,
+                    documents: group.docs.len(),
+                    tokens: group.docs.iter().map(|d| u64::from(d.len)).sum(),
+                    varlen,
+                    predicted_s: group.predicted_time_s,
+                });
+            }
+            if let Some(idle) = owner.iter().position(Option::is_none) {
+                return Err(Error::invalid(
+                    format!("batch {} micro-batch {m}: rank {idle} is in no group", batch.index),
+                    "every GPU is in exactly one group per micro-batch",
+                ));
+            }
+            microbatches.push(MicroRun {
+                index: m,
+                predicted_s: mb.predicted_time_s,
+                groups,
+            });
+        }
+        let grad_bytes = model.params() * BF16_BYTES;
+        for rs in &mut ranks {
+            rs.blocks.push(Block {
+                phase: Phase::GradSync,
+                microbatch: None,
+                repeat: 1,
+                ops: vec![Op {
+                    stream: Stream::Compute,
+                    waits: vec![],
+                    kind: OpKind::AllReduce {
+                        tensor: Tensor::Grads,
+                        peers: (0..world).collect(),
+                        bytes: grad_bytes,
+                        bucket_bytes: GRAD_BUCKET_BYTES.min(grad_bytes),
+                    },
+                    predicted_s: None,
+                }],
+            });
+        }
+        Ok(Schedule {
+            batch: batch.index,
+            world,
+            model: model.clone(),
+            cluster: cluster.clone(),
+            predicted_step_s: batch.predicted_step_s,
+            microbatches,
+            ranks,
+        })
+    }
+
+    /// Fills each op's `predicted_s` with what `pricer` says (ops it does not know stay empty).
+    pub fn price(&mut self, pricer: &dyn Pricer) {
+        let gpn = self.cluster.gpus_per_node.max(1);
+        for rs in &mut self.ranks {
+            for block in &mut rs.blocks {
+                let group = block.microbatch.map(|m| {
+                    let mem = rs.membership[m];
+                    self.microbatches[m].groups[mem.group].shape
+                });
+                for op in &mut block.ops {
+                    let mut members = op.kind.peers(rs.rank);
+                    members.push(rs.rank);
+                    members.sort_unstable();
+                    members.dedup();
+                    let nodes = {
+                        let mut n: Vec<u32> = members.iter().map(|r| r / gpn).collect();
+                        n.dedup();
+                        n.len() as u32
+                    };
+                    let ctx = PriceContext {
+                        model: &self.model,
+                        cluster: &self.cluster,
+                        rank: rs.rank,
+                        group,
+                        ranks: members.len() as u32,
+                        nodes,
+                    };
+                    op.predicted_s = pricer.price(&op.kind, &ctx);
+                }
+            }
+        }
+    }
+}
+
+/// The double ring's slots per node, from where the group's ranks sit.
+fn inner_ring(shape: &GroupShape, ranks: &[u32], gpus_per_node: u32) -> Result<u32> {
+    if shape.scheme != Scheme::DoubleRing {
+        return Ok(shape.ring);
+    }
+    let u = shape.ulysses as usize;
+    let node_of_slot: Vec<u32> = (0..shape.ring as usize).map(|s| ranks[s * u] / gpus_per_node).collect();
+    let inner = node_of_slot.iter().take_while(|&&n| n == node_of_slot[0]).count() as u32;
+    let uniform = node_of_slot.chunks(inner as usize).all(|c| c.iter().all(|&n| n == c[0]));
+    if shape.ring % inner != 0 || !uniform {
+        return Err(Error::invalid(
+            format!("the double ring's slots sit on nodes {node_of_slot:?}: not the same number of whole slots on every node"),
+            "groups larger than a node must be whole nodes",
+        ));
+    }
+    Ok(inner)
+}
+
+/// A rank's blocks for one micro-batch: the layer forward (GEMMs around the attention), the
+/// output head, the layer backward.
+fn layer_blocks(model: &ModelShape, microbatch: usize, rows: u32, attn: AttnOps) -> Vec<Block> {
+    let m = u64::from(rows);
+    let (h, d) = (u64::from(model.hidden), u64::from(model.head_dim));
+    let (q, kv, f) = (u64::from(model.heads) * d, u64::from(model.kv_heads) * d, u64::from(model.ffn));
+    let up = match model.mlp {
+        Mlp::Gated => 2 * f,
+        Mlp::Plain => f,
+    };
+    // (name, n, k) of the layer's linear layers, in forward order: y[m, n] = x[m, k] w[k, n].
+    let linears = [("qkv_proj", q + 2 * kv, h), ("o_proj", h, q), ("mlp_up", up, h), ("mlp_down", h, f)];
+    let gemm = |name: String, m: u64, n: u64, k: u64, count: u64| Op {
+        stream: Stream::Compute,
+        waits: vec![],
+        kind: OpKind::Gemm { name, m, n, k, count },
+        predicted_s: None,
+    };
+    let mut fwd = vec![gemm(linears[0].0.into(), m, linears[0].1, linears[0].2, 1)];
+    splice(&mut fwd, attn.fwd);
+    for (name, n, k) in &linears[1..] {
+        fwd.push(gemm(name.to_string(), m, *n, *k, 1));
+    }
+    let backward = |(name, n, k): &(&str, u64, u64)| {
+        [gemm(format!("{name} dgrad"), m, *k, *n, 1), gemm(format!("{name} wgrad"), *k, *n, m, 1)]
+    };
+    let mut bwd: Vec<Op> = linears[1..].iter().rev().flat_map(backward).collect();
+    splice(&mut bwd, attn.bwd);
+    bwd.extend(backward(&linears[0]));
+    let vocab = u64::from(model.vocab);
+    let chunks = m.div_ceil(LM_HEAD_CHUNK_ROWS).max(1);
+    let rows = m.div_ceil(chunks);
+    let head = vec![
+        gemm("lm_head".into(), rows, vocab, h, chunks),
+        gemm("lm_head dgrad".into(), rows, h, vocab, chunks),
+        gemm("lm_head wgrad".into(), h, vocab, rows, chunks),
+    ];
+    let block = |phase, repeat, ops| Block {
+        phase,
+        microbatch: Some(microbatch),
+        repeat,
+        ops,
+    };
+    vec![
+        block(Phase::LayerForward, model.layers, fwd),
+        block(Phase::Head, 1, head),
+        block(Phase::LayerBackward, model.layers, bwd),
+    ]
+}
+
+/// Appends `more`, shifting its waits by the ops already there.
+fn splice(ops: &mut Vec<Op>, more: Vec<Op>) {
+    let base = ops.len();
+    ops.extend(more.into_iter().map(|mut op| {
+        op.waits.iter_mut().for_each(|w| *w += base);
+        op
+    }));
+}
+
+/// What a pricer knows about an op besides the op itself.
+pub struct PriceContext<'a> {
+    pub model: &'a ModelShape,
+    pub cluster: &'a Cluster,
+    pub rank: u32,
+    /// The group the op belongs to (none for the gradient sync).
+    pub group: Option<GroupShape>,
+    /// Ranks taking part (1 for a kernel) and the nodes they span.
+    pub ranks: u32,
+    pub nodes: u32,
+}
+
+/// Prices ops: the cost model plugs in here. `None` means "no prediction for this op".
+pub trait Pricer {
+    fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64>;
+}
+
+/// Prices collectives with the fits of a calibrated cluster profile (`[calibration]` written by
+/// `hsap-tune calibrate`): the fit of the same collective and link level, from the measurement
+/// with the closest number of ranks.
+pub struct CalibratedCollectives;
+
+impl Pricer for CalibratedCollectives {
+    fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64> {
+        let (collective, bytes, ranks) = op.collective()?;
+        let level = if ctx.nodes > 1 { crate::cluster::LinkLevel::Inter } else { crate::cluster::LinkLevel::Intra };
+        let fits = &ctx.cluster.calibration.as_ref()?.collectives;
+        let fit = fits
+            .iter()
+            .filter(|f| f.op == collective && f.level == level)
+            .min_by_key(|f| f.ranks.abs_diff(ranks))?;
+        Some(fit.time_s(bytes as f64, ranks))
     }
 }
