@@ -5,11 +5,14 @@
 //! - [`attention`]: the attention kernels' algorithm on the CPU, tile for tile.
 //! - [`kernels`]: the CUDA C sources of `kernels/` and their NVRTC compilation.
 //! - [`schedule`]: each rank's ordered ops (kernels, collectives, streams, waits).
+//! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
+//! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
 
 pub mod attention;
 pub mod cuda;
 pub mod kernels;
+pub mod launch;
 pub mod reference;
 pub mod schedule;
 pub mod varlen;
