@@ -8,11 +8,13 @@
 //! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
 //! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
+//! - [`report`]: measured against predicted, as a table and a plot.
 
 pub mod attention;
 pub mod cuda;
 pub mod kernels;
 pub mod launch;
 pub mod reference;
+pub mod report;
 pub mod schedule;
 pub mod varlen;
