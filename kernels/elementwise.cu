@@ -46,3 +46,16 @@ extern "C" __global__ void add_f32(float* dst, const float* a, const float* __re
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         dst[i] = (a ? a[i] : 0.f) + b[i];
 }
+
+// dst[row][head0 + h][e] += src[row][h][e] (bf16, summed in f32): one Ulysses peer's gradients of
+// the key/value heads it holds, added into the shard's gradients (replicated heads get several).
+extern "C" __global__ void add_heads_bf16(bf16_t* __restrict__ dst, const bf16_t* __restrict__ src, u64 rows,
+                                          u32 heads_dst, u32 head0, u32 heads_src, u32 dim) {
+    const u64 n = rows * heads_src * dim;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u64 row = i / ((u64)heads_src * dim);
+        const u32 h = (i / dim) % heads_src, e = i % dim;
+        bf16_t* d = dst + (row * heads_dst + head0 + h) * dim + e;
+        *d = float_to_bf16(__uint_as_float(((u32)*d) << 16) + __uint_as_float(((u32)src[i]) << 16));
+    }
+}

@@ -131,7 +131,8 @@ fn cases() -> impl Strategy<Value = Problem> {
     let scheme = prop::sample::select(Scheme::ALL.to_vec());
     let variant = prop::sample::select(RingVariant::ALL.to_vec());
     let docs = prop::collection::vec(prop_oneof![1u32..4, 1u32..20, 20u32..70], 1..7);
-    let heads = prop::sample::select(vec![(4u32, 4u32), (4, 2), (4, 1), (8, 2), (8, 8), (2, 1)]);
+    // (12, 3) and (6, 3) put a rank's query heads across two KV groups at Ulysses 4 and 2.
+    let heads = prop::sample::select(vec![(4u32, 4u32), (4, 2), (4, 1), (8, 2), (8, 8), (2, 1), (12, 3), (6, 3)]);
     let degrees = (prop::sample::select(vec![1u32, 2, 4]), 1u32..5, prop::sample::select(vec![1u32, 2, 3]));
     let tiling = prop::sample::select(vec![
         Tiling { block_m: 2, block_n: 2, threads_per_row: 1 },

@@ -190,6 +190,16 @@ fn every_block_orders_its_streams() {
     for rs in &s.ranks {
         for b in &rs.blocks {
             check_races(&b.ops).unwrap_or_else(|e| panic!("rank {} {:?}: {e}", rs.rank, b.phase));
+            // A transfer waits for the compute op issued before it (so a layer's first transfer
+            // never runs ahead into the previous layer).
+            let mut last_compute = None;
+            for (k, op) in b.ops.iter().enumerate() {
+                match (op.stream, last_compute) {
+                    (Stream::Compute, _) => last_compute = Some(k),
+                    (_, Some(c)) => assert!(op.waits.contains(&c), "rank {} {:?} op {k} waits {:?}, not {c}", rs.rank, b.phase, op.waits),
+                    (_, None) => panic!("rank {} {:?}: a transfer before any compute op", rs.rank, b.phase),
+                }
+            }
         }
     }
 }

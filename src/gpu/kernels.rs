@@ -21,7 +21,7 @@ pub const ATTENTION: KernelFile = KernelFile {
 pub const ELEMENTWISE: KernelFile = KernelFile {
     path: "kernels/elementwise.cu",
     source: include_str!("../../kernels/elementwise.cu"),
-    functions: &["fill_random_bf16", "fill_random_f32", "cast_f32_bf16", "add_f32"],
+    functions: &["fill_random_bf16", "fill_random_f32", "cast_f32_bf16", "add_f32", "add_heads_bf16"],
 };
 
 pub const FILES: [KernelFile; 2] = [ATTENTION, ELEMENTWISE];

@@ -408,6 +408,23 @@ impl Ops {
     }
 }
 
+/// Makes every op on the ring and outer streams wait for the compute op issued just before it,
+/// as a framework's communication stream waits for the compute stream when a transfer is issued
+/// (PyTorch's NCCL process group does so at every call). Without it, a layer's first transfer,
+/// which reads only the layer's inputs, could start while the previous layer still computes.
+fn issue_order(ops: &mut [Op]) {
+    let mut last_compute = None;
+    for (k, op) in ops.iter_mut().enumerate() {
+        if op.stream == Stream::Compute {
+            last_compute = Some(k);
+        } else if let Some(c) = last_compute {
+            op.waits.push(c);
+            op.waits.sort_unstable();
+            op.waits.dedup();
+        }
+    }
+}
+
 /// The attention dimensions of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttnDims {
@@ -499,10 +516,10 @@ pub fn group_attention(gv: &GroupVarlen, dims: AttnDims, ranks: &[u32], inner: u
                 peer_kv_heads: peer_kv_heads.clone(),
                 dims,
             };
-            Ok(AttnOps {
-                fwd: ctx.forward(),
-                bwd: ctx.backward(),
-            })
+            let (mut fwd, mut bwd) = (ctx.forward(), ctx.backward());
+            issue_order(&mut fwd);
+            issue_order(&mut bwd);
+            Ok(AttnOps { fwd, bwd })
         })
         .collect()
 }
@@ -1183,6 +1200,8 @@ fn layer_blocks(model: &ModelShape, microbatch: usize, rows: u32, attn: AttnOps)
         gemm("lm_head dgrad".into(), rows, h, vocab, chunks),
         gemm("lm_head wgrad".into(), h, vocab, rows, chunks),
     ];
+    issue_order(&mut fwd);
+    issue_order(&mut bwd);
     let block = |phase, repeat, ops| Block {
         phase,
         microbatch: Some(microbatch),
