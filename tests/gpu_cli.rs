@@ -90,3 +90,16 @@ fn a_missing_batch_or_plan_is_an_input_error() {
     hsap().args(["validate", "--dry-run", "--plan"]).arg(&bad).assert().code(2).stderr(predicate::str::contains("bad.json:3"));
 }
 
+
+/// docs/validate.md's example plan is the hand-made plan these tests check (regenerate it with
+/// `HSAP_WRITE_EXAMPLE=1 cargo nextest run --release --test gpu_cli example_plan`).
+#[test]
+fn example_plan_is_the_tested_plan() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/validate/plan.json");
+    let want = serde_json::to_string_pretty(&gpu_common::two_node_plan()).unwrap() + "\n";
+    if std::env::var("HSAP_WRITE_EXAMPLE").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &want).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want, "{} is stale", path.display());
+    hsap().args(["validate", "--dry-run", "--rank", "9", "--plan"]).arg(&path).assert().success();
+}

@@ -73,7 +73,10 @@ fn check_libraries() -> Result<()> {
     }
     Err(Error::Gpu {
         what: format!("{} cannot be loaded", missing.join(", ")),
-        hint: "load the CUDA toolkit and NCCL (e.g. `module load cuda nccl`) or add their lib directories to LD_LIBRARY_PATH".into(),
+        hint: "load the CUDA toolkit and NCCL (e.g. `module load cuda nccl`) or add their lib directories to LD_LIBRARY_PATH; \
+               NCCL is looked up as libnccl.so: where only libnccl.so.2 exists (runtime packages, the nvidia-nccl-cu12 wheel), \
+               link it as libnccl.so in a directory on LD_LIBRARY_PATH"
+            .into(),
     })
 }
 
