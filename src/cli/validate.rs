@@ -4,7 +4,7 @@
 use super::{io_out, thousands};
 use crate::error::{Error, Result};
 use crate::gpu::attention::Tiling;
-use crate::gpu::schedule::{Block, CalibratedCollectives, Op, OpKind, Schedule};
+use crate::gpu::schedule::{Block, CalibratedCollectives, MetaRef, Op, OpKind, Schedule};
 use crate::gpu::varlen::VarlenMeta;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
 use clap::Args;
@@ -204,7 +204,8 @@ fn describe(op: &Op, varlen: Option<&crate::gpu::varlen::GroupVarlen>) -> String
                 thousands(a.tiles.skipped)
             ));
             if let Some(gv) = varlen {
-                let gathered = gv.gathered();
+                // Concatenating every slot is costly on large plans: only when the op reads it.
+                let gathered = if a.k_meta == MetaRef::Gathered { gv.gathered() } else { VarlenMeta::concat(&[]) };
                 t.push_str(&format!(
                     "; q {}; k (slot {}) {}",
                     meta_text(a.q_meta.resolve(gv, &gathered)),

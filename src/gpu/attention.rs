@@ -134,10 +134,14 @@ fn live(q: &Tile, k: &Tile) -> bool {
 /// The work of a forward call without doing it: how the schedule decides which ring steps have
 /// nothing to compute, and what the cost model is told.
 pub fn count(t: &Tiling, qm: &VarlenMeta, km: &VarlenMeta) -> TileCount {
-    let kt = tiles(km, t.block_n);
+    // Key tiles by document, so that a query tile meets only its own document's.
+    let mut by_doc: std::collections::HashMap<u32, Vec<Tile>> = std::collections::HashMap::new();
+    for k in tiles(km, t.block_n) {
+        by_doc.entry(k.doc).or_default().push(k);
+    }
     let mut c = TileCount::default();
     for q in tiles(qm, t.block_m) {
-        for k in kt.iter().filter(|k| k.doc == q.doc) {
+        for k in by_doc.get(&q.doc).into_iter().flatten() {
             if live(&q, k) {
                 c.live += 1;
             } else {

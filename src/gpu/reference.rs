@@ -162,12 +162,9 @@ pub fn check_cu_seqlens(gv: &GroupVarlen, physical: &[Vec<Option<(u32, u32)>>]) 
         if meta.rows as usize != rows.len() {
             return Err(format!("rank {q}: the plan's layout has {} rows, the slot gives it {}", meta.rows, rows.len()));
         }
-        if let Some(row) = (0..rows.len()).find(|&i| meta.row_tokens()[i] != rows[i]) {
-            return Err(format!(
-                "rank {q} row {row}: cu_seqlens/token_ranges say {:?}, the layout holds {:?}",
-                meta.row_tokens()[row],
-                rows[row]
-            ));
+        let plan_rows = meta.row_tokens();
+        if let Some(row) = (0..rows.len()).find(|&i| plan_rows[i] != rows[i]) {
+            return Err(format!("rank {q} row {row}: cu_seqlens/token_ranges say {:?}, the layout holds {:?}", plan_rows[row], rows[row]));
         }
     }
     Ok(())

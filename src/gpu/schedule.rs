@@ -453,7 +453,7 @@ pub struct AttnOps {
 /// Everything one rank of a group needs to lay out its attention ops.
 struct RankCtx<'a> {
     gv: &'a GroupVarlen,
-    gathered: VarlenMeta,
+    gathered: &'a VarlenMeta,
     tiling: Tiling,
     heads: HeadMap,
     slot: u32,
@@ -499,14 +499,15 @@ pub fn group_attention(gv: &GroupVarlen, dims: AttnDims, ranks: &[u32], inner: u
             "groups larger than a node must be whole nodes",
         ));
     }
-    let gathered = gv.gathered();
+    // Only the all-gather scheme reads every slot's keys at once.
+    let gathered = if gv.shape.scheme == Scheme::Allgather { gv.gathered() } else { VarlenMeta::concat(&[]) };
     let peer_kv_heads: Vec<u32> = (0..u).map(|i| HeadMap::ulysses(dims.heads, dims.kv_heads, dims.head_dim, u, i).kv_heads).collect();
     (0..u * r)
         .map(|q| {
             let (slot, i) = (q / u, q % u);
             let ctx = RankCtx {
                 gv,
-                gathered: gathered.clone(),
+                gathered: &gathered,
                 tiling,
                 heads: HeadMap::ulysses(dims.heads, dims.kv_heads, dims.head_dim, u, i),
                 slot,
@@ -604,7 +605,7 @@ impl RankCtx<'_> {
 
     fn attn(&self, step: u32, origin: u32, kv: Buf, k_meta: MetaRef, first: bool, dkv: Option<Buf>) -> Attn {
         let qm = &self.gv.slots[self.slot as usize];
-        let km = k_meta.resolve(self.gv, &self.gathered);
+        let km = k_meta.resolve(self.gv, self.gathered);
         let tiles = count(&self.tiling, qm, km);
         Attn {
             step,

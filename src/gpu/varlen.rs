@@ -120,17 +120,20 @@ impl VarlenMeta {
     /// Query-key pairs the document-masked causal mask lets through, queries in `self` against
     /// keys in `keys`: the attention work of one kernel call.
     pub fn pairs(&self, keys: &VarlenMeta) -> u64 {
+        // Positions of each document's queries, sorted.
+        let mut queries: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+        for (k, &doc) in self.docs.iter().enumerate().filter(|(_, &d)| d != NO_DOC) {
+            let q0 = self.cu_seqlens_padded[k] as usize;
+            queries.entry(doc).or_default().extend_from_slice(&self.pos[q0..q0 + self.seqlens[k] as usize]);
+        }
+        queries.values_mut().for_each(|v| v.sort_unstable());
         let mut total = 0u64;
-        for (kq, &dq) in self.docs.iter().enumerate().filter(|(_, &d)| d != NO_DOC) {
-            let q0 = self.cu_seqlens_padded[kq] as usize;
-            let mut qpos: Vec<u32> = self.pos[q0..q0 + self.seqlens[kq] as usize].to_vec();
-            qpos.sort_unstable();
-            for (kk, _) in keys.docs.iter().enumerate().filter(|(_, &d)| d == dq) {
-                let k0 = keys.cu_seqlens_padded[kk] as usize;
-                for &p in &keys.pos[k0..k0 + keys.seqlens[kk] as usize] {
-                    // Queries at positions >= p see this key.
-                    total += (qpos.len() - qpos.partition_point(|&x| x < p)) as u64;
-                }
+        for (k, doc) in keys.docs.iter().enumerate() {
+            let Some(qpos) = queries.get(doc) else { continue };
+            let k0 = keys.cu_seqlens_padded[k] as usize;
+            for &p in &keys.pos[k0..k0 + keys.seqlens[k] as usize] {
+                // Queries at positions >= p see this key.
+                total += (qpos.len() - qpos.partition_point(|&x| x < p)) as u64;
             }
         }
         total
