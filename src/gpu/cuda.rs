@@ -274,6 +274,19 @@ impl Gpu {
     }
 }
 
+/// CUDA's limit on a grid's y dimension: the segments of the attention kernels' buffers.
+const MAX_GRID_Y: usize = 65_535;
+
+fn check_grid(m: &VarlenMeta) -> Result<()> {
+    if m.segments() > MAX_GRID_Y {
+        return Err(Error::Gpu {
+            what: format!("an attention buffer of {} segments exceeds CUDA's grid limit of {MAX_GRID_Y}", m.segments()),
+            hint: "pack fewer documents per group in the plan".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A buffer's metadata on the GPU.
 struct DevMeta {
     cu: u64,
@@ -287,6 +300,7 @@ struct DevMeta {
 
 impl DevMeta {
     fn upload(gpu: &mut Gpu, m: &VarlenMeta) -> Result<DevMeta> {
+        check_grid(m)?;
         Ok(DevMeta {
             cu: gpu.upload(&m.cu_seqlens_padded)?,
             len: gpu.upload(&m.seqlens)?,
@@ -1624,8 +1638,13 @@ mod tests {
                     for op in &b.ops {
                         if let OpKind::AttnFwd(a) | OpKind::AttnBwd(a) = &op.kind {
                             let gathered = gv.gathered();
+                            let k_rows = u64::from(a.k_meta.resolve(gv, &gathered).rows);
                             assert_eq!(u64::from(a.q_meta.resolve(gv, &gathered).rows), geo.shape(a.q).0, "{}", op.kind.name());
-                            assert_eq!(u64::from(a.k_meta.resolve(gv, &gathered).rows), geo.shape(a.kv).0, "{}", op.kind.name());
+                            assert_eq!(k_rows, geo.shape(a.kv).0, "{}", op.kind.name());
+                            // The dK/dV kernel writes the values' half at the keys' row count.
+                            if let Some(target) = a.dkv {
+                                assert_eq!(k_rows, geo.shape(target).0, "{} into {target:?}", op.kind.name());
+                            }
                             assert_eq!(u64::from(a.heads.kv_heads) * u64::from(s.model.head_dim), geo.shape(a.kv).1);
                         }
                         if let OpKind::Add { dst, rows, elems, .. } = &op.kind {
