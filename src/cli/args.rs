@@ -30,6 +30,9 @@ pub enum Command {
     Simulate(super::SimulateArgs),
     /// Price one setup with the cost model: time, TFLOP/s, MFU, memory and a breakdown.
     Predict(super::PredictArgs),
+    /// Run a plan's kernels and collectives on GPUs (one process per GPU) and compare with the
+    /// prediction; --dry-run prints every rank's schedule without a GPU.
+    Validate(super::ValidateArgs),
 }
 
 /// Where document lengths come from and how they form batches.

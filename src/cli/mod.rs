@@ -7,6 +7,7 @@ mod inspect;
 mod report;
 mod simulate;
 mod predict;
+mod validate;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use calibrate::{calibrate, CalibrateArgs};
@@ -14,6 +15,7 @@ pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
 pub use simulate::{simulate, SimulateArgs};
 pub use predict::{predict, PredictArgs, ReferenceTable};
+pub use validate::{read_plan, validate, ValidateArgs};
 
 use crate::error::Result;
 use std::io::Write;
@@ -26,6 +28,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Report(args) => report(&args, out, err),
         Command::Simulate(args) => simulate(&args, out, err),
         Command::Predict(args) => predict(&args, out, err),
+        Command::Validate(args) => validate(&args, out, err),
     }
 }
 

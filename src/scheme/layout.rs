@@ -239,7 +239,11 @@ fn sequence_aware(docs: &[u32], r: u32, params: &HsapParams) -> (Vec<Slot>, Vec<
     let threshold = params
         .split_threshold
         .map_or(total.div_ceil(u64::from(r)), u64::from);
-    let split: Vec<bool> = docs.iter().map(|&d| u64::from(d) >= threshold).collect();
+    // A one-token document cannot be spread over two slots: zigzagging it would only add 2r - 1
+    // rows of padding, and its token would still sit on slot 0 alone, so that nothing in a
+    // plan's per-rank layouts could tell it was split. (The threshold reaches 1 when a batch has
+    // at most `r` tokens, or when set so.)
+    let split: Vec<bool> = docs.iter().map(|&d| d >= 2 && u64::from(d) >= threshold).collect();
     let mut slots = zigzag(docs, r, &split);
     let work = |len: u32| {
         let s = f64::from(len);
@@ -389,6 +393,17 @@ mod tests {
         let l = layout(&shape(Scheme::Usp, 2, 2, RingVariant::Zigzag), &[8, 3], &HsapParams::default());
         assert_partition(&l);
         assert_eq!(l.ranks.len(), 4);
+    }
+
+    #[test]
+    fn sequence_aware_never_splits_a_single_token() {
+        // Three tokens over a ring of 4: the fair share is one token, yet a one-token document
+        // stays whole (and unpadded), while a two-token one is zigzagged onto two slots.
+        let l = layout(&shape(Scheme::Hsap, 1, 4, RingVariant::Zigzag), &[1, 2], &HsapParams::default());
+        assert_partition(&l);
+        assert_eq!(l.split, vec![false, true]);
+        let slots_with_doc1: Vec<u32> = l.ranks.iter().filter(|r| r.pieces.iter().any(|p| p.doc == 1 && p.len > 0)).map(|r| r.slot).collect();
+        assert_eq!(slots_with_doc1, vec![0, 1]);
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! `hsap-tune validate`: run a plan's kernels and collectives on GPUs and compare the times with
+//! the prediction, or (`--dry-run`) print what every rank would run. docs/validate.md.
+
+use super::{io_out, thousands};
+use crate::error::{Error, Result};
+use crate::gpu::attention::Tiling;
+use crate::gpu::schedule::{Block, CalibratedCollectives, MetaRef, Op, OpKind, Schedule};
+use crate::gpu::varlen::VarlenMeta;
+use crate::plan::{Plan, PLAN_FORMAT_VERSION};
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The plan to run (plan.json, written by the planner).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Only the batch with this index (default: every batch of the plan).
+    #[arg(long, value_name = "K")]
+    pub batch: Option<usize>,
+    /// Print every rank's schedule (kernels, collectives, streams) and predictions; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run, print only this rank's schedule.
+    #[arg(long, value_name = "R", requires = "dry_run")]
+    pub rank: Option<u32>,
+    /// Measurements CSV written by rank 0 (docs/measurements.md); a plot goes beside it (.svg).
+    #[arg(long, value_name = "FILE", default_value = "measurements.csv")]
+    pub out: PathBuf,
+    /// Timed repetitions of each batch; medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    /// Untimed repetitions before timing.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub warmup: u32,
+    /// Seconds to wait for every rank at the rendezvous.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    let plan = read_plan(&args.plan)?;
+    let mut schedules = Schedule::for_plan(&plan, args.batch, Tiling::default())?;
+    for s in &mut schedules {
+        s.price(&CalibratedCollectives);
+    }
+    if args.dry_run {
+        if let Some(r) = args.rank.filter(|&r| r >= plan.cluster.gpus()) {
+            return Err(Error::invalid(format!("--rank {r}: the plan runs on {} GPUs", plan.cluster.gpus()), "ranks count from 0"));
+        }
+        return write_dry_run(&plan, &args.plan, &schedules, args.rank, out).map_err(io_out);
+    }
+    let options = crate::gpu::cuda::RunOptions {
+        repeats: args.repeats,
+        warmup: args.warmup,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        source: format!("validate {}", args.plan.display()),
+        out: args.out.clone(),
+    };
+    crate::gpu::cuda::validate(&plan, &schedules, &options, out, err)
+}
+
+/// Reads `plan.json`; errors name the line.
+pub fn read_plan(path: &Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|e| {
+        Error::input(path, e.line(), format!("not a plan: {e}"), "pass the plan.json that `hsap-tune --trace ... --out DIR` wrote (docs/plan-format.md)")
+    })?;
+    if plan.format_version != PLAN_FORMAT_VERSION {
+        return Err(Error::input(
+            path,
+            0,
+            format!("plan format version {} (this hsap-tune reads version {PLAN_FORMAT_VERSION})", plan.format_version),
+            "regenerate the plan with this version of hsap-tune",
+        ));
+    }
+    Ok(plan)
+}
+
+fn seconds(t: Option<f64>) -> String {
+    match t {
+        Some(t) if t >= 1.0 => format!("{t:.3} s"),
+        Some(t) if t >= 1e-3 => format!("{:.3} ms", t * 1e3),
+        Some(t) => format!("{:.1} us", t * 1e6),
+        None => "-".into(),
+    }
+}
+
+fn ranks_text(ranks: &[u32]) -> String {
+    ranks.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The first and last few entries of a long list.
+fn short_list(v: &[u32]) -> String {
+    const SHOWN: usize = 6;
+    if v.len() <= SHOWN {
+        return format!("[{}]", ranks_text(v));
+    }
+    format!("[{},...,{}] ({} entries)", ranks_text(&v[..SHOWN - 1]), v[v.len() - 1], v.len())
+}
+
+fn write_dry_run(plan: &Plan, path: &Path, schedules: &[Schedule], only: Option<u32>, out: &mut dyn Write) -> std::io::Result<()> {
+    let c = &plan.cluster;
+    writeln!(
+        out,
+        "plan {}: strategy {}, model {} ({} layers), cluster {} x {} nodes ({} GPUs)",
+        path.display(),
+        plan.strategy,
+        plan.model.name,
+        plan.model.layers,
+        c.name,
+        c.nodes,
+        c.gpus()
+    )?;
+    for s in schedules {
+        writeln!(out)?;
+        writeln!(out, "batch {}: {} micro-batches, predicted step {}", s.batch, s.microbatches.len(), seconds(Some(s.predicted_step_s)))?;
+        for mb in &s.microbatches {
+            writeln!(out, "  micro-batch {}: predicted {}", mb.index, seconds(Some(mb.predicted_s)))?;
+            for g in &mb.groups {
+                writeln!(
+                    out,
+                    "    group {}: {} on ranks {}; {} documents, {} tokens; shard {} rows; predicted {}",
+                    g.index,
+                    g.shape,
+                    ranks_text(&g.ranks),
+                    g.documents,
+                    thousands(g.tokens),
+                    thousands(u64::from(g.varlen.shard_rows)),
+                    seconds(Some(g.predicted_s))
+                )?;
+            }
+        }
+        for rs in s.ranks.iter().filter(|r| only.is_none_or(|o| o == r.rank)) {
+            writeln!(out)?;
+            writeln!(out, "rank {} (node {})", rs.rank, rs.node)?;
+            for (m, mem) in rs.membership.iter().enumerate() {
+                let g = &s.microbatches[m].groups[mem.group];
+                let u = g.shape.ulysses;
+                writeln!(
+                    out,
+                    "  micro-batch {m}: group {} ({}), local rank {} (slot {}, Ulysses index {})",
+                    mem.group,
+                    g.shape,
+                    mem.local_rank,
+                    mem.local_rank / u,
+                    mem.local_rank % u
+                )?;
+            }
+            for block in &rs.blocks {
+                write_block(s, rs.rank, block, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_block(s: &Schedule, rank: u32, block: &Block, out: &mut dyn Write) -> std::io::Result<()> {
+    let mb = block.microbatch.map_or(String::new(), |m| format!(", micro-batch {m}"));
+    writeln!(
+        out,
+        "  {}{mb}, x{}; predicted {} (ops in sequence)",
+        block.phase.name(),
+        block.repeat,
+        seconds(block.predicted_serial_s())
+    )?;
+    writeln!(out, "    {:>3}  {:<7}  {:<28}  {:<10}  details", "#", "stream", "op", "predicted")?;
+    let metas = block.microbatch.map(|m| {
+        let mem = s.ranks[rank as usize].membership[m];
+        &s.microbatches[m].groups[mem.group].varlen
+    });
+    for (i, op) in block.ops.iter().enumerate() {
+        let mut details = describe(op, metas);
+        if !op.waits.is_empty() {
+            details.push_str(&format!("; waits for {}", ranks_text(&op.waits.iter().map(|&w| w as u32).collect::<Vec<_>>())));
+        }
+        writeln!(out, "    {i:>3}  {:<7}  {:<28}  {:<10}  {details}", op.stream.name(), op.kind.name(), seconds(op.predicted_s))?;
+    }
+    Ok(())
+}
+
+fn meta_text(m: &VarlenMeta) -> String {
+    format!("{} rows, cu_seqlens {} padded {}", m.rows, short_list(&m.cu_seqlens()), short_list(&m.cu_seqlens_padded))
+}
+
+fn describe(op: &Op, varlen: Option<&crate::gpu::varlen::GroupVarlen>) -> String {
+    let b = |n: u64| format!("{} bytes", thousands(n));
+    match &op.kind {
+        OpKind::Gemm { m, n, k, count, .. } => format!("m={m} n={n} k={k}{}", if *count > 1 { format!(" x{count}") } else { String::new() }),
+        OpKind::AttnFwd(a) | OpKind::AttnBwd(a) => {
+            let mut t = String::new();
+            if a.skip {
+                t.push_str("SKIPPED (every tile masked); ");
+            }
+            t.push_str(&format!(
+                "heads {} q from {} / {} kv from {}; {} pairs, {} tiles ({} skipped)",
+                a.heads.q_heads,
+                a.heads.q_head0,
+                a.heads.kv_heads,
+                a.heads.kv_head0,
+                thousands(a.pairs),
+                thousands(a.tiles.live + a.tiles.skipped),
+                thousands(a.tiles.skipped)
+            ));
+            if let Some(gv) = varlen {
+                // Concatenating every slot is costly on large plans: only when the op reads it.
+                let gathered = if a.k_meta == MetaRef::Gathered { gv.gathered() } else { VarlenMeta::concat(&[]) };
+                t.push_str(&format!(
+                    "; q {}; k (slot {}) {}",
+                    meta_text(a.q_meta.resolve(gv, &gathered)),
+                    a.origin,
+                    meta_text(a.k_meta.resolve(gv, &gathered))
+                ));
+            }
+            t
+        }
+        OpKind::BwdPreprocess { rows, heads, .. } => format!("{rows} rows x {heads} heads"),
+        OpKind::Cast { elems, .. } | OpKind::SumReplicas { elems, .. } => format!("{} elements", thousands(*elems)),
+        OpKind::Add { rows, elems, .. } => format!("{rows} rows, {} elements", thousands(*elems)),
+        OpKind::AllToAll { peers, bytes, .. } | OpKind::AllGather { peers, bytes, .. } | OpKind::ReduceScatter { peers, bytes, .. } => {
+            format!("ranks {}; {}", ranks_text(peers), b(*bytes))
+        }
+        OpKind::SendRecv { rows, send_to, recv_from, bytes, .. } => format!("to {send_to}, from {recv_from}; {rows} rows; {}", b(*bytes)),
+        OpKind::AllReduce { peers, bytes, bucket_bytes, .. } => {
+            format!("{} ranks; {} in buckets of {}", peers.len(), b(*bytes), b(*bucket_bytes))
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Validation on GPUs (`hsap-tune validate`) and everything about it that can be proven without
+//! one. docs/validate.md describes the command.
+//!
+//! - [`varlen`]: the metadata of packed buffers, derived from a plan's per-rank layouts.
+//! - [`attention`]: the attention kernels' algorithm on the CPU, tile for tile.
+//! - [`kernels`]: the CUDA C sources of `kernels/` and their NVRTC compilation.
+//! - [`schedule`]: each rank's ordered ops (kernels, collectives, streams, waits).
+//! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
+//! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
+//! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
+//! - [`report`]: measured against predicted, as a table and a plot.
+
+pub mod attention;
+pub mod cuda;
+pub mod kernels;
+pub mod launch;
+pub mod reference;
+pub mod report;
+pub mod schedule;
+pub mod varlen;
