@@ -140,10 +140,39 @@ impl GroupShape {
         self.size().div_ceil(gpus_per_node)
     }
 
-    /// Key/value heads each Ulysses rank holds: the model's KV heads split `ulysses` ways, or
-    /// replicated when there are fewer KV heads than the degree.
+    /// Key/value heads the busiest Ulysses rank holds: rank i computes query heads
+    /// [i h/u, (i+1) h/u) and needs every KV head those map to (query head q uses KV head
+    /// q / (h / kv)). Fewer KV heads than ranks means replicated heads; a degree that divides
+    /// neither way makes some ranks straddle two KV groups.
     pub fn kv_heads_per_rank(&self, model: &ModelShape) -> u32 {
-        model.kv_heads.div_ceil(self.ulysses).max(1)
+        let (h, kv, u) = (model.heads, model.kv_heads, self.ulysses.max(1));
+        let per_rank = h / u;
+        let group = (h / kv).max(1);
+        (0..u)
+            .map(|i| {
+                let (first, last) = (i * per_rank, (i + 1) * per_rank - 1);
+                last / group - first / group + 1
+            })
+            .max()
+            .unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_heads_per_rank_counts_straddled_groups() {
+        let shape = |u| GroupShape { scheme: Scheme::Ulysses, ulysses: u, ring: 1, variant: RingVariant::Zigzag };
+        let qwen = ModelShape::resolve("qwen2.5-14b").unwrap(); // 40 heads, 8 KV heads: groups of 5
+        // u = 5: 8 query heads per rank; rank 1 holds heads 8-15, KV heads 1, 2 and 3.
+        assert_eq!(shape(5).kv_heads_per_rank(&qwen), 3);
+        assert_eq!(shape(8).kv_heads_per_rank(&qwen), 1);
+        assert_eq!(shape(4).kv_heads_per_rank(&qwen), 2);
+        let llama = ModelShape::resolve("llama3-8b").unwrap(); // 32 heads, 8 KV heads
+        assert_eq!(shape(16).kv_heads_per_rank(&llama), 1, "replicated");
+        assert_eq!(shape(2).kv_heads_per_rank(&llama), 4);
     }
 }
 
