@@ -16,3 +16,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// Turns an error writing a command's output (stdout) into the crate's error.
+pub fn io_out(e: std::io::Error) -> Error {
+    Error::io("<stdout>", e)
+}

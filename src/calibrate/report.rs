@@ -67,22 +67,6 @@ pub fn fit_points(outcome: &Outcome) -> Vec<FitPoint> {
     rows
 }
 
-impl FitPoint {
-    /// The columns the report's calibration figure draws.
-    pub fn plotted(&self) -> crate::report::data::FitPoint {
-        crate::report::data::FitPoint {
-            op: self.op,
-            level: self.level,
-            ranks: self.ranks,
-            bytes: self.bytes,
-            measured_s: self.measured_s,
-            fitted_s: self.fitted_s,
-            rel_error: self.rel_error,
-            held_out: self.held_out,
-        }
-    }
-}
-
 pub fn write_points_csv(path: &Path, rows: &[FitPoint]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {

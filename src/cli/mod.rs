@@ -45,10 +45,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Writes to a Write, turning io errors on stdout into crate errors.
-pub(crate) fn io_out(e: std::io::Error) -> crate::error::Error {
-    crate::error::Error::io("<stdout>", e)
-}
+pub(crate) use crate::output::io_out;
 
 #[cfg(test)]
 mod tests {

@@ -1141,7 +1141,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
         return Err(e);
     }
     let Some(all) = gathered else {
-        writeln!(err, "rank {}: done; rank 0 writes the measurements", launch.rank).map_err(crate::cli::io_out)?;
+        writeln!(err, "rank {}: done; rank 0 writes the measurements", launch.rank).map_err(crate::output::io_out)?;
         return Ok(());
     };
     let mut rows: Vec<Measurement> = Vec::new();
@@ -1152,9 +1152,9 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
     measurements::write(&options.out, &rows)?;
     let svg = options.out.with_extension("svg");
     if let Err(e) = super::report::plot(&rows, &svg) {
-        writeln!(err, "warning: no plot: {e}").map_err(crate::cli::io_out)?;
+        writeln!(err, "warning: no plot: {e}").map_err(crate::output::io_out)?;
     }
-    let w = crate::cli::io_out;
+    let w = crate::output::io_out;
     writeln!(out, "kernel self-check: max relative difference to the CPU mirror {check:.2e}").map_err(w)?;
     writeln!(out, "{} rows written to {} (plot {})", rows.len(), options.out.display(), svg.display()).map_err(w)?;
     super::report::write_table(&super::report::compare(&rows), out).map_err(w)
