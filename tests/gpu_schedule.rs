@@ -7,7 +7,8 @@ use gpu_common::two_node_plan;
 use hsap::cluster::{Calibration, CollectiveFit, Collective, LinkLevel};
 use hsap::gpu::attention::Tiling;
 use hsap::gpu::reference::check_races;
-use hsap::gpu::schedule::{Block, CalibratedCollectives, OpKind, Phase, Schedule, Stream, Tensor};
+use hsap::gpu::pricing::CostModelPricer;
+use hsap::gpu::schedule::{Block, OpKind, Phase, Schedule, Stream, Tensor};
 
 fn schedule() -> Schedule {
     Schedule::for_plan(&two_node_plan(), Some(4), Tiling::default()).unwrap().remove(0)
@@ -252,14 +253,19 @@ fn collectives_are_priced_from_a_calibrated_profile() {
         ..Calibration::default()
     });
     let mut s = Schedule::for_plan(&plan, Some(4), Tiling::default()).unwrap().remove(0);
-    s.price(&CalibratedCollectives);
+    s.price(&CostModelPricer::new(&plan).unwrap());
     let fwd = block(&s, 13, 0, Phase::LayerForward);
     // The Q all-to-all of 8,192,000 bytes over 4 ranks in one node: 20 us + 8.192e6 * 3/4 / 150e9.
     let q = fwd.ops.iter().find(|o| matches!(o.kind, OpKind::AllToAll { tensor: Tensor::Q, .. })).unwrap();
     let want = 20e-6 + 8_192_000.0 * 0.75 / 150e9;
     assert!((q.predicted_s.unwrap() - want).abs() < 1e-12, "{:?} vs {want}", q.predicted_s);
-    // Kernels are the cost model's business: unpriced here.
-    assert!(fwd.ops.iter().filter(|o| matches!(o.kind, OpKind::Gemm { .. })).all(|o| o.predicted_s.is_none()));
+    // Kernels are priced by the cost model's GEMM model.
+    for o in fwd.ops.iter() {
+        if let OpKind::Gemm { m, n, k, count, .. } = &o.kind {
+            let want = *count as f64 * hsap::cost::compute::gemm_time_s(&plan.cluster, plan.train.dtype, *m as f64, *n as f64, *k as f64);
+            assert_eq!(o.predicted_s, Some(want));
+        }
+    }
     // The double ring's outer transfer crosses nodes: the inter-node fit.
     let outer = block(&s, 0, 1, Phase::LayerForward).ops.iter().find(|o| o.stream == Stream::Outer).unwrap();
     let want = 30e-6 + 8_192_000.0 / 20e9;

@@ -15,7 +15,7 @@ pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
 pub use simulate::{simulate, SimulateArgs};
 pub use predict::{predict, PredictArgs, ReferenceTable};
-pub use validate::{read_plan, validate, ValidateArgs};
+pub use validate::{validate, ValidateArgs};
 
 use crate::error::Result;
 use std::io::Write;

@@ -4,9 +4,10 @@
 use super::{io_out, thousands};
 use crate::error::{Error, Result};
 use crate::gpu::attention::Tiling;
-use crate::gpu::schedule::{Block, CalibratedCollectives, MetaRef, Op, OpKind, Schedule};
+use crate::gpu::pricing::CostModelPricer;
+use crate::gpu::schedule::{Block, MetaRef, Op, OpKind, Schedule};
 use crate::gpu::varlen::VarlenMeta;
-use crate::plan::{Plan, PLAN_FORMAT_VERSION};
+use crate::plan::Plan;
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,10 +41,11 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
-    let plan = read_plan(&args.plan)?;
+    let plan = Plan::read(&args.plan)?;
     let mut schedules = Schedule::for_plan(&plan, args.batch, Tiling::default())?;
+    let pricer = CostModelPricer::new(&plan)?;
     for s in &mut schedules {
-        s.price(&CalibratedCollectives);
+        s.price(&pricer);
     }
     if args.dry_run {
         if let Some(r) = args.rank.filter(|&r| r >= plan.cluster.gpus()) {
@@ -62,22 +64,6 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
 }
 
 /// Reads `plan.json`; errors name the line.
-pub fn read_plan(path: &Path) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let plan: Plan = serde_json::from_str(&text).map_err(|e| {
-        Error::input(path, e.line(), format!("not a plan: {e}"), "pass the plan.json that `hsap-tune --trace ... --out DIR` wrote (docs/plan-format.md)")
-    })?;
-    if plan.format_version != PLAN_FORMAT_VERSION {
-        return Err(Error::input(
-            path,
-            0,
-            format!("plan format version {} (this hsap-tune reads version {PLAN_FORMAT_VERSION})", plan.format_version),
-            "regenerate the plan with this version of hsap-tune",
-        ));
-    }
-    Ok(plan)
-}
-
 fn seconds(t: Option<f64>) -> String {
     match t {
         Some(t) if t >= 1.0 => format!("{t:.3} s"),

@@ -74,11 +74,7 @@ pub fn time_s(cluster: &Cluster, t: &Transfer) -> f64 {
     if t.ranks <= 1 || t.bytes <= 0.0 {
         return 0.0;
     }
-    if let Some(fit) = cluster
-        .calibration
-        .as_ref()
-        .and_then(|c| c.collectives.iter().find(|f| f.op == t.collective && f.level == t.level))
-    {
+    if let Some(fit) = cluster.calibration.as_ref().and_then(|c| c.collective_fit(t.collective, t.level, t.ranks)) {
         return fit.time_s(t.bytes, t.ranks);
     }
     let steps = steps(t.collective, t.ranks);
@@ -138,6 +134,65 @@ pub fn network_gb_per_s(cluster: &Cluster, t: &Transfer) -> f64 {
         // in nccl.dgx_a100_multinode_allreduce_busbw).
         _ => node_gb_per_s,
     }
+}
+
+/// A transfer's load on each node's NICs: what the simulator shares out between groups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkDemand {
+    pub flows_per_node: u32,
+    pub bytes_per_flow: f64,
+    /// Most one flow can get (bytes/s): one NIC for all-to-all and point-to-point traffic, the
+    /// node's NICs for ring collectives.
+    pub cap_per_flow: f64,
+    /// The rate one flow gets when only this transfer uses the node (bytes/s).
+    pub isolated_rate: f64,
+}
+
+/// The simple protocol's parts of a transfer's isolated time: a latency, then an intra-node
+/// bandwidth part and a network part side by side. On an idle cluster the transfer takes
+/// `latency + max(intra, network bytes / isolated rate)`; [`time_s`] may be lower (a faster
+/// protocol) or fitted (a calibrated profile), and the simulator scales the parts to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts {
+    pub latency_s: f64,
+    pub intra_s: f64,
+    pub network: Option<NetworkDemand>,
+}
+
+impl Parts {
+    pub fn isolated_s(&self) -> f64 {
+        let network_s = self.network.map_or(0.0, |d| d.bytes_per_flow / d.isolated_rate);
+        self.latency_s + self.intra_s.max(network_s)
+    }
+}
+
+pub fn parts(cluster: &Cluster, t: &Transfer) -> Parts {
+    let hw_us = match t.level {
+        LinkLevel::Intra => cluster.intra.hw_latency_us_per_step,
+        LinkLevel::Inter => cluster.inter.hw_latency_us_per_step,
+    };
+    let latency_s = (cluster.nccl.base_latency_us + hw_us * steps(t.collective, t.ranks)) * 1e-6;
+    let intra_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
+    let bytes = t.network_bytes_per_gpu(cluster.gpus_per_node);
+    let network = (t.level == LinkLevel::Inter && bytes > 0.0).then(|| {
+        let isolated_rate = network_gb_per_s(cluster, t) * GB;
+        match t.collective {
+            Collective::AllToAll | Collective::SendRecv => NetworkDemand {
+                flows_per_node: t.network_senders_per_node.clamp(1, cluster.gpus_per_node),
+                bytes_per_flow: bytes,
+                cap_per_flow: cluster.inter.alltoall_nics_per_gpu * cluster.inter.nic_gb_per_s * GB,
+                isolated_rate,
+            },
+            // NCCL's rings cross each node boundary on every NIC: one aggregate flow per node.
+            _ => NetworkDemand {
+                flows_per_node: 1,
+                bytes_per_flow: bytes,
+                cap_per_flow: f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s * GB,
+                isolated_rate,
+            },
+        }
+    });
+    Parts { latency_s, intra_s, network }
 }
 
 #[cfg(test)]

@@ -16,5 +16,6 @@ pub mod kernels;
 pub mod launch;
 pub mod reference;
 pub mod report;
+pub mod pricing;
 pub mod schedule;
 pub mod varlen;

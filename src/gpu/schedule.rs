@@ -1242,20 +1242,3 @@ pub trait Pricer {
     fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64>;
 }
 
-/// Prices collectives with the fits of a calibrated cluster profile (`[calibration]` written by
-/// `hsap-tune calibrate`): the fit of the same collective and link level, from the measurement
-/// with the closest number of ranks.
-pub struct CalibratedCollectives;
-
-impl Pricer for CalibratedCollectives {
-    fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64> {
-        let (collective, bytes, ranks) = op.collective()?;
-        let level = if ctx.nodes > 1 { crate::cluster::LinkLevel::Inter } else { crate::cluster::LinkLevel::Intra };
-        let fits = &ctx.cluster.calibration.as_ref()?.collectives;
-        let fit = fits
-            .iter()
-            .filter(|f| f.op == collective && f.level == level)
-            .min_by_key(|f| f.ranks.abs_diff(ranks))?;
-        Some(fit.time_s(bytes as f64, ranks))
-    }
-}

@@ -2,7 +2,7 @@
 //! network parts progress at rates set by max-min fair sharing of each node's NICs.
 
 use super::timeline::Timeline;
-use crate::cluster::{Cluster, Collective, LinkLevel, GB};
+use crate::cluster::{Cluster, Collective, GB};
 use crate::cost::{comm, CostModel, Program, Stage, Transfer};
 
 /// How one group's micro-batch went.
@@ -59,23 +59,16 @@ impl Flight {
     fn new(cluster: &Cluster, t: &Transfer, group_nodes: &[u32], group_size: usize) -> Flight {
         let shared = t.ranks as usize > group_size;
         let nodes = if shared { (0..t.nodes.min(cluster.nodes)).collect() } else { group_nodes.to_vec() };
-        let demand = network_demand(cluster, t);
-        let latency = (cluster.nccl.base_latency_us
-            + match t.level {
-                LinkLevel::Intra => cluster.intra.hw_latency_us_per_step,
-                LinkLevel::Inter => cluster.inter.hw_latency_us_per_step,
-            } * latency_steps(t.collective, t.ranks))
-            * 1e-6;
-        let intra = t.bytes * t.collective.busbw_factor(t.ranks) / (cluster.intra.busbw_gb_per_s * GB);
-        let network = demand.map_or(0.0, |d| d.bytes_per_flow / d.cap_per_flow.min(d.isolated_rate));
-        // Calibrated clusters price collectives by their fits: scale every part alike so the
-        // isolated time is the cost model's.
-        let datasheet = latency + intra.max(network);
+        let parts = comm::parts(cluster, t);
+        // A faster protocol or a calibrated fit changes the isolated time: scale every part alike
+        // so that alone the transfer takes the cost model's time.
+        let datasheet = parts.isolated_s();
         let scale = if datasheet > 0.0 { comm::time_s(cluster, t) / datasheet } else { 1.0 };
+        let demand = parts.network;
         Flight {
             collective: t.collective,
-            latency_left: scale * latency,
-            intra_left: scale * intra,
+            latency_left: scale * parts.latency_s,
+            intra_left: scale * parts.intra_s,
             net_left: demand.map_or(0.0, |d| scale * d.bytes_per_flow),
             flows_per_node: demand.map_or(0, |d| d.flows_per_node),
             cap_per_flow: demand.map_or(f64::INFINITY, |d| d.cap_per_flow),
@@ -116,52 +109,6 @@ impl Flight {
             self.net_left -= dt * rate;
         }
     }
-}
-
-/// Latency steps of NCCL's algorithms (the cost model's count).
-fn latency_steps(collective: Collective, n: u32) -> f64 {
-    let n = f64::from(n.max(1));
-    match collective {
-        Collective::AllReduce => 2.0 * (n - 1.0),
-        Collective::AllGather | Collective::ReduceScatter => n - 1.0,
-        Collective::AllToAll | Collective::SendRecv => 1.0,
-    }
-}
-
-/// A transfer's load on each node's NICs.
-#[derive(Debug, Clone, Copy)]
-struct NetworkDemand {
-    flows_per_node: u32,
-    bytes_per_flow: f64,
-    /// Most one flow can get (bytes/s): one NIC for all-to-all and point-to-point traffic, the
-    /// node's NICs for ring collectives.
-    cap_per_flow: f64,
-    /// The rate one flow gets when only this transfer uses the node.
-    isolated_rate: f64,
-}
-
-fn network_demand(cluster: &Cluster, t: &Transfer) -> Option<NetworkDemand> {
-    let bytes = t.network_bytes_per_gpu(cluster.gpus_per_node);
-    if t.level == LinkLevel::Intra || bytes <= 0.0 {
-        return None;
-    }
-    let node = f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s * GB;
-    let rate = comm::network_gb_per_s(cluster, t) * GB;
-    Some(match t.collective {
-        Collective::AllToAll | Collective::SendRecv => NetworkDemand {
-            flows_per_node: t.network_senders_per_node.clamp(1, cluster.gpus_per_node),
-            bytes_per_flow: bytes,
-            cap_per_flow: cluster.inter.alltoall_nics_per_gpu * cluster.inter.nic_gb_per_s * GB,
-            isolated_rate: rate,
-        },
-        // NCCL's rings cross each node boundary on every NIC: one aggregate flow per node.
-        _ => NetworkDemand {
-            flows_per_node: 1,
-            bytes_per_flow: bytes,
-            cap_per_flow: node,
-            isolated_rate: rate,
-        },
-    })
 }
 
 /// Where a group is in its program.
