@@ -140,3 +140,18 @@ fn bad_usage_is_refused() {
     let bad_csv = "tests/data/nccl-tests/README.md";
     fails_naming(&["calibrate", "--measurements", bad_csv, "--cluster", "dgx-h100"], &["README.md:1: no `kind` column"]);
 }
+
+#[test]
+fn run_without_a_gpu_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.toml");
+    let assert = cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--run", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&out)
+        .assert()
+        .code(4);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("libcuda.so") && stderr.contains("calibrate --run"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists(), "no profile is written");
+}

@@ -252,6 +252,11 @@ fn the_profile_round_trips_through_cluster_resolve() {
         op: Some("all_gather".into()),
         out: out.clone(),
         report: None,
+        run: false,
+        model: "gpt-7b".into(),
+        repeats: 10,
+        warmup: 2,
+        timeout: 300,
     };
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     calibrate(&args, &mut stdout, &mut stderr).unwrap();

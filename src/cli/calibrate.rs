@@ -45,6 +45,23 @@ pub struct CalibrateArgs {
     /// `<profile stem>-fit` next to --out.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// First run the calibration microbenchmarks on this cluster's GPUs (collectives over message
+    /// sizes for every group shape, attention and GEMM shapes of --model), one process per GPU
+    /// started by srun, mpirun or torchrun (docs/validate.md); their measurements are written to
+    /// the report folder as microbenchmarks.csv and fitted with the other inputs.
+    #[arg(long)]
+    pub run: bool,
+    /// With --run: the model whose attention and GEMM shapes are measured.
+    #[arg(long, value_name = "NAME|FILE", default_value = "gpt-7b", requires = "run")]
+    pub model: String,
+    /// With --run: timed repetitions per measurement (medians are kept), and untimed warm-ups.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "run", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "run")]
+    pub warmup: u32,
+    /// With --run: seconds to wait for every rank at the rendezvous.
+    #[arg(long, value_name = "S", default_value_t = 300, requires = "run")]
+    pub timeout: u64,
 }
 
 impl CalibrateArgs {
@@ -84,11 +101,21 @@ impl CalibrateArgs {
 }
 
 pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
-    if args.nccl_tests.is_empty() && args.measurements.is_empty() {
+    if args.nccl_tests.is_empty() && args.measurements.is_empty() && !args.run {
         return Err(Error::invalid(
             "nothing to calibrate from",
-            "pass nccl-tests logs with --nccl-tests and/or measurement files with --measurements",
+            "pass nccl-tests logs with --nccl-tests, measurement files with --measurements, or --run on GPUs",
         ));
+    }
+    if args.run {
+        let Some(measured) = run_microbenchmarks(args, err)? else {
+            // Every rank but rank 0 is done once its measurements are gathered.
+            return Ok(());
+        };
+        let mut with_run = args.clone();
+        with_run.run = false;
+        with_run.measurements.push(measured);
+        return calibrate(&with_run, out, err);
     }
     if let Some(input) = args.nccl_tests.iter().chain(&args.measurements).find(|p| same_file(p, &args.out)) {
         return Err(Error::invalid(
@@ -216,4 +243,37 @@ fn plotted(p: &report::FitPoint) -> crate::report::data::FitPoint {
         rel_error: p.rel_error,
         held_out: p.held_out,
     }
+}
+
+/// Runs the microbenchmarks on the GPUs of this launch; rank 0 writes them to the report folder
+/// and gets the path back, the other ranks get `None`.
+fn run_microbenchmarks(args: &CalibrateArgs, err: &mut dyn Write) -> Result<Option<PathBuf>> {
+    let model = crate::model::ModelShape::resolve(&args.model)?;
+    let base = Cluster::resolve(&args.cluster)?;
+    crate::gpu::cuda::check_libraries()?;
+    // The launch decides the cluster's size: one process per GPU.
+    let launch = crate::gpu::launch::Launch::from_env()?;
+    let nodes = launch.world.div_ceil(base.gpus_per_node);
+    let cluster = base.with_nodes(nodes)?;
+    let plan = crate::gpu::cuda::MicrobenchPlan::for_cluster(&cluster, &model);
+    writeln!(
+        err,
+        "rank {}: microbenchmarks on {} GPUs ({} group shapes, {} message sizes, {} attention and {} GEMM shapes)",
+        launch.rank,
+        cluster.gpus(),
+        plan.groups.len(),
+        plan.sizes.len(),
+        plan.attention.len(),
+        plan.gemms.len()
+    )
+    .map_err(io_out)?;
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let source = format!("calibrate --run ({})", cluster.name);
+    let Some(rows) = crate::gpu::cuda::microbenchmarks(&cluster, &plan, args.repeats, args.warmup, timeout, &source)? else {
+        return Ok(None);
+    };
+    let path = args.report_dir().join("microbenchmarks.csv");
+    measurements::write(&path, &rows)?;
+    writeln!(err, "wrote {} ({} measurements)", path.display(), rows.len()).map_err(io_out)?;
+    Ok(Some(path))
 }

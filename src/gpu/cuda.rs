@@ -50,12 +50,14 @@ pub fn driver_present() -> bool {
 pub fn missing_driver() -> Error {
     Error::Gpu {
         what: "libcuda.so (the CUDA library of the NVIDIA driver) cannot be loaded: this machine has no NVIDIA GPU driver".into(),
-        hint: "run validate on GPU nodes, one process per GPU, e.g.\n    srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 hsap-tune validate --plan plan.json\n    mpirun -np 16 --npernode 8 -x MASTER_ADDR=node01 -x MASTER_PORT=29500 hsap-tune validate --plan plan.json\n  (docs/validate.md); `--dry-run` prints every rank's schedule here without a GPU".into(),
+        hint: "run validate on GPU nodes, one process per GPU, e.g.\n    srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 hsap-tune validate --plan plan.json\n    mpirun -np 16 --npernode 8 -x MASTER_ADDR=node01 -x MASTER_PORT=29500 hsap-tune validate --plan plan.json\n  (the same launch runs `hsap-tune calibrate --run`; docs/validate.md); `validate --dry-run` prints every rank's schedule here without a GPU".into(),
     }
 }
 
 /// Every library the executor loads, checked before any of them is called.
-fn check_libraries() -> Result<()> {
+/// Fails with a clear error, never a panic, when the CUDA driver, NVRTC, cuBLAS or NCCL cannot be
+/// loaded: cudarc panics on first use of a missing library.
+pub fn check_libraries() -> Result<()> {
     if !driver_present() {
         return Err(missing_driver());
     }
