@@ -10,6 +10,7 @@ pub mod model;
 pub mod output;
 pub mod plan;
 pub mod scheme;
+pub mod solver;
 pub mod trace;
 
 mod toml_input;

@@ -10,17 +10,23 @@ use std::path::PathBuf;
     name = "hsap-tune",
     version,
     about = "Plan hierarchical, sequence-aware parallelism per batch for long-context LLM training",
-    long_about = None
+    long_about = None,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Without a subcommand, `hsap-tune [FLAGS]` runs `tune` with these flags.
+    #[command(flatten)]
+    pub tune: super::TuneArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Describe a trace: counts, length percentiles, a log-scale histogram, long-document share.
     Inspect(super::InspectArgs),
+    /// Plan every batch with hsap and the baselines, print the comparison, write plans (the default).
+    Tune(super::TuneArgs),
 }
 
 /// Where document lengths come from and how they form batches.

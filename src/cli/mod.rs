@@ -3,9 +3,11 @@
 
 mod args;
 mod inspect;
+mod tune;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use tune::{tune, Summary, TuneArgs, DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ};
 
 use crate::error::Result;
 use std::io::Write;
@@ -13,7 +15,10 @@ use std::io::Write;
 /// Runs a parsed command line, writing results to `out` and warnings to `err`.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
-        Command::Inspect(args) => inspect(&args, out, err),
+        Some(Command::Inspect(args)) => inspect(&args, out, err),
+        Some(Command::Tune(args)) => tune(&args, out, err),
+        // No subcommand: plan, which is what the tool is for.
+        None => tune(&cli.tune, out, err),
     }
 }
 

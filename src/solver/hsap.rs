@@ -1,0 +1,448 @@
+//! The hierarchical planner. Per micro-batch:
+//! 1. a greedy plan: the smallest makespan T (bisection) for which first-fit-decreasing with
+//!    "open the smallest group that runs this document within T" needs at most the cluster's GPUs;
+//! 2. an MILP over group *types* (u, r) with integer counts and aggregate time and memory
+//!    capacities per type, bisecting T between a lower bound and the greedy's makespan: no
+//!    binary per candidate group, so none of FlexSP's symmetry;
+//! 3. exact packing: documents into the chosen groups by earliest finish, then a local search
+//!    priced by the exact cost model, and each group's scheme chosen by the cost model.
+//!
+//! The result is the best of these and of the incumbents passed in (the baselines' plans of the
+//! same batch), priced exactly: never worse than any incumbent.
+
+use super::assign::{choose_schemes, earliest_finish, improve, makespan, split_microbatches, Bin};
+use super::milp::MilpStatus;
+use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
+use crate::error::Result;
+use crate::trace::Batch;
+use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct HsapOptions {
+    /// Wall-clock limit for one batch's MILP work (seconds). The greedy plan is always produced.
+    pub time_limit_s: f64,
+    /// Stop bisecting when the makespan bracket is this tight (relative).
+    pub rel_gap: f64,
+    /// Most MILP solves per micro-batch.
+    pub max_milp_solves: usize,
+    /// Cost-model calls the exact local search may spend per micro-batch.
+    pub local_evals: usize,
+    /// Run the type MILP (false: greedy and local search only).
+    pub use_milp: bool,
+}
+
+impl Default for HsapOptions {
+    fn default() -> Self {
+        HsapOptions {
+            time_limit_s: 2.0,
+            rel_gap: 0.01,
+            max_milp_solves: 8,
+            local_evals: 600,
+            use_milp: true,
+        }
+    }
+}
+
+/// Plans one batch. `incumbents` are other plans of the same batch (already priced); the best
+/// memory-feasible plan wins.
+pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced]) -> Result<Priced> {
+    let start = Instant::now();
+    let deadline = start + std::time::Duration::from_secs_f64(opts.time_limit_s.max(0.0));
+    let per_gpu = ctx.candidates.iter().filter(|c| c.size == 1).map(|c| c.max_tokens).max().unwrap_or(0);
+    let tokens_per_micro = (f64::from(per_gpu) * f64::from(ctx.gpus) * 0.9) as u64;
+    let lw = ctx.cm.hsap_params().linear_weight;
+    let parts = split_microbatches(batch, tokens_per_micro, 1, lw);
+    let mut micro = Vec::with_capacity(parts.len());
+    let mut statuses = Vec::new();
+    for docs in &parts {
+        let (groups, status) = plan_micro(ctx, batch, docs, opts, deadline);
+        statuses.extend(status);
+        micro.push(Micro { groups });
+    }
+    let milp = summarize(&statuses);
+    let sol = Solution {
+        micro,
+        source: if milp.is_some() { "milp".into() } else { "greedy".into() },
+        milp,
+    };
+    let mut best = ctx.finish(batch, &sol)?;
+    for inc in incumbents {
+        let better = match (fits(ctx, inc), fits(ctx, &best)) {
+            (true, false) => true,
+            (true, true) => inc.step_s < best.step_s,
+            _ => false,
+        };
+        if better {
+            let mut won = inc.clone();
+            won.source = format!("incumbent:{}", inc.source);
+            won.milp = best.milp.clone();
+            best = won;
+        }
+    }
+    Ok(best)
+}
+
+fn fits(ctx: &Ctx, p: &Priced) -> bool {
+    p.peak_memory_bytes <= ctx.limit_bytes
+}
+
+/// The most telling status of a batch's MILP solves: a time limit or error if any, else optimal.
+fn summarize(statuses: &[MilpStatus]) -> Option<MilpStatus> {
+    let rank = |s: &MilpStatus| match s {
+        MilpStatus::Error(_) => 0,
+        MilpStatus::TimeLimitNoSolution => 1,
+        MilpStatus::TimeLimit => 2,
+        MilpStatus::GapLimit => 3,
+        MilpStatus::Infeasible => 4,
+        MilpStatus::Optimal => 5,
+    };
+    statuses.iter().min_by_key(|s| rank(s)).cloned()
+}
+
+/// Plans one micro-batch: greedy, then the type MILP within the deadline, then exact packing.
+fn plan_micro(
+    ctx: &Ctx,
+    batch: &Batch,
+    docs: &[usize],
+    opts: &HsapOptions,
+    deadline: Instant,
+) -> (Vec<Group>, Vec<MilpStatus>) {
+    let lens: Vec<u32> = docs.iter().map(|&d| batch.docs[d].len).collect();
+    let lower = lower_bound(ctx, &lens);
+    let mut candidates: Vec<Vec<Group>> = Vec::new();
+    let mut statuses = Vec::new();
+    let greedy = best_greedy(ctx, batch, docs, lower);
+    let mut upper = f64::INFINITY;
+    if let Some((groups, t)) = greedy {
+        upper = t;
+        candidates.push(groups);
+    }
+    if opts.use_milp && upper.is_finite() && (upper - lower) > opts.rel_gap * upper {
+        let (mut lo, mut hi) = (lower, upper);
+        let mut solves = 0;
+        while solves < opts.max_milp_solves && (hi - lo) > opts.rel_gap * hi {
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            if left <= 0.0 {
+                break;
+            }
+            let t = 0.5 * (lo + hi);
+            let (counts, status) = type_milp(ctx, batch, docs, t, left);
+            solves += 1;
+            statuses.push(status);
+            match counts {
+                Some(counts) => {
+                    if let Some((groups, span)) = pack_types(ctx, batch, docs, &counts) {
+                        if span < upper {
+                            upper = span;
+                            candidates.push(groups);
+                        }
+                    }
+                    hi = t;
+                }
+                None => lo = t,
+            }
+        }
+    }
+    if candidates.is_empty() {
+        // Nothing fitted by the surrogate: fall back to one group of the whole cluster.
+        candidates.push(whole_cluster(ctx, docs));
+    }
+    // Exact packing of the last two candidates (the best by the surrogate and its runner-up).
+    let mut best: Option<(f64, Vec<Group>)> = None;
+    for mut groups in candidates.into_iter().rev().take(2) {
+        improve(ctx, batch, &mut groups, opts.local_evals);
+        choose_schemes(ctx, batch, &mut groups);
+        let span = exact_makespan(ctx, batch, &groups);
+        if best.as_ref().is_none_or(|b| span < b.0) {
+            best = Some((span, groups));
+        }
+    }
+    let groups = best.map(|b| b.1).unwrap_or_default();
+    (groups, statuses)
+}
+
+fn whole_cluster(ctx: &Ctx, docs: &[usize]) -> Vec<Group> {
+    let shape = ctx
+        .candidates
+        .iter()
+        .filter(|c| c.size == ctx.gpus)
+        .max_by_key(|c| (c.max_tokens, c.shape.ulysses))
+        .map(|c| c.shape)
+        .unwrap_or(crate::scheme::GroupShape {
+            scheme: crate::scheme::Scheme::Ulysses,
+            ulysses: 1,
+            ring: 1,
+            variant: crate::scheme::RingVariant::Zigzag,
+        });
+    let mut groups = vec![Group { shape, docs: docs.to_vec() }];
+    fill_idle(&mut groups, ctx.gpus);
+    groups
+}
+
+/// Exact makespan; infinite when a group exceeds memory.
+pub(super) fn exact_makespan(ctx: &Ctx, batch: &Batch, groups: &[Group]) -> f64 {
+    groups
+        .iter()
+        .filter(|g| !g.docs.is_empty())
+        .map(|g| {
+            let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
+            let c = ctx.group_cost(&g.shape, &lens);
+            if c.memory_bytes <= ctx.limit_bytes {
+                c.time_s
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn capacity(c: &Candidate) -> u64 {
+    c.capacity_tokens()
+}
+
+/// Surrogate lower bound on the makespan: the longest document's best time on any group, and
+/// all documents' least GPU-time spread over every GPU.
+fn lower_bound(ctx: &Ctx, lens: &[u32]) -> f64 {
+    let mut longest: f64 = 0.0;
+    let mut gpu_time = 0.0;
+    for &l in lens {
+        let fitting = ctx.candidates.iter().filter(|c| capacity(c) >= u64::from(l));
+        let (best_time, best_work) = fitting.fold((f64::INFINITY, f64::INFINITY), |(t, w), c| {
+            let m = c.marginal_s(l);
+            (t.min(c.base_s + m), w.min(f64::from(c.size) * m))
+        });
+        longest = longest.max(best_time);
+        gpu_time += best_work;
+    }
+    longest.max(gpu_time / f64::from(ctx.gpus))
+}
+
+/// First-fit decreasing at makespan `t`: each document goes to the open group with the least room
+/// left that still finishes by `t` and has memory; otherwise it opens the smallest group (then the
+/// fastest) that runs it by `t`. None when that needs more than the cluster's GPUs.
+fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option<Vec<Bin<'a>>> {
+    let mut bins: Vec<Bin<'a>> = Vec::new();
+    let mut used = 0u32;
+    for &d in order {
+        let len = batch.docs[d].len;
+        let fit = bins
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| capacity(b.cand) >= b.tokens + u64::from(len))
+            .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
+            .filter(|&(_, finish)| finish <= t)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let i = match fit {
+            Some((i, _)) => i,
+            None => {
+                let cand = ctx
+                    .candidates
+                    .iter()
+                    .filter(|c| capacity(c) >= u64::from(len) && c.base_s + c.marginal_s(len) <= t)
+                    .min_by(|a, b| {
+                        a.size
+                            .cmp(&b.size)
+                            .then((a.base_s + a.marginal_s(len)).total_cmp(&(b.base_s + b.marginal_s(len))))
+                    })?;
+                used += cand.size;
+                if used > ctx.gpus {
+                    return None;
+                }
+                bins.push(Bin::new(cand));
+                bins.len() - 1
+            }
+        };
+        let b = &mut bins[i];
+        b.load_s += b.cand.marginal_s(len);
+        b.tokens += u64::from(len);
+        b.docs.push(d);
+    }
+    Some(bins)
+}
+
+/// The greedy plan at the smallest feasible makespan (bisection), with idle GPUs turned into
+/// single-GPU groups and documents re-spread over all groups by earliest finish.
+fn best_greedy(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64) -> Option<(Vec<Group>, f64)> {
+    let mut order = docs.to_vec();
+    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    let mut hi = lower.max(1e-6);
+    let mut found = None;
+    for _ in 0..40 {
+        if let Some(bins) = greedy_at(ctx, batch, &order, hi) {
+            found = Some(bins);
+            break;
+        }
+        hi *= 2.0;
+    }
+    let mut best_bins = found?;
+    let mut lo = lower;
+    for _ in 0..14 {
+        if hi - lo <= 0.002 * hi {
+            break;
+        }
+        let mid = 0.5 * (lo + hi);
+        match greedy_at(ctx, batch, &order, mid) {
+            Some(bins) => {
+                best_bins = bins;
+                hi = mid;
+            }
+            None => lo = mid,
+        }
+    }
+    let counts = type_counts(ctx, &best_bins);
+    let packed = pack_types(ctx, batch, docs, &counts);
+    let direct = (bins_to_groups(ctx, &best_bins), makespan(&best_bins));
+    match packed {
+        Some(p) if p.1 < direct.1 => Some(p),
+        _ => Some(direct),
+    }
+}
+
+fn type_counts(ctx: &Ctx, bins: &[Bin<'_>]) -> Vec<u32> {
+    ctx.candidates
+        .iter()
+        .map(|c| bins.iter().filter(|b| std::ptr::eq(b.cand, c)).count() as u32)
+        .collect()
+}
+
+fn bins_to_groups(ctx: &Ctx, bins: &[Bin<'_>]) -> Vec<Group> {
+    let mut groups: Vec<Group> = bins
+        .iter()
+        .map(|b| {
+            let mut docs = b.docs.clone();
+            docs.sort_unstable();
+            Group { shape: b.cand.shape, docs }
+        })
+        .collect();
+    fill_idle(&mut groups, ctx.gpus);
+    groups
+}
+
+/// Exact packing of documents into `counts[t]` groups of each candidate type (idle GPUs become
+/// single-GPU groups): earliest finish by the surrogate. Returns the groups and the surrogate
+/// makespan, or None when some document fits no group.
+fn pack_types(ctx: &Ctx, batch: &Batch, docs: &[usize], counts: &[u32]) -> Option<(Vec<Group>, f64)> {
+    let mut bins: Vec<Bin<'_>> = Vec::new();
+    let mut used = 0;
+    for (c, &n) in ctx.candidates.iter().zip(counts) {
+        for _ in 0..n {
+            bins.push(Bin::new(c));
+            used += c.size;
+        }
+    }
+    let single = ctx.candidates.iter().find(|c| c.size == 1)?;
+    for _ in used..ctx.gpus {
+        bins.push(Bin::new(single));
+    }
+    if !earliest_finish(&mut bins, batch, docs) {
+        return None;
+    }
+    let span = makespan(&bins);
+    Some((bins_to_groups(ctx, &bins), span))
+}
+
+/// Length buckets of a micro-batch: documents in the same half-octave of length.
+struct Bucket {
+    docs: Vec<usize>,
+    max_len: u32,
+    tokens: f64,
+}
+
+fn buckets(batch: &Batch, docs: &[usize]) -> Vec<Bucket> {
+    let key = |len: u32| (2.0 * f64::from(len).log2()).floor() as i64;
+    let mut sorted = docs.to_vec();
+    sorted.sort_by_key(|&d| (batch.docs[d].len, d));
+    let mut out: Vec<Bucket> = Vec::new();
+    let mut last_key = None;
+    for d in sorted {
+        let len = batch.docs[d].len;
+        if last_key != Some(key(len)) {
+            out.push(Bucket { docs: Vec::new(), max_len: 0, tokens: 0.0 });
+            last_key = Some(key(len));
+        }
+        if let Some(b) = out.last_mut() {
+            b.docs.push(d);
+            b.max_len = b.max_len.max(len);
+            b.tokens += f64::from(len);
+        }
+    }
+    out
+}
+
+/// The type MILP at makespan `t`: integer group counts n_t per candidate type, bucket shares
+/// x_bt (integer for buckets whose documents cannot run on a single GPU within t: those are few
+/// and indivisible; continuous otherwise), aggregate time and memory capacity per type, at most
+/// the cluster's GPUs. Minimises GPUs used, so that spare GPUs absorb the packing's slack.
+/// Returns the counts when feasible.
+fn type_milp(ctx: &Ctx, batch: &Batch, docs: &[usize], t: f64, time_limit_s: f64) -> (Option<Vec<u32>>, MilpStatus) {
+    let bks = buckets(batch, docs);
+    let mut vars = ProblemVariables::new();
+    let types: Vec<(usize, &Candidate)> = ctx.candidates.iter().enumerate().filter(|(_, c)| c.base_s < t).collect();
+    let n: Vec<Variable> = types
+        .iter()
+        .map(|(_, c)| vars.add(variable().integer().min(0).max(f64::from(ctx.gpus / c.size))))
+        .collect();
+    let single_ok = |len: u32| {
+        ctx.candidates
+            .iter()
+            .any(|c| c.size == 1 && capacity(c) >= u64::from(len) && c.base_s + c.marginal_s(len) <= t)
+    };
+    // x[b][k]: documents of bucket b on type k (None when ineligible).
+    let mut x: Vec<Vec<Option<Variable>>> = Vec::with_capacity(bks.len());
+    for b in &bks {
+        let count = b.docs.len() as f64;
+        let integer = !single_ok(b.max_len);
+        let row = types
+            .iter()
+            .map(|(_, c)| {
+                let eligible = capacity(c) >= u64::from(b.max_len) && c.base_s + c.marginal_s(b.max_len) <= t;
+                eligible.then(|| {
+                    let v = variable().min(0).max(count);
+                    vars.add(if integer { v.integer() } else { v })
+                })
+            })
+            .collect();
+        x.push(row);
+    }
+    let gpus_used: Expression = types.iter().zip(&n).map(|((_, c), &v)| f64::from(c.size) * v).sum();
+    let mut problem = vars
+        .minimise(gpus_used.clone())
+        .using(good_lp::solvers::highs::highs)
+        .set_threads(1)
+        .set_time_limit(time_limit_s.max(0.001));
+    problem.set_verbose(false);
+    // Feasibility is what matters: a 5% gap on the GPU count is plenty.
+    let mut problem = problem.set_option("mip_rel_gap", 0.05);
+    problem = problem.with(constraint!(gpus_used <= f64::from(ctx.gpus)));
+    for (bi, b) in bks.iter().enumerate() {
+        let placed: Expression = x[bi].iter().flatten().map(|&v| Expression::from(v)).sum();
+        if x[bi].iter().all(Option::is_none) {
+            return (None, MilpStatus::Infeasible);
+        }
+        problem = problem.with(constraint!(placed == b.docs.len() as f64));
+    }
+    for (k, (_, c)) in types.iter().enumerate() {
+        let mut time = Expression::from(0.0);
+        let mut tokens = Expression::from(0.0);
+        for (bi, b) in bks.iter().enumerate() {
+            let Some(v) = x[bi][k] else { continue };
+            let count = b.docs.len() as f64;
+            let work: f64 = b.docs.iter().map(|&d| c.marginal_s(batch.docs[d].len)).sum::<f64>() / count;
+            time += work * v;
+            tokens += (b.tokens / count) * v;
+        }
+        problem = problem.with(constraint!(time <= (t - c.base_s) * n[k]));
+        problem = problem.with(constraint!(tokens <= capacity(c) as f64 * n[k]));
+    }
+    let result = problem.solve();
+    let status = MilpStatus::of(&result);
+    let counts = result.ok().map(|sol| {
+        let mut counts = vec![0u32; ctx.candidates.len()];
+        for ((i, _), &v) in types.iter().zip(&n) {
+            counts[*i] = sol.value(v).round().max(0.0) as u32;
+        }
+        counts
+    });
+    (counts, status)
+}
