@@ -96,7 +96,8 @@ pub fn makespan(bins: &[Bin<'_>]) -> f64 {
 /// Exact local search on one micro-batch: repeatedly take the slowest group and move one of its
 /// documents to the group where the pair's larger time is smallest, or swap it with a shorter
 /// document there, while that shortens the slowest group and memory fits. Groups keep their
-/// (u, r); schemes are re-chosen per group. `evals` bounds the cost-model calls.
+/// (u, r); the two groups of a move get their best schemes again. `evals` bounds the cost-model
+/// calls. Call it on groups whose schemes are already chosen ([`choose_schemes`]).
 pub fn improve(ctx: &Ctx, batch: &Batch, groups: &mut [Group], mut evals: usize) {
     let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
     let price = |g: &Group, docs: &[usize]| {
@@ -145,9 +146,17 @@ pub fn improve(ctx: &Ctx, batch: &Batch, groups: &mut [Group], mut evals: usize)
         groups[k].docs.retain(|&x| x != d);
         groups[j].docs.push(d);
         groups[j].docs.sort_unstable();
-        time[k] = if groups[k].docs.is_empty() { 0.0 } else { price(&groups[k], &groups[k].docs) };
-        time[j] = price(&groups[j], &groups[j].docs);
-        evals = evals.saturating_sub(2);
+        // The two groups' documents changed: their best schemes may have too.
+        for i in [k, j] {
+            if groups[i].docs.is_empty() {
+                time[i] = 0.0;
+                continue;
+            }
+            let (shape, cost) = ctx.best_scheme(groups[i].shape.ulysses, groups[i].shape.ring, &lens(&groups[i].docs));
+            groups[i].shape = shape;
+            time[i] = if cost.memory_bytes <= ctx.limit_bytes { cost.time_s } else { f64::INFINITY };
+            evals = evals.saturating_sub(super::scheme_options(shape.ulysses, shape.ring, ctx.gpus_per_node).len());
+        }
     }
 }
 

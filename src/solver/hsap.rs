@@ -22,7 +22,8 @@ use std::time::Instant;
 pub struct HsapOptions {
     /// Wall-clock limit for one batch's MILP work (seconds). The greedy plan is always produced.
     pub time_limit_s: f64,
-    /// Stop bisecting when the makespan bracket is this tight (relative).
+    /// The improvement the MILP is asked for at each round (relative); the LP relaxation proving
+    /// it impossible ends the search.
     pub rel_gap: f64,
     /// Most MILP solves per micro-batch.
     pub max_milp_solves: usize,
@@ -36,8 +37,8 @@ impl Default for HsapOptions {
     fn default() -> Self {
         HsapOptions {
             time_limit_s: 2.0,
-            rel_gap: 0.01,
-            max_milp_solves: 8,
+            rel_gap: 0.02,
+            max_milp_solves: 2,
             local_evals: 600,
             use_milp: true,
         }
@@ -118,29 +119,34 @@ fn plan_micro(
         upper = t;
         candidates.push(groups);
     }
-    if opts.use_milp && upper.is_finite() && (upper - lower) > opts.rel_gap * upper {
-        let (mut lo, mut hi) = (lower, upper);
-        let mut solves = 0;
-        while solves < opts.max_milp_solves && (hi - lo) > opts.rel_gap * hi {
-            let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
-            if left <= 0.0 {
+    // LP-guided improvement: ask whether the makespan can be (1 - rel_gap) of the best so far.
+    // The LP relaxation answers "no" cheaply (a proof, under the surrogate, that the plan is
+    // within rel_gap of the type model's optimum); otherwise the MILP gives group counts, which
+    // are packed, and the target moves down from the new best.
+    if opts.use_milp && upper.is_finite() {
+        for _ in 0..opts.max_milp_solves {
+            let target = upper * (1.0 - opts.rel_gap);
+            if target < lower {
                 break;
             }
-            let t = 0.5 * (lo + hi);
-            let (counts, status) = type_milp(ctx, batch, docs, t, left);
-            solves += 1;
+            let left = || deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            if left() <= 0.0 {
+                break;
+            }
+            let (lp, lp_status) = type_milp(ctx, batch, docs, target, left(), false);
+            statuses.push(lp_status);
+            if lp.is_none() || left() <= 0.0 {
+                break;
+            }
+            let (counts, status) = type_milp(ctx, batch, docs, target, left(), true);
             statuses.push(status);
-            match counts {
-                Some(counts) => {
-                    if let Some((groups, span)) = pack_types(ctx, batch, docs, &counts) {
-                        if span < upper {
-                            upper = span;
-                            candidates.push(groups);
-                        }
-                    }
-                    hi = t;
+            let Some(counts) = counts else { break };
+            match pack_types(ctx, batch, docs, &counts) {
+                Some((groups, span)) if span < upper => {
+                    upper = span;
+                    candidates.push(groups);
                 }
-                None => lo = t,
+                _ => break,
             }
         }
     }
@@ -151,8 +157,9 @@ fn plan_micro(
     // Exact packing of the last two candidates (the best by the surrogate and its runner-up).
     let mut best: Option<(f64, Vec<Group>)> = None;
     for mut groups in candidates.into_iter().rev().take(2) {
-        improve(ctx, batch, &mut groups, opts.local_evals);
+        // Schemes first, so that the local search prices what will run.
         choose_schemes(ctx, batch, &mut groups);
+        improve(ctx, batch, &mut groups, opts.local_evals);
         let span = exact_makespan(ctx, batch, &groups);
         if best.as_ref().is_none_or(|b| span < b.0) {
             best = Some((span, groups));
@@ -342,7 +349,31 @@ fn pack_types(ctx: &Ctx, batch: &Batch, docs: &[usize], counts: &[u32]) -> Optio
     Some((bins_to_groups(ctx, &bins), span))
 }
 
-/// Length buckets of a micro-batch: documents in the same half-octave of length.
+/// The types worth a variable at makespan `t`: those whose fixed time leaves room, less those
+/// dominated by a type with no more GPUs, no more fixed time, no less memory and no more
+/// time on every bucket.
+fn useful_types<'a>(ctx: &'a Ctx, bks: &[Bucket], t: f64) -> Vec<(usize, &'a Candidate)> {
+    let open: Vec<(usize, &Candidate, Vec<f64>)> = ctx
+        .candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.base_s < t)
+        .map(|(i, c)| (i, c, bks.iter().map(|b| c.marginal_s(b.max_len)).collect()))
+        .collect();
+    let dominates = |a: &(usize, &Candidate, Vec<f64>), b: &(usize, &Candidate, Vec<f64>)| {
+        a.1.size <= b.1.size
+            && a.1.base_s <= b.1.base_s
+            && capacity(a.1) >= capacity(b.1)
+            && a.2.iter().zip(&b.2).all(|(x, y)| x <= y)
+    };
+    open.iter()
+        .enumerate()
+        .filter(|(i, b)| !open.iter().enumerate().any(|(j, a)| j != *i && dominates(a, b) && (!dominates(b, a) || j < *i)))
+        .map(|(_, (i, c, _))| (*i, *c))
+        .collect()
+}
+
+/// Length buckets of a micro-batch: documents in the same octave of length.
 struct Bucket {
     docs: Vec<usize>,
     max_len: u32,
@@ -350,7 +381,7 @@ struct Bucket {
 }
 
 fn buckets(batch: &Batch, docs: &[usize]) -> Vec<Bucket> {
-    let key = |len: u32| (2.0 * f64::from(len).log2()).floor() as i64;
+    let key = |len: u32| f64::from(len).log2().floor() as i64;
     let mut sorted = docs.to_vec();
     sorted.sort_by_key(|&d| (batch.docs[d].len, d));
     let mut out: Vec<Bucket> = Vec::new();
@@ -370,56 +401,67 @@ fn buckets(batch: &Batch, docs: &[usize]) -> Vec<Bucket> {
     out
 }
 
-/// The type MILP at makespan `t`: integer group counts n_t per candidate type, bucket shares
-/// x_bt (integer for buckets whose documents cannot run on a single GPU within t: those are few
-/// and indivisible; continuous otherwise), aggregate time and memory capacity per type, at most
-/// the cluster's GPUs. Minimises GPUs used, so that spare GPUs absorb the packing's slack.
-/// Returns the counts when feasible.
-fn type_milp(ctx: &Ctx, batch: &Batch, docs: &[usize], t: f64, time_limit_s: f64) -> (Option<Vec<u32>>, MilpStatus) {
+/// The type MILP at makespan `t`: integer group counts n_t per candidate type (continuous with
+/// `integer` false: the LP relaxation, whose infeasibility proves a lower bound), continuous
+/// bucket shares x_bt with x_bt <= |b| n_t for long documents (a type that runs one has a group),
+/// only where one group of the type runs the bucket's longest document within `t` and memory,
+/// aggregate time and memory capacity per type, at most the cluster's GPUs. A feasibility
+/// problem. Returns the counts (rounded up) when feasible.
+fn type_milp(
+    ctx: &Ctx,
+    batch: &Batch,
+    docs: &[usize],
+    t: f64,
+    time_limit_s: f64,
+    integer: bool,
+) -> (Option<Vec<u32>>, MilpStatus) {
     let bks = buckets(batch, docs);
+    // Buckets of documents a single GPU runs within t need no link to a group count: the
+    // aggregate capacities describe them well, and the rows would only slow the solve.
+    let short_len = ctx
+        .candidates
+        .iter()
+        .filter(|c| c.size == 1)
+        .flat_map(|c| bks.iter().map(|b| b.max_len).filter(|&l| capacity(c) >= u64::from(l) && c.base_s + c.marginal_s(l) <= t))
+        .max()
+        .unwrap_or(0);
     let mut vars = ProblemVariables::new();
-    let types: Vec<(usize, &Candidate)> = ctx.candidates.iter().enumerate().filter(|(_, c)| c.base_s < t).collect();
+    let types = useful_types(ctx, &bks, t);
     let n: Vec<Variable> = types
         .iter()
-        .map(|(_, c)| vars.add(variable().integer().min(0).max(f64::from(ctx.gpus / c.size))))
+        .map(|(_, c)| {
+            let v = variable().min(0).max(f64::from(ctx.gpus / c.size));
+            vars.add(if integer { v.integer() } else { v })
+        })
         .collect();
-    let single_ok = |len: u32| {
-        ctx.candidates
-            .iter()
-            .any(|c| c.size == 1 && capacity(c) >= u64::from(len) && c.base_s + c.marginal_s(len) <= t)
-    };
     // x[b][k]: documents of bucket b on type k (None when ineligible).
     let mut x: Vec<Vec<Option<Variable>>> = Vec::with_capacity(bks.len());
     for b in &bks {
         let count = b.docs.len() as f64;
-        let integer = !single_ok(b.max_len);
-        let row = types
+        let row: Vec<Option<Variable>> = types
             .iter()
             .map(|(_, c)| {
                 let eligible = capacity(c) >= u64::from(b.max_len) && c.base_s + c.marginal_s(b.max_len) <= t;
-                eligible.then(|| {
-                    let v = variable().min(0).max(count);
-                    vars.add(if integer { v.integer() } else { v })
-                })
+                eligible.then(|| vars.add(variable().min(0).max(count)))
             })
             .collect();
+        if row.iter().all(Option::is_none) {
+            return (None, MilpStatus::Infeasible);
+        }
         x.push(row);
     }
     let gpus_used: Expression = types.iter().zip(&n).map(|((_, c), &v)| f64::from(c.size) * v).sum();
+    // A feasibility problem: the first integer solution answers the question, and the packing
+    // that follows uses every GPU anyway (spare ones become single-GPU groups).
     let mut problem = vars
-        .minimise(gpus_used.clone())
+        .minimise(Expression::from(0.0))
         .using(good_lp::solvers::highs::highs)
         .set_threads(1)
         .set_time_limit(time_limit_s.max(0.001));
     problem.set_verbose(false);
-    // Feasibility is what matters: a 5% gap on the GPU count is plenty.
-    let mut problem = problem.set_option("mip_rel_gap", 0.05);
     problem = problem.with(constraint!(gpus_used <= f64::from(ctx.gpus)));
     for (bi, b) in bks.iter().enumerate() {
         let placed: Expression = x[bi].iter().flatten().map(|&v| Expression::from(v)).sum();
-        if x[bi].iter().all(Option::is_none) {
-            return (None, MilpStatus::Infeasible);
-        }
         problem = problem.with(constraint!(placed == b.docs.len() as f64));
     }
     for (k, (_, c)) in types.iter().enumerate() {
@@ -431,6 +473,9 @@ fn type_milp(ctx: &Ctx, batch: &Batch, docs: &[usize], t: f64, time_limit_s: f64
             let work: f64 = b.docs.iter().map(|&d| c.marginal_s(batch.docs[d].len)).sum::<f64>() / count;
             time += work * v;
             tokens += (b.tokens / count) * v;
+            if b.max_len > short_len {
+                problem = problem.with(constraint!(v <= count * n[k]));
+            }
         }
         problem = problem.with(constraint!(time <= (t - c.base_s) * n[k]));
         problem = problem.with(constraint!(tokens <= capacity(c) as f64 * n[k]));
@@ -440,7 +485,7 @@ fn type_milp(ctx: &Ctx, batch: &Batch, docs: &[usize], t: f64, time_limit_s: f64
     let counts = result.ok().map(|sol| {
         let mut counts = vec![0u32; ctx.candidates.len()];
         for ((i, _), &v) in types.iter().zip(&n) {
-            counts[*i] = sol.value(v).round().max(0.0) as u32;
+            counts[*i] = (sol.value(v) - 1e-6).ceil().max(0.0) as u32;
         }
         counts
     });
