@@ -38,7 +38,7 @@ impl Default for HsapOptions {
         HsapOptions {
             time_limit_s: 2.0,
             rel_gap: 0.02,
-            max_milp_solves: 2,
+            max_milp_solves: 1,
             local_evals: 600,
             use_milp: true,
         }
@@ -56,15 +56,17 @@ pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced])
     let parts = split_microbatches(batch, tokens_per_micro, 1, lw);
     let mut micro = Vec::with_capacity(parts.len());
     let mut statuses = Vec::new();
+    let mut from_milp = false;
     for docs in &parts {
-        let (groups, status) = plan_micro(ctx, batch, docs, opts, deadline);
+        let (groups, origin, status) = plan_micro(ctx, batch, docs, opts, deadline);
         statuses.extend(status);
+        from_milp |= origin == Origin::Milp;
         micro.push(Micro { groups });
     }
     let milp = summarize(&statuses);
     let sol = Solution {
         micro,
-        source: if milp.is_some() { "milp".into() } else { "greedy".into() },
+        source: if from_milp { "milp".into() } else { "greedy".into() },
         milp,
     };
     let mut best = ctx.finish(batch, &sol)?;
@@ -108,16 +110,17 @@ fn plan_micro(
     docs: &[usize],
     opts: &HsapOptions,
     deadline: Instant,
-) -> (Vec<Group>, Vec<MilpStatus>) {
+) -> (Vec<Group>, Origin, Vec<MilpStatus>) {
     let lens: Vec<u32> = docs.iter().map(|&d| batch.docs[d].len).collect();
     let lower = lower_bound(ctx, &lens);
-    let mut candidates: Vec<Vec<Group>> = Vec::new();
+    // (origin, groups), best by the surrogate last.
+    let mut candidates: Vec<(Origin, Vec<Group>)> = Vec::new();
     let mut statuses = Vec::new();
     let greedy = best_greedy(ctx, batch, docs, lower);
     let mut upper = f64::INFINITY;
     if let Some((groups, t)) = greedy {
         upper = t;
-        candidates.push(groups);
+        candidates.push((Origin::Greedy, groups));
     }
     // LP-guided improvement: ask whether the makespan can be (1 - rel_gap) of the best so far.
     // The LP relaxation answers "no" cheaply (a proof, under the surrogate, that the plan is
@@ -135,16 +138,24 @@ fn plan_micro(
             }
             let (lp, lp_status) = type_milp(ctx, batch, docs, target, left(), false);
             statuses.push(lp_status);
-            if lp.is_none() || left() <= 0.0 {
-                break;
-            }
-            let (counts, status) = type_milp(ctx, batch, docs, target, left(), true);
-            statuses.push(status);
-            let Some(counts) = counts else { break };
-            match pack_types(ctx, batch, docs, &counts) {
+            let Some(lp) = lp else { break };
+            // The LP's counts rounded up satisfy every row but the GPU budget: when they fit, they
+            // are an integer solution already and the MILP is not needed.
+            let plan = if gpus_of(ctx, &lp.counts) <= ctx.gpus {
+                lp
+            } else {
+                if left() <= 0.0 {
+                    break;
+                }
+                let (plan, status) = type_milp(ctx, batch, docs, target, left(), true);
+                statuses.push(status);
+                let Some(plan) = plan else { break };
+                plan
+            };
+            match pack_types(ctx, batch, docs, &plan.counts, Some(&plan.prefer)) {
                 Some((groups, span)) if span < upper => {
                     upper = span;
-                    candidates.push(groups);
+                    candidates.push((Origin::Milp, groups));
                 }
                 _ => break,
             }
@@ -152,21 +163,37 @@ fn plan_micro(
     }
     if candidates.is_empty() {
         // Nothing fitted by the surrogate: fall back to one group of the whole cluster.
-        candidates.push(whole_cluster(ctx, docs));
+        candidates.push((Origin::Greedy, whole_cluster(ctx, docs)));
     }
-    // Exact packing of the last two candidates (the best by the surrogate and its runner-up).
-    let mut best: Option<(f64, Vec<Group>)> = None;
-    for mut groups in candidates.into_iter().rev().take(2) {
+    // Exact packing of the greedy plan and of the MILP's best (by the surrogate): the surrogate
+    // ranks them, the cost model decides.
+    let last = candidates.len().saturating_sub(1);
+    let finalists = candidates.into_iter().enumerate().filter(|(i, _)| *i == 0 || *i == last).map(|(_, c)| c);
+    let mut best: Option<(f64, Origin, Vec<Group>)> = None;
+    for (origin, mut groups) in finalists {
         // Schemes first, so that the local search prices what will run.
         choose_schemes(ctx, batch, &mut groups);
         improve(ctx, batch, &mut groups, opts.local_evals);
         let span = exact_makespan(ctx, batch, &groups);
         if best.as_ref().is_none_or(|b| span < b.0) {
-            best = Some((span, groups));
+            best = Some((span, origin, groups));
         }
     }
-    let groups = best.map(|b| b.1).unwrap_or_default();
-    (groups, statuses)
+    match best {
+        Some((_, origin, groups)) => (groups, origin, statuses),
+        None => (Vec::new(), Origin::Greedy, statuses),
+    }
+}
+
+fn gpus_of(ctx: &Ctx, counts: &[u32]) -> u32 {
+    ctx.candidates.iter().zip(counts).map(|(c, &n)| c.size * n).sum()
+}
+
+/// Which search produced a micro-batch's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Greedy,
+    Milp,
 }
 
 fn whole_cluster(ctx: &Ctx, docs: &[usize]) -> Vec<Group> {
@@ -298,7 +325,7 @@ fn best_greedy(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64) -> Option<(
         }
     }
     let counts = type_counts(ctx, &best_bins);
-    let packed = pack_types(ctx, batch, docs, &counts);
+    let packed = pack_types(ctx, batch, docs, &counts, None);
     let direct = (bins_to_groups(ctx, &best_bins), makespan(&best_bins));
     match packed {
         Some(p) if p.1 < direct.1 => Some(p),
@@ -326,27 +353,55 @@ fn bins_to_groups(ctx: &Ctx, bins: &[Bin<'_>]) -> Vec<Group> {
     groups
 }
 
-/// Exact packing of documents into `counts[t]` groups of each candidate type (idle GPUs become
-/// single-GPU groups): earliest finish by the surrogate. Returns the groups and the surrogate
-/// makespan, or None when some document fits no group.
-fn pack_types(ctx: &Ctx, batch: &Batch, docs: &[usize], counts: &[u32]) -> Option<(Vec<Group>, f64)> {
-    let mut bins: Vec<Bin<'_>> = Vec::new();
+/// Packing of documents into `counts[t]` groups of each candidate type (idle GPUs become
+/// single-GPU groups): longest first, each to the earliest-finishing group (by the surrogate)
+/// with memory for it, among the groups of its preferred type when it has one and one fits.
+/// Returns the groups and the surrogate makespan, or None when some document fits no group.
+fn pack_types(
+    ctx: &Ctx,
+    batch: &Batch,
+    docs: &[usize],
+    counts: &[u32],
+    prefer: Option<&[Option<usize>]>,
+) -> Option<(Vec<Group>, f64)> {
+    let mut bins: Vec<(usize, Bin<'_>)> = Vec::new();
     let mut used = 0;
-    for (c, &n) in ctx.candidates.iter().zip(counts) {
+    for (i, (c, &n)) in ctx.candidates.iter().zip(counts).enumerate() {
         for _ in 0..n {
-            bins.push(Bin::new(c));
+            bins.push((i, Bin::new(c)));
             used += c.size;
         }
     }
-    let single = ctx.candidates.iter().find(|c| c.size == 1)?;
+    let (single_i, single) = ctx.candidates.iter().enumerate().find(|(_, c)| c.size == 1)?;
     for _ in used..ctx.gpus {
-        bins.push(Bin::new(single));
+        bins.push((single_i, Bin::new(single)));
     }
-    if !earliest_finish(&mut bins, batch, docs) {
-        return None;
+    let Some(prefer) = prefer else {
+        let mut plain: Vec<Bin<'_>> = bins.into_iter().map(|b| b.1).collect();
+        if !earliest_finish(&mut plain, batch, docs) {
+            return None;
+        }
+        return Some((bins_to_groups(ctx, &plain), makespan(&plain)));
+    };
+    let mut order = docs.to_vec();
+    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    for d in order {
+        let len = batch.docs[d].len;
+        let pick = |typed: bool| {
+            bins.iter()
+                .enumerate()
+                .filter(|(_, (t, b))| (!typed || Some(*t) == prefer[d]) && b.cand.fits(b.tokens + u64::from(len)))
+                .map(|(i, (_, b))| (i, b.load_s + b.cand.marginal_s(len)))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+        };
+        let (i, finish) = pick(true).or_else(|| pick(false))?;
+        let bin = &mut bins[i].1;
+        bin.docs.push(d);
+        bin.load_s = finish;
+        bin.tokens += u64::from(len);
     }
-    let span = makespan(&bins);
-    Some((bins_to_groups(ctx, &bins), span))
+    let plain: Vec<Bin<'_>> = bins.into_iter().map(|b| b.1).collect();
+    Some((bins_to_groups(ctx, &plain), makespan(&plain)))
 }
 
 /// The types worth a variable at makespan `t`: those whose fixed time leaves room, less those
@@ -414,7 +469,7 @@ fn type_milp(
     t: f64,
     time_limit_s: f64,
     integer: bool,
-) -> (Option<Vec<u32>>, MilpStatus) {
+) -> (Option<TypePlan>, MilpStatus) {
     let bks = buckets(batch, docs);
     // Buckets of documents a single GPU runs within t need no link to a group count: the
     // aggregate capacities describe them well, and the rows would only slow the solve.
@@ -487,7 +542,32 @@ fn type_milp(
         for ((i, _), &v) in types.iter().zip(&n) {
             counts[*i] = (sol.value(v) - 1e-6).ceil().max(0.0) as u32;
         }
-        counts
+        // Each bucket's documents, longest first, take the types' shares, largest groups first.
+        let mut prefer = vec![None; batch.docs.len()];
+        let mut by_size: Vec<usize> = (0..types.len()).collect();
+        by_size.sort_by_key(|&k| (std::cmp::Reverse(types[k].1.size), k));
+        for (bi, b) in bks.iter().enumerate() {
+            let mut docs_desc = b.docs.clone();
+            docs_desc.sort_by(|&p, &q| batch.docs[q].len.cmp(&batch.docs[p].len).then(p.cmp(&q)));
+            let mut queue = docs_desc.into_iter();
+            for &k in &by_size {
+                let Some(v) = x[bi][k] else { continue };
+                let share = sol.value(v).round().max(0.0) as usize;
+                for d in queue.by_ref().take(share) {
+                    prefer[d] = Some(types[k].0);
+                }
+            }
+        }
+        TypePlan { counts, prefer }
     });
     (counts, status)
+}
+
+/// The type MILP's answer: group counts per candidate, and the type each document's bucket share
+/// sends it to.
+struct TypePlan {
+    counts: Vec<u32>,
+    /// Per batch document: the candidate index its share went to (None: not in this micro-batch
+    /// or left over by rounding).
+    prefer: Vec<Option<usize>>,
 }

@@ -6,6 +6,7 @@
 //! exactly with the cost model; [`Ctx::to_batch_plan`] turns it into the plan.json form.
 
 mod assign;
+pub mod exact;
 mod baselines;
 mod flexsp;
 mod hsap;
