@@ -347,6 +347,7 @@ fn write_outputs(dir: &Path, ctx: &Ctx, trace: &Path, batches: &[Batch], result:
             trace: trace.display().to_string(),
             model: ctx.cm.model.clone(),
             cluster: ctx.cm.cluster.clone(),
+            memory_limit_bytes: ctx.limit_bytes,
             batches: batches.iter().zip(&s.priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect(),
         };
         let json = serde_json::to_vec(&plan).map_err(|e| Error::invalid(format!("serialising the plan: {e}"), "this is a bug"))?;

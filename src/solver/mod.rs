@@ -182,6 +182,9 @@ impl Ctx {
                     cost: self.group_cost(&g.shape, &lens(&g.docs)),
                 })
                 .collect();
+            let mut groups = groups;
+            // Listed in rank order, as a reader of the plan expects.
+            groups.sort_by_key(|g| g.ranks.first().copied());
             let time_s = groups.iter().map(|g| g.cost.time_s).fold(0.0, f64::max);
             micro.push(PricedMicro { groups, time_s });
         }
@@ -281,6 +284,8 @@ impl Ctx {
             microbatches,
             predicted_step_s: priced.step_s,
             predicted_peak_memory_bytes: priced.peak_memory_bytes,
+            grad_sync_exposed_s: priced.grad_sync_exposed_s,
+            source: priced.source.clone(),
         }
     }
 }
