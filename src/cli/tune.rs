@@ -35,9 +35,14 @@ pub struct TuneArgs {
     /// Write plan.json, plans/<strategy>.json, batches.csv, groups.csv and summary.json here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Seconds hsap's MILP may spend on one batch (the greedy plan is always there).
+    /// Seconds hsap's LP/MILP stage may spend on one batch (the greedy plan is always there;
+    /// 0 skips the stage).
     #[arg(long, value_name = "S", default_value_t = 2.0)]
     pub time_limit: f64,
+    /// Rounds of hsap's integer type MILP per micro-batch when the LP relaxation finds room for
+    /// improvement (0: the LP certificate only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub milp_rounds: usize,
     /// Seconds FlexSP's MILP may spend on one micro-batch (the paper's is 5).
     #[arg(long, value_name = "S", default_value_t = DEFAULT_FLEXSP_TIME_LIMIT_S)]
     pub flexsp_time_limit: f64,
@@ -169,7 +174,12 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         .map_err(io_out)?;
     }
     let opts = RunOptions {
-        hsap: HsapOptions { time_limit_s: args.time_limit, ..HsapOptions::default() },
+        hsap: HsapOptions {
+            time_limit_s: args.time_limit,
+            max_milp_solves: args.milp_rounds,
+            use_milp: args.time_limit > 0.0,
+            ..HsapOptions::default()
+        },
         flexsp: FlexspOptions { time_limit_s: args.flexsp_time_limit, ..FlexspOptions::default() },
         baselines,
         progress: std::io::stderr().is_terminal(),

@@ -25,11 +25,13 @@ pub struct HsapOptions {
     /// The improvement the MILP is asked for at each round (relative); the LP relaxation proving
     /// it impossible ends the search.
     pub rel_gap: f64,
-    /// Most MILP solves per micro-batch.
+    /// Rounds of the integer type MILP per micro-batch after the LP relaxation found room for
+    /// improvement (0: the LP certificate only). Measured on four traces, MILP rounds never
+    /// improved the plan and cost 8-10x the solve time (docs/planner.md), hence the default.
     pub max_milp_solves: usize,
     /// Cost-model calls the exact local search may spend per micro-batch.
     pub local_evals: usize,
-    /// Run the type MILP (false: greedy and local search only).
+    /// Run the LP/MILP stage at all (false: greedy and local search only).
     pub use_milp: bool,
 }
 
@@ -38,12 +40,15 @@ impl Default for HsapOptions {
         HsapOptions {
             time_limit_s: 2.0,
             rel_gap: 0.02,
-            max_milp_solves: 1,
+            max_milp_solves: 0,
             local_evals: 600,
             use_milp: true,
         }
     }
 }
+
+/// Branch-and-bound nodes one type-MILP solve may explore.
+const MILP_MAX_NODES: i32 = 50;
 
 /// Plans one batch. `incumbents` are other plans of the same batch (already priced); the best
 /// memory-feasible plan wins.
@@ -123,22 +128,24 @@ fn plan_micro(
         candidates.push((Origin::Greedy, groups));
     }
     // LP-guided improvement: ask whether the makespan can be (1 - rel_gap) of the best so far.
-    // The LP relaxation answers "no" cheaply (a proof, under the surrogate, that the plan is
-    // within rel_gap of the type model's optimum); otherwise the MILP gives group counts, which
-    // are packed, and the target moves down from the new best.
+    // The LP relaxation answers "no" cheaply: a proof, under the surrogate, that the plan is
+    // within rel_gap of the type model's optimum. Otherwise (and only with MILP rounds allowed)
+    // the MILP gives group counts and shares, which are packed, and the target moves down.
     if opts.use_milp && upper.is_finite() {
-        for _ in 0..opts.max_milp_solves {
+        let mut round = 0;
+        loop {
             let target = upper * (1.0 - opts.rel_gap);
-            if target < lower {
-                break;
-            }
             let left = || deadline.saturating_duration_since(Instant::now()).as_secs_f64();
-            if left() <= 0.0 {
+            if target < lower || left() <= 0.0 {
                 break;
             }
             let (lp, lp_status) = type_milp(ctx, batch, docs, target, left(), false);
             statuses.push(lp_status);
             let Some(lp) = lp else { break };
+            if round >= opts.max_milp_solves {
+                break;
+            }
+            round += 1;
             // The LP's counts rounded up satisfy every row but the GPU budget: when they fit, they
             // are an integer solution already and the MILP is not needed.
             let plan = if gpus_of(ctx, &lp.counts) <= ctx.gpus {
@@ -512,7 +519,10 @@ fn type_milp(
         .minimise(Expression::from(0.0))
         .using(good_lp::solvers::highs::highs)
         .set_threads(1)
-        .set_time_limit(time_limit_s.max(0.001));
+        .set_time_limit(time_limit_s.max(0.001))
+        // A node budget rather than a clock bounds the search, so that the same input gives the
+        // same plan on any machine and under any load (the time limit is only a safety net).
+        .set_option("mip_max_nodes", MILP_MAX_NODES);
     problem.set_verbose(false);
     problem = problem.with(constraint!(gpus_used <= f64::from(ctx.gpus)));
     for (bi, b) in bks.iter().enumerate() {
