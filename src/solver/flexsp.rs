@@ -6,7 +6,7 @@
 //! solved on its own. The symmetry between identical candidate groups is the formulation's own:
 //! it is kept on purpose.
 
-use super::assign::{earliest_finish, split_microbatches, Bin};
+use super::assign::{earliest_finish, makespan, split_microbatches, Bin};
 use super::milp::MilpStatus;
 use super::surrogate::{tabulate_fixed, Candidate};
 use super::{fill_idle, Ctx, Group, Micro, Solution};
@@ -46,8 +46,8 @@ impl Flexsp {
         Flexsp { opts, cands }
     }
 
-    /// Plans one batch. Falls back to the smallest uniform Ulysses plan that holds every
-    /// document when the MILP returns no solution (its status says so). None when no Ulysses
+    /// Plans one batch. Falls back to the best uniform Ulysses plan that holds every document
+    /// when the MILP returns no solution (its status and the plan's source say so). None when no Ulysses
     /// group holds the longest document.
     pub fn solve(&self, ctx: &Ctx, batch: &Batch) -> Option<Solution> {
         let single = self.cands.iter().find(|c| c.size == 1)?;
@@ -160,24 +160,31 @@ impl Flexsp {
         (Some(out), status)
     }
 
-    /// The smallest uniform Ulysses plan that holds every document, spread by earliest finish.
+    /// The best uniform Ulysses plan (by the surrogate) that holds every document, spread by
+    /// earliest finish: what a FlexSP deployment would fall back to without a solver answer.
     fn uniform(&self, ctx: &Ctx, batch: &Batch, docs: &[usize]) -> Option<Vec<Group>> {
+        let mut best: Option<(f64, Vec<Group>)> = None;
         for c in &self.cands {
             let mut bins: Vec<Bin<'_>> = (0..ctx.gpus / c.size).map(|_| Bin::new(c)).collect();
-            if earliest_finish(&mut bins, batch, docs) {
-                let mut groups: Vec<Group> = bins
-                    .into_iter()
-                    .map(|b| {
-                        let mut docs = b.docs;
-                        docs.sort_unstable();
-                        Group { shape: c.shape, docs }
-                    })
-                    .collect();
-                fill_idle(&mut groups, ctx.gpus);
-                return Some(groups);
+            if !earliest_finish(&mut bins, batch, docs) {
+                continue;
             }
+            let span = makespan(&bins);
+            if best.as_ref().is_some_and(|b| b.0 <= span) {
+                continue;
+            }
+            let mut groups: Vec<Group> = bins
+                .into_iter()
+                .map(|b| {
+                    let mut docs = b.docs;
+                    docs.sort_unstable();
+                    Group { shape: c.shape, docs }
+                })
+                .collect();
+            fill_idle(&mut groups, ctx.gpus);
+            best = Some((span, groups));
         }
-        None
+        best.map(|b| b.1)
     }
 }
 

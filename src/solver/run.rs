@@ -150,7 +150,10 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
             .zip(&sols)
             .map(|(b, (sol, _))| {
                 let mut p = ctx.finish(b, sol)?;
-                p.source = s.name().to_string();
+                // Keep a more specific source (e.g. flexsp-fallback); name the rest by strategy.
+                if !sol.source.starts_with(s.name()) {
+                    p.source = s.name().to_string();
+                }
                 Ok(p)
             })
             .collect::<Result<_>>()?;
