@@ -35,6 +35,19 @@ pub struct Gpu {
     pub fp8_dense_tflops: Option<f64>,
     pub hbm_gib: f64,
     pub hbm_gb_per_s: f64,
+    /// Streaming multiprocessors: GEMM tiles are scheduled on them in waves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<u32>,
+    /// Fraction of `hbm_gb_per_s` a streaming kernel achieves (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hbm_efficiency: Option<f64>,
+    /// Fraction of the dense peak a large, well-shaped GEMM sustains (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemm_efficiency: Option<f64>,
+    /// Shortest time the GPU spends on one kernel: the launch overhead of a kernel that does
+    /// nothing, microseconds (0 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_launch_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +76,11 @@ pub struct IntraNode {
     pub busbw_gb_per_s: f64,
     /// NCCL's per-step hardware latency on this fabric (simple protocol), microseconds.
     pub hw_latency_us_per_step: f64,
+    /// What NCCL point-to-point transfers (send/recv, and all-to-all, which NCCL runs as grouped
+    /// send/recv) achieve per GPU and direction on large messages (GB/s); `busbw_gb_per_s` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_gb_per_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +100,23 @@ pub struct InterNode {
 pub struct Nccl {
     /// Fixed cost of launching one collective (simple protocol), microseconds.
     pub base_latency_us: f64,
+    /// NCCL's low-latency protocols, which it picks for small messages: 8-byte lines with a
+    /// 4-byte flag (LL) and 128-byte lines with an 8-byte flag (LL128). Absent: simple only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ll: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ll128: Option<Protocol>,
+}
+
+/// Latency and bandwidth efficiency of one NCCL protocol (NCCL src/graph/tuning.cc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    pub base_latency_us: f64,
+    pub intra_hw_latency_us_per_step: f64,
+    pub inter_hw_latency_us_per_step: f64,
+    /// Fraction of the simple protocol's bandwidth the protocol delivers.
+    pub efficiency: f64,
 }
 
 /// The collectives the cost model prices and calibration fits.
@@ -236,7 +271,33 @@ impl Cluster {
             ("inter.nic_gb_per_s", self.inter.nic_gb_per_s),
             ("inter.alltoall_nics_per_gpu", self.inter.alltoall_nics_per_gpu),
         ];
-        match positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+        let optional = [
+            ("gpu.sms", self.gpu.sms.map(f64::from)),
+            ("gpu.hbm_efficiency", self.gpu.hbm_efficiency),
+            ("gpu.gemm_efficiency", self.gpu.gemm_efficiency),
+            ("intra.p2p_gb_per_s", self.intra.p2p_gb_per_s),
+            ("nccl.ll.efficiency", self.nccl.ll.as_ref().map(|p| p.efficiency)),
+            ("nccl.ll128.efficiency", self.nccl.ll128.as_ref().map(|p| p.efficiency)),
+        ];
+        let fractions = [
+            ("gpu.hbm_efficiency", self.gpu.hbm_efficiency),
+            ("gpu.gemm_efficiency", self.gpu.gemm_efficiency),
+            ("nccl.ll.efficiency", self.nccl.ll.as_ref().map(|p| p.efficiency)),
+            ("nccl.ll128.efficiency", self.nccl.ll128.as_ref().map(|p| p.efficiency)),
+        ];
+        if let Some((name, v)) = fractions.iter().find_map(|(n, v)| v.filter(|v| *v > 1.0).map(|v| (n, v))) {
+            return Err(Error::input(path, 0, format!("{name} = {v} is a fraction and cannot exceed 1"), "fix the cluster file"));
+        }
+        let latencies = [
+            ("gpu.kernel_launch_us", self.gpu.kernel_launch_us),
+            ("nccl.ll.base_latency_us", self.nccl.ll.as_ref().map(|p| p.base_latency_us)),
+            ("nccl.ll128.base_latency_us", self.nccl.ll128.as_ref().map(|p| p.base_latency_us)),
+        ];
+        if let Some((name, v)) = latencies.iter().find_map(|(n, v)| v.filter(|v| !(v.is_finite() && *v >= 0.0)).map(|v| (n, v))) {
+            return Err(Error::input(path, 0, format!("{name} = {v} must not be negative"), "fix the cluster file"));
+        }
+        let present = optional.iter().filter_map(|(n, v)| v.map(|v| (*n, v)));
+        match positive.into_iter().chain(present).find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
             Some((name, v)) => Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file")),
             None => Ok(()),
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod model;
 pub mod output;
 pub mod plan;
+pub mod reference;
 pub mod scheme;
 pub mod solver;
 pub mod trace;

@@ -27,6 +27,8 @@ pub enum Command {
     Inspect(super::InspectArgs),
     /// Plan every batch with hsap and the baselines, print the comparison, write plans (the default).
     Tune(super::TuneArgs),
+    /// Price one setup with the cost model: time, TFLOP/s, MFU, memory and a breakdown.
+    Predict(super::PredictArgs),
 }
 
 /// Where document lengths come from and how they form batches.

@@ -3,10 +3,12 @@
 
 mod args;
 mod inspect;
+mod predict;
 mod tune;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use predict::{predict, PredictArgs, ReferenceTable};
 pub use tune::{tune, Summary, TuneArgs, DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ};
 
 use crate::error::Result;
@@ -16,6 +18,7 @@ use std::io::Write;
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
         Some(Command::Inspect(args)) => inspect(&args, out, err),
+        Some(Command::Predict(args)) => predict(&args, out, err),
         Some(Command::Tune(args)) => tune(&args, out, err),
         // No subcommand: plan, which is what the tool is for.
         None => tune(&cli.tune, out, err),

@@ -1,7 +1,9 @@
-//! Compute time of GEMMs and attention: FLOPs over the GPU's peak times an achieved efficiency
-//! that depends on the shape of the work.
+//! Compute time of the kernels a layer runs: GEMMs (tile and wave quantisation, memory roofline),
+//! memory-bound operations (bytes over achievable HBM bandwidth) and the launch floor. Attention
+//! has its own fitted model in `cost::attention`.
 
-use crate::cluster::Cluster;
+use super::attention::AttentionModel;
+use crate::cluster::{Cluster, KernelKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -17,6 +19,21 @@ impl Dtype {
     pub fn activation_bytes(self) -> f64 {
         2.0
     }
+
+    /// Bytes of one GEMM operand element as read from memory.
+    pub fn gemm_operand_bytes(self) -> f64 {
+        match self {
+            Dtype::Bf16 => 2.0,
+            Dtype::Fp8 => 1.0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp8 => "fp8",
+        }
+    }
 }
 
 /// Which pass of the attention kernel (FlashAttention counts backward as 2.5x forward FLOPs).
@@ -27,6 +44,11 @@ pub enum Pass {
     Bwd,
 }
 
+/// Output rows and columns of the thread-block tile a GEMM is cut into (CUTLASS/cuBLAS's common
+/// 128 x 128 tile for bf16 on Ampere and Hopper). Partial tiles cost full ones; tiles run in waves
+/// of one per SM.
+pub const GEMM_TILE: f64 = 128.0;
+
 /// Peak dense tensor throughput for the dtype, FLOP/s.
 pub fn peak_flops(cluster: &Cluster, dtype: Dtype) -> f64 {
     let tflops = match dtype {
@@ -36,25 +58,80 @@ pub fn peak_flops(cluster: &Cluster, dtype: Dtype) -> f64 {
     tflops * 1e12
 }
 
+/// The shortest time one kernel takes: its launch overhead.
+pub fn launch_s(cluster: &Cluster) -> f64 {
+    cluster.gpu.kernel_launch_us.unwrap_or(0.0) * 1e-6
+}
+
+/// Bytes per second a streaming kernel achieves.
+pub fn hbm_bytes_per_s(cluster: &Cluster) -> f64 {
+    cluster.gpu.hbm_gb_per_s * 1e9 * cluster.gpu.hbm_efficiency.unwrap_or(1.0)
+}
+
+/// Time of a memory-bound kernel that reads and writes `bytes` in all.
+pub fn memory_time_s(cluster: &Cluster, bytes: f64) -> f64 {
+    if bytes <= 0.0 {
+        return 0.0;
+    }
+    (bytes / hbm_bytes_per_s(cluster)).max(launch_s(cluster))
+}
+
 /// Time of an `m x k` by `k x n` GEMM.
 pub fn gemm_time_s(cluster: &Cluster, dtype: Dtype, m: f64, n: f64, k: f64) -> f64 {
     if m <= 0.0 || n <= 0.0 || k <= 0.0 {
         return 0.0;
     }
-    2.0 * m * n * k / (peak_flops(cluster, dtype) * gemm_efficiency(m, n, k))
+    let flops = 2.0 * m * n * k;
+    if let Some(tflops) = calibrated_gemm_tflops(cluster, m * n * k) {
+        return (flops / (tflops * 1e12)).max(launch_s(cluster));
+    }
+    let (tm, tn) = ((m / GEMM_TILE).ceil(), (n / GEMM_TILE).ceil());
+    let tiles = tm * tn;
+    let wave_efficiency = match cluster.gpu.sms {
+        Some(sms) => {
+            let sms = f64::from(sms);
+            tiles / ((tiles / sms).ceil() * sms)
+        }
+        None => 1.0,
+    };
+    let padded_flops = 2.0 * tm * GEMM_TILE * tn * GEMM_TILE * k;
+    let rate = peak_flops(cluster, dtype) * cluster.gpu.gemm_efficiency.unwrap_or(1.0) * wave_efficiency;
+    let compute_s = padded_flops / rate;
+    // Operands once from HBM, the output written in bf16: the roofline's memory side.
+    let bytes = (m * k + k * n) * dtype.gemm_operand_bytes() + m * n * Dtype::Bf16.activation_bytes();
+    compute_s.max(bytes / hbm_bytes_per_s(cluster)).max(launch_s(cluster))
 }
 
-/// Achieved fraction of peak for a GEMM: small dimensions leave tensor cores underfed.
-fn gemm_efficiency(m: f64, n: f64, k: f64) -> f64 {
-    let fill = |x: f64, half: f64| x / (x + half);
-    0.8 * fill(m, 128.0) * fill(n, 64.0) * fill(k, 64.0)
+/// A calibrated GEMM curve (m x n x k -> TFLOP/s), interpolated in log size, clamped at its ends.
+fn calibrated_gemm_tflops(cluster: &Cluster, size: f64) -> Option<f64> {
+    let fit = cluster.calibration.as_ref()?.kernels.iter().find(|k| k.kind == KernelKind::Gemm)?;
+    interpolate_log(&fit.points, size)
+}
+
+/// Piecewise-linear interpolation of (x, y) points in log x, clamped at the ends.
+pub fn interpolate_log(points: &[(f64, f64)], x: f64) -> Option<f64> {
+    let usable: Vec<(f64, f64)> = points.iter().copied().filter(|(x, y)| *x > 0.0 && *y > 0.0).collect();
+    let (first, last) = (usable.first()?, usable.last()?);
+    if x <= first.0 {
+        return Some(first.1);
+    }
+    if x >= last.0 {
+        return Some(last.1);
+    }
+    usable.windows(2).find(|w| x <= w[1].0).map(|w| {
+        let t = (x.ln() - w[0].0.ln()) / (w[1].0.ln() - w[0].0.ln());
+        w[0].1 + t * (w[1].1 - w[0].1)
+    })
 }
 
 /// Time of attention over `pairs` (query, key) pairs for `heads` heads of `head_dim`, where the
-/// kernel sees query blocks of `q_len` and key blocks of `k_len` tokens.
+/// kernel sees query blocks of `q_len` and key blocks of `k_len` tokens, as causal squares of
+/// `min(q_len, k_len)`. The cost model itself prices exact tiles from the layout
+/// (`cost::pairs::SlotWork`); this is the same tile model for callers that only know sizes.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_time_s(
     cluster: &Cluster,
-    dtype: Dtype,
+    _dtype: Dtype,
     pass: Pass,
     heads: f64,
     head_dim: f64,
@@ -65,20 +142,84 @@ pub fn attention_time_s(
     if pairs <= 0.0 {
         return 0.0;
     }
-    // FlashAttention's count: 4 FLOPs per pair and head dimension forward, 2.5x that backward.
-    let pass_factor = match pass {
-        Pass::Fwd => 1.0,
-        Pass::Bwd => 2.5,
-    };
-    let flops = 4.0 * pairs * heads * head_dim * pass_factor;
-    flops / (peak_flops(cluster, dtype) * attention_efficiency(pass, head_dim, q_len, k_len))
+    let Ok(model) = AttentionModel::for_cluster(cluster, None) else { return 0.0 };
+    let tile = f64::from(super::pairs::ATTENTION_TILE_TOKENS);
+    let len = q_len.min(k_len).max(1.0);
+    let t = (len / tile).ceil();
+    // `pairs / (len^2 / 2)` causal squares of t tiles a side.
+    let squares = pairs / (len * (len + 1.0) / 2.0);
+    let m = model.pass(pass);
+    m.time_s(head_dim, heads, squares * t * (t + 1.0) / 2.0, squares * t, true).max(launch_s(cluster))
 }
 
-fn attention_efficiency(pass: Pass, head_dim: f64, q_len: f64, k_len: f64) -> f64 {
-    let top = match pass {
-        Pass::Fwd => 0.70,
-        Pass::Bwd => 0.60,
-    } * (head_dim / (head_dim + 16.0));
-    let len = q_len.min(k_len).max(1.0);
-    top * len / (len + 256.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a100() -> Cluster {
+        Cluster::resolve("dgx-a100-80g").unwrap()
+    }
+
+    #[test]
+    fn large_gemms_run_at_the_sustained_fraction_of_peak() {
+        // 8192 x 8192 x 8192: 64 x 64 = 4096 tiles in 38 waves of 108 (4096/4104 = 99.8% full);
+        // 2 x 8192^3 = 1.0995e12 FLOPs at 312 x 0.85 x 0.99805 TFLOP/s = 4.1536 ms.
+        let t = gemm_time_s(&a100(), Dtype::Bf16, 8192.0, 8192.0, 8192.0);
+        let expected = 2.0 * 8192f64.powi(3) / (312e12 * 0.85 * (4096.0 / 4104.0));
+        assert!((t - expected).abs() / expected < 1e-12, "{t} vs {expected}");
+    }
+
+    #[test]
+    fn small_m_pads_to_a_tile_and_underfills_the_gpu() {
+        // 16 tokens x 4096 x 4096: 1 x 32 tiles, one wave of 108 SMs (32/108 full), padded to 128
+        // rows: 2 x 128 x 4096 x 4096 / (312e12 x 0.85 x 32/108) = 54.7 us; the operands and output
+        // (33.8 MB) take 18.8 us from HBM, so compute bounds it.
+        let t = gemm_time_s(&a100(), Dtype::Bf16, 16.0, 4096.0, 4096.0);
+        let expected = 2.0 * 128.0 * 4096.0 * 4096.0 / (312e12 * 0.85 * 32.0 / 108.0);
+        assert!((t - expected).abs() / expected < 1e-12, "{t} vs {expected}");
+        let per_token_small = t / 16.0;
+        let per_token_large = gemm_time_s(&a100(), Dtype::Bf16, 16384.0, 4096.0, 4096.0) / 16384.0;
+        assert!(per_token_small > 20.0 * per_token_large);
+    }
+
+    #[test]
+    fn memory_bound_work_is_bytes_over_achievable_bandwidth_with_a_launch_floor() {
+        // 1 GB on an A100 80GB: 1e9 / (2039e9 x 0.88) = 0.5573 ms; 1 kB: the 3 us launch.
+        let c = a100();
+        assert!((memory_time_s(&c, 1e9) - 1e9 / (2039e9 * 0.88)).abs() < 1e-15);
+        assert_eq!(memory_time_s(&c, 1e3), 3e-6);
+        assert_eq!(memory_time_s(&c, 0.0), 0.0);
+    }
+
+    #[test]
+    fn calibrated_gemm_curve_replaces_the_physics() {
+        use crate::cluster::{Calibration, KernelFit};
+        // Measured: 100 TFLOP/s at m n k = 1e9, 250 at 1e12. A 4096^3 GEMM (6.87e10) interpolates
+        // in log size: 100 + 150 x (log 6.87e10 - log 1e9) / (log 1e12 - log 1e9) = 191.8 TFLOP/s.
+        let mut c = a100();
+        c.calibration = Some(Calibration {
+            collectives: Vec::new(),
+            kernels: vec![KernelFit {
+                kind: KernelKind::Gemm,
+                head_dim: None,
+                causal: None,
+                points: vec![(1e9, 100.0), (1e12, 250.0)],
+                provenance: "test".into(),
+            }],
+        });
+        let size = 4096f64.powi(3);
+        let tflops = 100.0 + 150.0 * (size.ln() - 1e9f64.ln()) / (1e12f64.ln() - 1e9f64.ln());
+        let expected = 2.0 * size / (tflops * 1e12);
+        assert!((gemm_time_s(&c, Dtype::Bf16, 4096.0, 4096.0, 4096.0) - expected).abs() < 1e-15);
+        assert!((tflops - 191.8).abs() < 0.1);
+    }
+
+    #[test]
+    fn log_interpolation_clamps_at_the_ends() {
+        let pts = [(1e6, 10.0), (1e9, 100.0)];
+        assert_eq!(interpolate_log(&pts, 1e3), Some(10.0));
+        assert_eq!(interpolate_log(&pts, 1e12), Some(100.0));
+        assert!((interpolate_log(&pts, 1e7).unwrap() - 40.0).abs() < 1e-9);
+        assert_eq!(interpolate_log(&[], 1.0), None);
+    }
 }

@@ -5,29 +5,35 @@
 //! attention does). The cost model evaluates a program on an idle cluster; the simulator replays
 //! the same programs with several groups sharing links. docs/cost-model.md states the formulas.
 
+pub mod attention;
 pub mod comm;
 pub mod compute;
 pub mod memory;
 pub mod pairs;
+pub mod scenario;
 mod program;
+pub mod validate;
 
+pub use attention::{AttentionKernel, AttentionModel};
 pub use comm::Transfer;
 pub use compute::{Dtype, Pass};
-pub use memory::Checkpointing;
-pub use program::{Part, Program, Stage};
+pub use memory::{Checkpointing, MemoryBreakdown};
+pub use program::{batch_layout, OverlapSplit, Part, Program, Stage};
 
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::scheme::{GroupShape, HsapParams};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// How training runs, beyond the parallel scheme.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     pub dtype: Dtype,
-    /// ZeRO stage 0-3, sharding over all GPUs (data and sequence parallel ranks).
+    /// ZeRO stage 0-3, sharding over all data-parallel ranks (data and sequence parallel ranks,
+    /// `gpus / tp` of them).
     pub zero: u8,
     pub checkpointing: Checkpointing,
     /// Tensor-parallel degree inside each SP rank (1: none).
@@ -36,6 +42,14 @@ pub struct TrainConfig {
     pub overlap_grad_sync: bool,
     /// Run the backward pass too (false: forward only).
     pub backward: bool,
+    /// Q, K and V cross the Ulysses all-to-all as one packed tensor (one collective) rather than
+    /// three (DeepSpeed-Ulysses and USP's default).
+    pub qkv_packed: bool,
+    /// The attention kernel; None: FlashAttention-3 on Hopper, FlashAttention-2 on Ampere.
+    pub attention_kernel: Option<AttentionKernel>,
+    /// GPUs that hold the model states: ZeRO shards over them (divided by tp) and the per-layer
+    /// ZeRO collectives span them. None: every GPU of the cluster.
+    pub data_parallel_gpus: Option<u32>,
 }
 
 impl Default for TrainConfig {
@@ -47,6 +61,32 @@ impl Default for TrainConfig {
             tp: 1,
             overlap_grad_sync: true,
             backward: true,
+            qkv_packed: false,
+            attention_kernel: None,
+            data_parallel_gpus: None,
+        }
+    }
+}
+
+/// How much of the model a program covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One attention layer alone: the SP communication and the attention kernels.
+    Attention,
+    /// One transformer layer.
+    Layer,
+    /// A whole micro-batch: every layer, the LM head and loss, and ZeRO traffic.
+    #[default]
+    Step,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Attention => "attention",
+            Scope::Layer => "layer",
+            Scope::Step => "step",
         }
     }
 }
@@ -61,10 +101,13 @@ pub struct GroupCost {
     pub idle_s: f64,
     /// Per collective: total time and the part not hidden behind compute.
     pub comm: Vec<CommCost>,
-    /// Peak memory of the group's most loaded GPU.
+    /// Peak memory of the group's most loaded GPU (`memory.total_bytes()`).
     pub memory_bytes: f64,
-    /// FLOPs one GPU executes (including recomputation).
+    pub memory: MemoryBreakdown,
+    /// FLOPs one GPU executes (including recomputation and padding).
     pub flops_per_gpu: f64,
+    /// Model FLOPs of the real tokens per GPU (what MFU counts).
+    pub model_flops_per_gpu: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,12 +123,17 @@ impl GroupCost {
     }
 }
 
-/// Gradient synchronisation of one step over all GPUs.
+/// What a training step adds after its micro-batches: the data-parallel gradient and parameter
+/// synchronisation not already inside the programs, and the optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SyncCost {
+    /// The step-level collectives' time on an idle cluster.
     pub time_s: f64,
-    /// What remains after overlapping with the last micro-batch's backward pass.
+    /// What the step waits for: the collectives' part not hidden behind the last micro-batch's
+    /// backward pass, plus the optimizer step.
     pub exposed_s: f64,
+    /// The optimizer step (memory-bound Adam over this GPU's shard), included in `exposed_s`.
+    pub optimizer_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +141,42 @@ pub struct CostModel {
     pub model: ModelShape,
     pub cluster: Cluster,
     pub train: TrainConfig,
+    /// The attention kernel's tile model for this cluster's GPU (from the published tables and
+    /// the cluster's calibration).
+    pub attention: Arc<AttentionModel>,
+}
+
+/// Bytes Adam moves per parameter of a shard: reads fp32 master weight, momentum, variance
+/// (12) and the bf16 gradient (2), writes the three fp32 states (12) and the bf16 weight (2).
+pub const ADAM_BYTES_PER_PARAM: f64 = 28.0;
+
+/// Tokens per GPU of the homogeneous batches `doc_linear` is measured on: enough that GEMM tiles
+/// and collective latencies are amortised as in a real micro-batch.
+pub const DOC_TIME_REFERENCE_TOKENS_PER_GPU: u32 = 4096;
+
+/// Most documents in one of `doc_linear`'s reference batches (short documents would otherwise
+/// need tens of thousands).
+pub const DOC_TIME_MAX_DOCS: usize = 4096;
+
+/// A linear model of a group's micro-batch time for the planner's MILP. ZeRO's per-layer
+/// parameter and gradient traffic runs alongside the layer's GEMMs, so a group is either
+/// compute-bound or bound by that traffic:
+/// `time ~ max(fixed_s + sum doc_s, floor_s + sum doc_comm_bound_s)` (two epigraph constraints).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GroupLinear {
+    /// Intercept of the compute-bound line.
+    pub fixed_s: f64,
+    /// Intercept of the traffic-bound line: the overlapped ZeRO traffic plus the fixed rest.
+    pub floor_s: f64,
+}
+
+/// One document's slopes in [`GroupLinear`]'s two lines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DocLinear {
+    /// Marginal time when compute hides the ZeRO traffic.
+    pub doc_s: f64,
+    /// Marginal time when the ZeRO traffic hides the GEMMs it overlaps.
+    pub doc_comm_bound_s: f64,
 }
 
 impl CostModel {
@@ -106,7 +190,14 @@ impl CostModel {
                 "choose a tp that divides the number of heads",
             ));
         }
-        Ok(CostModel { model, cluster, train })
+        if train.tp > cluster.gpus_per_node {
+            return Err(Error::invalid(
+                format!("tensor-parallel degree {} exceeds the {} GPUs of a node", train.tp, cluster.gpus_per_node),
+                "keep tensor parallelism inside a node",
+            ));
+        }
+        let attention = Arc::new(AttentionModel::for_cluster(&cluster, train.attention_kernel)?);
+        Ok(CostModel { model, cluster, train, attention })
     }
 
     /// The parameters the sequence-aware layout balances with.
@@ -119,7 +210,13 @@ impl CostModel {
 
     /// The stage program of one group running `docs` (lengths, packing order) as one micro-batch.
     pub fn program(&self, shape: &GroupShape, docs: &[u32]) -> Program {
-        program::build(self, shape, docs)
+        program::build(self, shape, &[docs.to_vec()], Scope::Step)
+    }
+
+    /// The stage program of one group running a micro-batch of independent sequences (each a
+    /// packed list of document lengths, laid out over the group on its own), for `scope`.
+    pub fn program_batch(&self, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> Program {
+        program::build(self, shape, sequences, scope)
     }
 
     /// Cost of one group's micro-batch on an idle cluster.
@@ -128,9 +225,78 @@ impl CostModel {
         program.cost(&self.cluster)
     }
 
-    /// Memory the model states take per GPU when all `gpus` GPUs shard them.
+    /// The group's time that does not grow with its documents (kernel launches, collective
+    /// latencies) when its compute hides the ZeRO traffic: `group_linear(shape).fixed_s`.
+    pub fn group_fixed_s(&self, shape: &GroupShape) -> f64 {
+        self.group_linear(shape).fixed_s
+    }
+
+    /// The marginal time one document of `len` tokens adds to a group's micro-batch when the
+    /// group's compute hides its ZeRO traffic: `doc_linear(shape, len).doc_s`.
+    pub fn doc_time(&self, shape: &GroupShape, len: u32) -> f64 {
+        self.doc_linear(shape, len).doc_s
+    }
+
+    /// The intercepts of the group's two-line linear model (see [`GroupLinear`]): measured on
+    /// homogeneous batches of 1024-token documents filling the group to
+    /// [`DOC_TIME_REFERENCE_TOKENS_PER_GPU`] and twice that, `2 f(k) - f(2k)`.
+    pub fn group_linear(&self, shape: &GroupShape) -> GroupLinear {
+        let len = 1024;
+        let k = self.reference_count(shape, len);
+        let one = self.program(shape, &vec![len; k]).overlap_split();
+        let two = self.program(shape, &vec![len; 2 * k]).overlap_split();
+        let intercept = |a: f64, b: f64| (2.0 * a - b).max(0.0);
+        let rest = intercept(one.rest_s, two.rest_s);
+        GroupLinear {
+            fixed_s: rest + intercept(one.overlapped_compute_s, two.overlapped_compute_s),
+            floor_s: rest + one.overlapped_transfer_s,
+        }
+    }
+
+    /// The slopes of the two-line linear model for one document of `len` tokens, measured on
+    /// homogeneous batches of such documents (k and 2k of them, k filling the group to
+    /// [`DOC_TIME_REFERENCE_TOKENS_PER_GPU`], at most [`DOC_TIME_MAX_DOCS`]). Each call prices two
+    /// batches: cache it per (shape, length bucket).
+    pub fn doc_linear(&self, shape: &GroupShape, len: u32) -> DocLinear {
+        if len == 0 {
+            return DocLinear { doc_s: 0.0, doc_comm_bound_s: 0.0 };
+        }
+        let k = self.reference_count(shape, len);
+        let one = self.program(shape, &vec![len; k]).overlap_split();
+        let two = self.program(shape, &vec![len; 2 * k]).overlap_split();
+        let slope = |a: f64, b: f64| ((b - a) / k as f64).max(0.0);
+        let rest = slope(one.rest_s, two.rest_s);
+        DocLinear {
+            doc_s: rest + slope(one.overlapped_compute_s, two.overlapped_compute_s),
+            doc_comm_bound_s: rest,
+        }
+    }
+
+    /// The two-line linear model's estimate of `group(shape, docs).time_s` from the documents'
+    /// slopes (the planner's cache of [`CostModel::doc_linear`]).
+    pub fn linear_estimate_s(&self, group: &GroupLinear, docs: impl Iterator<Item = DocLinear>) -> f64 {
+        let (mut compute, mut comm) = (group.fixed_s, group.floor_s);
+        for d in docs {
+            compute += d.doc_s;
+            comm += d.doc_comm_bound_s;
+        }
+        compute.max(comm)
+    }
+
+    fn reference_count(&self, shape: &GroupShape, len: u32) -> usize {
+        let tokens = u64::from(DOC_TIME_REFERENCE_TOKENS_PER_GPU) * u64::from(shape.size());
+        (tokens.div_ceil(u64::from(len.max(1))) as usize).clamp(1, DOC_TIME_MAX_DOCS)
+    }
+
+    /// GPUs that hold the model states (`TrainConfig::data_parallel_gpus`, else the cluster's).
+    pub fn data_parallel_gpus(&self) -> u32 {
+        self.train.data_parallel_gpus.unwrap_or_else(|| self.cluster.gpus()).max(1)
+    }
+
+    /// Memory the model states take per GPU when all `gpus` GPUs hold the model: the
+    /// tensor-parallel slice, ZeRO-sharded over the `gpus / tp` data-parallel ranks.
     pub fn static_memory_bytes(&self, gpus: u32) -> f64 {
-        memory::model_state_bytes(&self.model, &self.train, gpus)
+        memory::model_state_bytes(&self.model, &self.train, (gpus / self.train.tp).max(1))
     }
 
     /// Usable memory per GPU: HBM less what the CUDA context, NCCL and allocator fragmentation
@@ -139,19 +305,37 @@ impl CostModel {
         self.cluster.hbm_bytes() * 0.9
     }
 
-    /// Gradient reduction over all GPUs (reduce-scatter under ZeRO 2/3, all-reduce otherwise),
-    /// and what of it is exposed after the backward pass of `last_backward_s` hides the rest.
+    /// The step-level synchronisation over `gpus` GPUs after the last micro-batch, whose backward
+    /// pass of `last_backward_s` hides what frameworks overlap with it:
+    /// - ZeRO 0: all-reduce of the bf16 gradients, overlapped with the backward (DDP buckets);
+    /// - ZeRO 1: reduce-scatter of the gradients (overlapped), then all-gather of the updated
+    ///   weights after the optimizer (exposed), as Megatron's distributed optimizer does;
+    /// - ZeRO 2: the gradients were reduce-scattered during every micro-batch's backward (in the
+    ///   programs); the updated weights are all-gathered (exposed);
+    /// - ZeRO 3: everything is in the programs (weights gathered per layer and pass).
+    ///
+    /// Then the optimizer step over this GPU's shard.
     pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
+        let tp = self.train.tp;
+        let ranks = (gpus / tp).max(1);
         let nodes = gpus.div_ceil(self.cluster.gpus_per_node);
-        let bytes = 2.0 * self.model.params() as f64 / f64::from(self.train.tp);
-        let collective = if self.train.zero >= 2 { Collective::ReduceScatter } else { Collective::AllReduce };
-        let time_s = comm::time_s(&self.cluster, &Transfer::new(collective, gpus, nodes, bytes));
-        let exposed_s = if self.train.overlap_grad_sync {
-            (time_s - last_backward_s).max(0.0)
-        } else {
-            time_s
+        let bytes = 2.0 * self.model.params() as f64 / f64::from(tp);
+        let time = |collective| comm::time_s(&self.cluster, &Transfer::new(collective, ranks, nodes, bytes));
+        let (overlappable, exposed) = match self.train.zero {
+            0 => (time(Collective::AllReduce), 0.0),
+            1 => (time(Collective::ReduceScatter), time(Collective::AllGather)),
+            2 => (0.0, time(Collective::AllGather)),
+            _ => (0.0, 0.0),
         };
-        SyncCost { time_s, exposed_s }
+        let hidden = if self.train.overlap_grad_sync { last_backward_s } else { 0.0 };
+        let shard = if self.train.zero >= 1 { f64::from(ranks) } else { 1.0 };
+        let params = self.model.params() as f64 / f64::from(tp) / shard;
+        let optimizer_s = compute::memory_time_s(&self.cluster, params * ADAM_BYTES_PER_PARAM);
+        SyncCost {
+            time_s: overlappable + exposed,
+            exposed_s: (overlappable - hidden).max(0.0) + exposed + optimizer_s,
+            optimizer_s,
+        }
     }
 }
 
@@ -175,16 +359,26 @@ mod tests {
 
     #[test]
     fn ulysses_all_to_all_volume_per_layer() {
-        // gpt-7b, u = 8 over 8192 tokens: each rank holds 1024 tokens; Q, K, V of 64 heads x 64
-        // dims in bf16 is 1024 x 192 x 64 x 2 = 25,165,824 bytes per rank, the output a third of it.
+        // gpt-7b, u = 8 over 8192 tokens: each rank holds 1024 tokens; Q, K and V of 64 heads x 64
+        // dims in bf16 are 1024 x 64 x 64 x 2 = 8,388,608 bytes each per rank, the output as much.
         let cm = gpt7b();
         let p = cm.program(&shape(Scheme::Ulysses, 8, 1), &[8192]);
-        let a2a: Vec<f64> = p
+        let a2a: Vec<(String, f64)> = p
             .stages
             .iter()
-            .filter(|s| s.label == "ulysses all_to_all in fwd" || s.label == "ulysses all_to_all out fwd")
-            .map(|s| s.transfer.unwrap().bytes)
+            .filter(|s| s.label.starts_with("ulysses all_to_all") && s.label.ends_with("fwd"))
+            .map(|s| (s.label.clone(), s.transfer.unwrap().bytes))
             .collect();
-        assert_eq!(a2a, vec![25_165_824.0, 8_388_608.0]);
+        let names: Vec<&str> = a2a.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ulysses all_to_all in q fwd", "ulysses all_to_all in k fwd", "ulysses all_to_all in v fwd", "ulysses all_to_all out out fwd"]
+        );
+        assert!(a2a.iter().all(|(_, b)| *b == 8_388_608.0));
+        // Packed, Q, K and V go as one 25,165,824-byte buffer.
+        let packed = CostModel::new(cm.model.clone(), cm.cluster.clone(), TrainConfig { qkv_packed: true, ..TrainConfig::default() }).unwrap();
+        let p = packed.program(&shape(Scheme::Ulysses, 8, 1), &[8192]);
+        let qkv = p.stages.iter().find(|s| s.label == "ulysses all_to_all in qkv fwd").unwrap();
+        assert_eq!(qkv.transfer.unwrap().bytes, 25_165_824.0);
     }
 }

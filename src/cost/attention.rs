@@ -1,0 +1,538 @@
+//! FlashAttention throughput as a tile-cost model fitted to the published kernel tables.
+//!
+//! A FlashAttention kernel walks the (query, key) plane in tiles of [`ATTENTION_TILE_TOKENS`] a
+//! side. The forward pass gives each query tile to one thread block, which loads the tile, loops
+//! over the key tiles it can see and writes its output; the backward pass does the same per key
+//! tile. So a kernel's time is
+//!
+//! `t = heads x tile_s(d) x (tiles + n0(d) x lead_tiles)`
+//!
+//! where `tiles` counts tiles with at least one unmasked pair (a partly masked diagonal tile costs a
+//! full one), `lead_tiles` the query tiles (forward) or key tiles (backward) that have work, and
+//! `n0` the fixed cost of one thread block in full-tile equivalents. For the published benchmarks
+//! (sequences of L = n tiles) this gives FlashAttention's counted throughput
+//!
+//! - non-causal: `T(L) = T_inf x n / (n + n0)`
+//! - causal:     `T(L) = T_inf x n / (n + 1 + 2 n0)` (FlashAttention counts L^2/2 pairs)
+//!
+//! `(T_inf, n0)` is fitted per GPU architecture, kernel, pass, head dim and causality (a causal
+//! kernel also loses to its uneven thread blocks, which one pair cannot carry for both) by least
+//! squares on the relative error, a linear problem in `1/T_inf` and `n0/T_inf`. A kernel call that
+//! holds a partly masked (diagonal) block runs as a causal call; one made of fully visible blocks
+//! only (ring steps between different chunks) as a non-causal one. Across head dims, the time of one pair is linear in the head dim (the two GEMMs
+//! grow with it, the softmax does not): `4 d / T_inf(d) = a + b d`, fitted over the tabulated
+//! head dims; between them the pair time is interpolated, outside the line is followed
+//! (tests/cost_validation.rs predicts FlashAttention-3's head dim 256 from 64 and 128: median
+//! error 3% on non-causal calls of 2K tokens and more, 11% over all twelve cells).
+//!
+//! Forward and backward are separated with the tables that exist (reference/README.md):
+//! - Hopper, FlashAttention-2: forward from the FA3 figure's FA2 rows; backward from
+//!   `3.5 / T_fwd_bwd = 1 / T_fwd + 2.5 / T_bwd` with the FA2 H100 forward+backward table.
+//! - Ampere, FlashAttention-2: only forward+backward is published; the forward is that times the
+//!   H100 FA2 ratio `T_fwd / T_fwd_bwd` at the same (causal, head dim, length) (same kernel code),
+//!   the backward from the identity above.
+//! - Hopper, FlashAttention-3: forward from its table; backward = FA2's H100 backward times FA3's
+//!   forward speedup over FA2 at the same point (no FA3 backward table is published here).
+//!
+//! A cluster's calibration `KernelFit` curves (attention_fwd / attention_bwd) replace the table
+//! points of their head dim and causality before fitting.
+
+use super::pairs::ATTENTION_TILE_TOKENS;
+use super::Pass;
+use crate::cluster::{Arch, Cluster, KernelKind};
+use crate::error::{Error, Result};
+use crate::reference::{self, FaTable, FA_SEQLENS};
+use serde::{Deserialize, Serialize};
+
+/// Which FlashAttention generation runs the attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    Fa2,
+    /// Hopper only.
+    Fa3,
+}
+
+impl AttentionKernel {
+    /// What the published tables cover best on `arch`: FlashAttention-3 on Hopper, 2 on Ampere.
+    pub fn default_for(arch: Arch) -> AttentionKernel {
+        match arch {
+            Arch::Ampere => AttentionKernel::Fa2,
+            Arch::Hopper => AttentionKernel::Fa3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Fa2 => "FlashAttention-2",
+            AttentionKernel::Fa3 => "FlashAttention-3",
+        }
+    }
+}
+
+/// FlashAttention's FLOPs per (query, key) pair and head: 4 d forward, 2.5 x that backward.
+pub fn flops_per_pair(pass: Pass, head_dim: f64) -> f64 {
+    4.0 * head_dim
+        * match pass {
+            Pass::Fwd => 1.0,
+            Pass::Bwd => 2.5,
+        }
+}
+
+/// One measured (or derived) throughput point of a kernel and pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    pub causal: bool,
+    pub head_dim: u32,
+    pub seqlen: u32,
+    pub tflops: f64,
+}
+
+/// The tile model of one kernel, pass and head dim.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TileFit {
+    pub head_dim: u32,
+    /// Counted TFLOP/s of full tiles with no per-block overhead.
+    pub peak_tflops: f64,
+    /// Fixed cost of one thread block (query tile forward, key tile backward), in tiles.
+    pub block_overhead_tiles: f64,
+    /// Root-mean-square relative error of the fit over its points.
+    pub rms_error: f64,
+    pub points: usize,
+}
+
+/// The tile model of one pass and causality over all head dims.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurveModel {
+    pub pass: Pass,
+    pub causal: bool,
+    /// By increasing head dim.
+    pub fits: Vec<TileFit>,
+    /// Time of one pair and head: `(a + b d) x 1e-12` seconds (`4 d / T_inf(d)` in TFLOP units).
+    pub pair_time_a: f64,
+    pub pair_time_b: f64,
+}
+
+impl CurveModel {
+    fn fit(pass: Pass, causal: bool, points: &[Point]) -> Result<CurveModel> {
+        let mine: Vec<&Point> = points.iter().filter(|p| p.causal == causal).collect();
+        let mut dims: Vec<u32> = mine.iter().map(|p| p.head_dim).collect();
+        dims.sort_unstable();
+        dims.dedup();
+        let fits: Vec<TileFit> = dims
+            .iter()
+            .map(|&d| fit_tiles(d, causal, mine.iter().copied().filter(|p| p.head_dim == d)))
+            .collect::<Result<_>>()?;
+        if fits.is_empty() {
+            return Err(Error::invalid(
+                format!("no {} throughput points for the attention {} pass", if causal { "causal" } else { "non-causal" }, pass_name(pass)),
+                "the FlashAttention tables or the calibration must cover this pass",
+            ));
+        }
+        let (a, b) = fit_pair_time(pass, &fits);
+        Ok(CurveModel {
+            pass,
+            causal,
+            fits,
+            pair_time_a: a,
+            pair_time_b: b,
+        })
+    }
+
+    /// Time of one pair and head at this head dim, in 1e-12 s: through the fitted head dims
+    /// (piecewise linear), and along the line `a + b d` fitted over all of them outside.
+    fn pair_time(&self, head_dim: f64) -> f64 {
+        let at = |f: &TileFit| flops_per_pair(self.pass, f64::from(f.head_dim)) / f.peak_tflops;
+        let first = &self.fits[0];
+        let last = &self.fits[self.fits.len() - 1];
+        let line = (self.pair_time_a + self.pair_time_b * head_dim).max(1e-9);
+        if head_dim < f64::from(first.head_dim) || head_dim > f64::from(last.head_dim) || self.fits.len() == 1 {
+            // Outside: the fitted line, shifted to meet the nearest tabulated head dim.
+            let edge = if head_dim < f64::from(first.head_dim) { first } else { last };
+            let shift = at(edge) - (self.pair_time_a + self.pair_time_b * f64::from(edge.head_dim));
+            return (line + shift).max(1e-9);
+        }
+        for w in self.fits.windows(2) {
+            let (lo, hi) = (f64::from(w[0].head_dim), f64::from(w[1].head_dim));
+            if head_dim <= hi {
+                let t = (head_dim - lo) / (hi - lo);
+                return at(&w[0]) * (1.0 - t) + at(&w[1]) * t;
+            }
+        }
+        at(last)
+    }
+
+    /// The per-block overhead at this head dim: linear between fitted head dims, constant outside.
+    pub fn block_overhead_tiles(&self, head_dim: f64) -> f64 {
+        let first = self.fits[0];
+        let last = self.fits[self.fits.len() - 1];
+        if head_dim <= f64::from(first.head_dim) {
+            return first.block_overhead_tiles;
+        }
+        for w in self.fits.windows(2) {
+            let (lo, hi) = (f64::from(w[0].head_dim), f64::from(w[1].head_dim));
+            if head_dim <= hi {
+                let t = (head_dim - lo) / (hi - lo);
+                return w[0].block_overhead_tiles * (1.0 - t) + w[1].block_overhead_tiles * t;
+            }
+        }
+        last.block_overhead_tiles
+    }
+}
+
+/// The tile models of one pass: causal and non-causal calls.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassModel {
+    pub pass: Pass,
+    pub causal: CurveModel,
+    pub full: CurveModel,
+}
+
+impl PassModel {
+    /// Fits the model to `points` (any head dims, causal and not).
+    pub fn fit(pass: Pass, points: &[Point]) -> Result<PassModel> {
+        Ok(PassModel {
+            pass,
+            causal: CurveModel::fit(pass, true, points)?,
+            full: CurveModel::fit(pass, false, points)?,
+        })
+    }
+
+    pub fn curve(&self, causal: bool) -> &CurveModel {
+        if causal {
+            &self.causal
+        } else {
+            &self.full
+        }
+    }
+
+    /// Seconds of one full tile for one head.
+    pub fn tile_s(&self, head_dim: f64, causal: bool) -> f64 {
+        let tile = f64::from(ATTENTION_TILE_TOKENS);
+        tile * tile * self.curve(causal).pair_time(head_dim) * 1e-12
+    }
+
+    /// Counted TFLOP/s of full tiles at this head dim.
+    pub fn peak_tflops(&self, head_dim: f64, causal: bool) -> f64 {
+        flops_per_pair(self.pass, head_dim) / self.curve(causal).pair_time(head_dim)
+    }
+
+    /// Time of one kernel call: `tiles` tiles and `lead_tiles` thread blocks, for `heads` heads.
+    pub fn time_s(&self, head_dim: f64, heads: f64, tiles: f64, lead_tiles: f64, causal: bool) -> f64 {
+        let overhead = self.curve(causal).block_overhead_tiles(head_dim);
+        heads * self.tile_s(head_dim, causal) * (tiles + overhead * lead_tiles)
+    }
+
+    /// Predicted counted TFLOP/s of the benchmark shape: one sequence of `seqlen` (a multiple of
+    /// the tile) per batch entry, causal or not.
+    pub fn benchmark_tflops(&self, head_dim: f64, seqlen: u32, causal: bool) -> f64 {
+        let n = f64::from(seqlen) / f64::from(ATTENTION_TILE_TOKENS);
+        let overhead = self.curve(causal).block_overhead_tiles(head_dim);
+        let shape = if causal { n / (n + 1.0 + 2.0 * overhead) } else { n / (n + overhead) };
+        self.peak_tflops(head_dim, causal) * shape
+    }
+}
+
+/// Weighted least squares for one head dim and causality: `1/T = A x + C y` with
+/// (x, y) = (1, 1/n) non-causal, (1 + 1/n, 2/n) causal; minimising the relative error
+/// `T_obs (A x + C y) - 1`.
+fn fit_tiles<'a>(head_dim: u32, causal: bool, points: impl Iterator<Item = &'a Point>) -> Result<TileFit> {
+    let rows: Vec<(f64, f64, f64)> = points
+        .filter(|p| p.tflops > 0.0 && p.seqlen > 0)
+        .map(|p| {
+            let n = f64::from(p.seqlen) / f64::from(ATTENTION_TILE_TOKENS);
+            let (x, y) = if causal { (1.0 + 1.0 / n, 2.0 / n) } else { (1.0, 1.0 / n) };
+            (p.tflops * x, p.tflops * y, p.tflops)
+        })
+        .collect();
+    let (mut sxx, mut sxy, mut syy, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x, y, _) in &rows {
+        sxx += x * x;
+        sxy += x * y;
+        syy += y * y;
+        sx += x;
+        sy += y;
+    }
+    let det = sxx * syy - sxy * sxy;
+    let (mut a, mut c) = if det.abs() > 1e-30 { ((sx * syy - sy * sxy) / det, (sxx * sy - sxy * sx) / det) } else { (0.0, 0.0) };
+    if !(c >= 0.0) || !(a > 0.0) {
+        // No measurable per-block overhead (or a single point): the throughput alone.
+        c = 0.0;
+        a = if sxx > 0.0 { sx / sxx } else { 0.0 };
+    }
+    if !(a > 0.0) {
+        return Err(Error::invalid(
+            format!("no usable attention throughput points for head dim {head_dim}"),
+            "check the FlashAttention tables or the calibration's kernel curves",
+        ));
+    }
+    let rms = (rows.iter().map(|&(x, y, _)| (a * x + c * y - 1.0).powi(2)).sum::<f64>() / rows.len() as f64).sqrt();
+    Ok(TileFit {
+        head_dim,
+        peak_tflops: 1.0 / a,
+        block_overhead_tiles: c / a,
+        rms_error: rms,
+        points: rows.len(),
+    })
+}
+
+/// `flops_per_pair(d) / T_inf(d) = a + b d` over the fitted head dims, least squares on the
+/// relative error. One head dim: the pair time is taken proportional to d.
+fn fit_pair_time(pass: Pass, fits: &[TileFit]) -> (f64, f64) {
+    let ys: Vec<(f64, f64)> = fits
+        .iter()
+        .map(|f| {
+            let d = f64::from(f.head_dim);
+            (d, flops_per_pair(pass, d) / f.peak_tflops)
+        })
+        .collect();
+    if ys.len() == 1 {
+        return (0.0, ys[0].1 / ys[0].0);
+    }
+    // Weighted by 1/y^2: minimise sum ((a + b d) / y - 1)^2.
+    let (mut s11, mut s1d, mut sdd, mut s1, mut sd) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(d, y) in &ys {
+        let w = 1.0 / (y * y);
+        s11 += w;
+        s1d += w * d;
+        sdd += w * d * d;
+        s1 += w * y;
+        sd += w * d * y;
+    }
+    let det = s11 * sdd - s1d * s1d;
+    let a = (s1 * sdd - sd * s1d) / det;
+    let b = (s11 * sd - s1d * s1) / det;
+    (a, b)
+}
+
+fn pass_name(pass: Pass) -> &'static str {
+    match pass {
+        Pass::Fwd => "forward",
+        Pass::Bwd => "backward",
+    }
+}
+
+/// The attention kernel of one GPU: forward and backward tile models.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttentionModel {
+    pub kernel: AttentionKernel,
+    pub fwd: PassModel,
+    pub bwd: PassModel,
+}
+
+impl AttentionModel {
+    /// The model for the cluster's GPU and `kernel` (None: the default for its architecture),
+    /// from the published tables with the cluster's calibrated curves in place of theirs.
+    pub fn for_cluster(cluster: &Cluster, kernel: Option<AttentionKernel>) -> Result<AttentionModel> {
+        let kernel = kernel.unwrap_or_else(|| AttentionKernel::default_for(cluster.gpu.arch));
+        if kernel == AttentionKernel::Fa3 && cluster.gpu.arch != Arch::Hopper {
+            return Err(Error::invalid(
+                format!("FlashAttention-3 does not run on {} ({:?})", cluster.gpu.name, cluster.gpu.arch),
+                "use attention_kernel = \"fa2\" on Ampere GPUs",
+            ));
+        }
+        let (mut fwd, mut bwd) = table_points(cluster.gpu.arch, kernel)?;
+        if let Some(cal) = &cluster.calibration {
+            for fit in &cal.kernels {
+                let target = match fit.kind {
+                    KernelKind::AttentionFwd => &mut fwd,
+                    KernelKind::AttentionBwd => &mut bwd,
+                    KernelKind::Gemm => continue,
+                };
+                replace_points(target, fit.head_dim, fit.causal, &fit.points);
+            }
+        }
+        Ok(AttentionModel {
+            kernel,
+            fwd: PassModel::fit(Pass::Fwd, &fwd)?,
+            bwd: PassModel::fit(Pass::Bwd, &bwd)?,
+        })
+    }
+
+    pub fn pass(&self, pass: Pass) -> &PassModel {
+        match pass {
+            Pass::Fwd => &self.fwd,
+            Pass::Bwd => &self.bwd,
+        }
+    }
+}
+
+/// A calibrated curve replaces the table points of its head dim (all head dims when it names
+/// none) and causality (both when it names none).
+fn replace_points(points: &mut Vec<Point>, head_dim: Option<u32>, causal: Option<bool>, curve: &[(f64, f64)]) {
+    let mut dims: Vec<u32> = match head_dim {
+        Some(d) => vec![d],
+        None => points.iter().map(|p| p.head_dim).collect(),
+    };
+    dims.sort_unstable();
+    dims.dedup();
+    let causals: Vec<bool> = match causal {
+        Some(c) => vec![c],
+        None => vec![false, true],
+    };
+    points.retain(|p| !(dims.contains(&p.head_dim) && causals.contains(&p.causal)));
+    for &d in &dims {
+        for &c in &causals {
+            points.extend(curve.iter().filter(|(l, t)| *l >= 1.0 && *t > 0.0).map(|&(seqlen, tflops)| Point {
+                causal: c,
+                head_dim: d,
+                seqlen: seqlen.round() as u32,
+                tflops,
+            }));
+        }
+    }
+}
+
+/// The published throughput of one implementation row set, as points.
+pub fn published(table: FaTable, implementation: &str) -> Result<Vec<Point>> {
+    let t = reference::tables()?;
+    Ok(t.fa_rows(table, implementation)
+        .flat_map(|row| {
+            FA_SEQLENS.iter().zip(row.tflops).filter_map(move |(&seqlen, tflops)| {
+                tflops.map(|tflops| Point {
+                    causal: row.causal,
+                    head_dim: row.head_dim,
+                    seqlen,
+                    tflops,
+                })
+            })
+        })
+        .collect())
+}
+
+fn find(points: &[Point], p: &Point) -> Option<f64> {
+    points
+        .iter()
+        .find(|q| q.causal == p.causal && q.head_dim == p.head_dim && q.seqlen == p.seqlen)
+        .map(|q| q.tflops)
+}
+
+/// `3.5 / T_fwd_bwd = 1 / T_fwd + 2.5 / T_bwd`, solved for the backward; None when the figures
+/// are inconsistent (the forward alone slower than forward and backward together allow).
+fn backward_from(fwd_bwd: f64, fwd: f64) -> Option<f64> {
+    let rest = 3.5 / fwd_bwd - 1.0 / fwd;
+    (rest > 0.0).then(|| 2.5 / rest)
+}
+
+/// Forward and backward points for an architecture and kernel, derived as the module explains.
+pub fn table_points(arch: Arch, kernel: AttentionKernel) -> Result<(Vec<Point>, Vec<Point>)> {
+    let h100_fa2_fwd = published(FaTable::Fa3H100Fwd, "FlashAttention-2")?;
+    let h100_fa2_fb = published(FaTable::Fa2H100FwdBwd, "FlashAttention-2")?;
+    let h100_fa2_bwd: Vec<Point> = h100_fa2_fb
+        .iter()
+        .filter_map(|p| {
+            let fwd = find(&h100_fa2_fwd, p)?;
+            backward_from(p.tflops, fwd).map(|tflops| Point { tflops, ..*p })
+        })
+        .collect();
+    match (arch, kernel) {
+        (Arch::Ampere, _) => {
+            let fb = published(FaTable::Fa2A100FwdBwd, "FlashAttention-2")?;
+            let mut fwd = Vec::new();
+            let mut bwd = Vec::new();
+            for p in &fb {
+                let (Some(f), Some(h_fb)) = (find(&h100_fa2_fwd, p), find(&h100_fa2_fb, p)) else { continue };
+                let forward = p.tflops * f / h_fb;
+                fwd.push(Point { tflops: forward, ..*p });
+                if let Some(backward) = backward_from(p.tflops, forward) {
+                    bwd.push(Point { tflops: backward, ..*p });
+                }
+            }
+            Ok((fwd, bwd))
+        }
+        (Arch::Hopper, AttentionKernel::Fa2) => Ok((h100_fa2_fwd, h100_fa2_bwd)),
+        (Arch::Hopper, AttentionKernel::Fa3) => {
+            let fa3_fwd = published(FaTable::Fa3H100Fwd, "FlashAttention-3")?;
+            let bwd = h100_fa2_bwd
+                .iter()
+                .filter_map(|p| Some(Point { tflops: p.tflops * find(&fa3_fwd, p)? / find(&h100_fa2_fwd, p)?, ..*p }))
+                .collect();
+            Ok((fa3_fwd, bwd))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tile_model_reproduces_its_closed_forms() {
+        // One fit with T_inf = 200 and n0 = 1.5, evaluated on the benchmark shapes, gives back
+        // 200 n / (n + 1.5) and 200 n / (n + 4).
+        let points: Vec<Point> = [512u32, 2048, 16384]
+            .iter()
+            .flat_map(|&l| {
+                let n = f64::from(l) / 128.0;
+                [
+                    Point { causal: false, head_dim: 64, seqlen: l, tflops: 200.0 * n / (n + 1.5) },
+                    Point { causal: true, head_dim: 64, seqlen: l, tflops: 200.0 * n / (n + 4.0) },
+                ]
+            })
+            .collect();
+        let m = PassModel::fit(Pass::Fwd, &points).unwrap();
+        for f in [m.causal.fits[0], m.full.fits[0]] {
+            assert!((f.peak_tflops - 200.0).abs() < 1e-9 && (f.block_overhead_tiles - 1.5).abs() < 1e-9, "{f:?}");
+        }
+        // n = 4 causal: 200 x 4 / 8 = 100
+        assert!((m.benchmark_tflops(64.0, 512, true) - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pair_time_is_linear_in_head_dim() {
+        // Peaks of 4d / (0.2 + 0.02 d): 64 -> 177.78, 128 -> 190.48; the fit recovers a and b.
+        let mk = |d: u32, causal: bool| {
+            let peak = 4.0 * f64::from(d) / (0.2 + 0.02 * f64::from(d));
+            Point { causal, head_dim: d, seqlen: 16384, tflops: peak }
+        };
+        let m = PassModel::fit(Pass::Fwd, &[mk(64, false), mk(128, false), mk(64, true), mk(128, true)]).unwrap();
+        assert!((m.full.pair_time_a - 0.2).abs() < 1e-9 && (m.full.pair_time_b - 0.02).abs() < 1e-12, "{m:?}");
+        // head dim 32: 128 / 0.84 = 152.38 TFLOP/s
+        assert!((m.peak_tflops(32.0, false) - 128.0 / 0.84).abs() < 1e-9);
+    }
+
+    #[test]
+    fn forward_and_backward_compose_to_the_published_total() {
+        // H100 FA2, non-causal, head dim 128, 16K: forward 370, forward+backward 338, so the
+        // backward is 2.5 / (3.5/338 - 1/370) = 326.7 TFLOP/s.
+        let (_, bwd) = table_points(Arch::Hopper, AttentionKernel::Fa2).unwrap();
+        let p = bwd.iter().find(|p| !p.causal && p.head_dim == 128 && p.seqlen == 16384).unwrap();
+        assert!((p.tflops - 2.5 / (3.5 / 338.0 - 1.0 / 370.0)).abs() < 1e-9);
+        assert!((p.tflops - 326.7).abs() < 0.1);
+    }
+
+    #[test]
+    fn calibrated_curves_replace_the_tables_for_their_shape() {
+        use crate::cluster::{Calibration, KernelFit};
+        // A measured causal forward curve at head dim 128: 100 TFLOP/s at 512 tokens (n = 4),
+        // 150 at 16K (n = 128). Two points fit the causal tile model exactly.
+        let mut cluster = Cluster::resolve("dgx-a100-80g").unwrap();
+        cluster.calibration = Some(Calibration {
+            collectives: Vec::new(),
+            kernels: vec![KernelFit {
+                kind: KernelKind::AttentionFwd,
+                head_dim: Some(128),
+                causal: Some(true),
+                points: vec![(512.0, 100.0), (16384.0, 150.0)],
+                provenance: "test".into(),
+            }],
+        });
+        let calibrated = AttentionModel::for_cluster(&cluster, None).unwrap();
+        let tables = AttentionModel::for_cluster(&Cluster::resolve("dgx-a100-80g").unwrap(), None).unwrap();
+        for (l, t) in [(512, 100.0), (16384, 150.0)] {
+            let got = calibrated.fwd.benchmark_tflops(128.0, l, true);
+            assert!((got - t).abs() < 1e-6, "{l}: {got}");
+        }
+        // Head dim 64, the non-causal curves and the backward keep the published tables.
+        assert_eq!(calibrated.fwd.full, tables.fwd.full);
+        assert_eq!(calibrated.bwd, tables.bwd);
+        assert_eq!(calibrated.fwd.causal.fits[0], tables.fwd.causal.fits[0]);
+    }
+
+    #[test]
+    fn fa3_needs_hopper() {
+        let a100 = Cluster::resolve("dgx-a100-80g").unwrap();
+        let err = AttentionModel::for_cluster(&a100, Some(AttentionKernel::Fa3)).unwrap_err().to_string();
+        assert!(err.contains("FlashAttention-3 does not run"), "{err}");
+    }
+}

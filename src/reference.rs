@@ -1,0 +1,432 @@
+//! The published tables of `reference/` (see reference/README.md), embedded in the binary and
+//! parsed into typed rows. The cost model seeds its kernel efficiencies from the FlashAttention
+//! tables; the validation (`cost::validate`) compares its predictions with the USP, FlashAttention
+//! and FlexSP measurements.
+
+use crate::error::{Error, Result};
+use crate::scheme::RingVariant;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const FA2_A100_FWD_BWD: &str = include_str!("../reference/fa2_a100_fwd_bwd_tflops.csv");
+const FA2_H100_FWD_BWD: &str = include_str!("../reference/fa2_h100_fwd_bwd_tflops.csv");
+const FA3_H100_FWD: &str = include_str!("../reference/fa3_h100_fwd_tflops.csv");
+const USP_8XA100: &str = include_str!("../reference/usp_8xA100_nvlink_fwd_iters_per_s.csv");
+const FLEXSP_ALLTOALL: &str = include_str!("../reference/flexsp_alltoall_bandwidth.csv");
+const HARDWARE_FACTS: &str = include_str!("../reference/hardware_facts.csv");
+
+/// Sequence lengths of the FlashAttention tables' columns.
+pub const FA_SEQLENS: [u32; 6] = [512, 1024, 2048, 4096, 8192, 16384];
+
+/// Tokens per batch of the FlashAttention benchmarks: batch = 16K / seqlen (reference/README.md).
+pub const FA_BENCH_TOKENS: u32 = 16 * 1024;
+
+/// Model width of the FlashAttention benchmarks: heads = 2048 / head_dim (reference/README.md).
+pub const FA_BENCH_HIDDEN: u32 = 2048;
+
+/// Which published FlashAttention figure a row comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaTable {
+    /// FlashAttention-2 benchmark on A100 80GB SXM4, forward + backward.
+    Fa2A100FwdBwd,
+    /// The same on H100 80GB SXM5.
+    Fa2H100FwdBwd,
+    /// FlashAttention-3 benchmark on H100, forward only (FP16), with FA2 and others beside it.
+    Fa3H100Fwd,
+}
+
+impl FaTable {
+    pub const ALL: [FaTable; 3] = [FaTable::Fa2A100FwdBwd, FaTable::Fa2H100FwdBwd, FaTable::Fa3H100Fwd];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            FaTable::Fa2A100FwdBwd => "reference/fa2_a100_fwd_bwd_tflops.csv",
+            FaTable::Fa2H100FwdBwd => "reference/fa2_h100_fwd_bwd_tflops.csv",
+            FaTable::Fa3H100Fwd => "reference/fa3_h100_fwd_tflops.csv",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            FaTable::Fa2A100FwdBwd => FA2_A100_FWD_BWD,
+            FaTable::Fa2H100FwdBwd => FA2_H100_FWD_BWD,
+            FaTable::Fa3H100Fwd => FA3_H100_FWD,
+        }
+    }
+
+    /// Whether the table times forward and backward together (FLOPs counted as 3.5 x forward).
+    pub fn fwd_bwd(self) -> bool {
+        !matches!(self, FaTable::Fa3H100Fwd)
+    }
+
+    /// The cluster preset whose GPU ran the benchmark.
+    pub fn cluster_preset(self) -> &'static str {
+        match self {
+            FaTable::Fa2A100FwdBwd => "dgx-a100-80g",
+            FaTable::Fa2H100FwdBwd | FaTable::Fa3H100Fwd => "dgx-h100",
+        }
+    }
+}
+
+/// One implementation's row of a FlashAttention table: TFLOP/s at each of [`FA_SEQLENS`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaRow {
+    pub table: FaTable,
+    /// 1-based line in the CSV file.
+    pub line: usize,
+    pub causal: bool,
+    pub head_dim: u32,
+    /// `FlashAttention-2`, `FlashAttention-3`, `cuDNN`, `PyTorch`...
+    pub implementation: String,
+    /// Achieved TFLOP/s; `None` where the benchmark ran out of memory.
+    pub tflops: [Option<f64>; 6],
+    /// The bar label was partly hidden (`~` in the CSV): the value is a reading, not exact.
+    pub approximate: [bool; 6],
+}
+
+/// How a USP cell's variant column runs: ring layout, and Q/K/V packed into one all-to-all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct UspVariant {
+    pub ring: RingVariant,
+    pub qkv_packed: bool,
+}
+
+impl UspVariant {
+    /// The table's columns, in order.
+    pub const COLUMNS: [UspVariant; 6] = [
+        UspVariant { ring: RingVariant::Basic, qkv_packed: true },
+        UspVariant { ring: RingVariant::Basic, qkv_packed: false },
+        UspVariant { ring: RingVariant::Zigzag, qkv_packed: true },
+        UspVariant { ring: RingVariant::Zigzag, qkv_packed: false },
+        UspVariant { ring: RingVariant::Stripe, qkv_packed: true },
+        UspVariant { ring: RingVariant::Stripe, qkv_packed: false },
+    ];
+
+    pub fn name(self) -> String {
+        let pack = if self.qkv_packed { "qkvpack" } else { "no_packed" };
+        format!("{}_{pack}", self.ring.name())
+    }
+}
+
+/// A cell of the USP table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UspCell {
+    /// Iterations per second.
+    Measured(f64),
+    /// The run ran out of memory.
+    Oom,
+    /// Empty: the configuration was not run.
+    NotRun,
+}
+
+/// One row of the USP table: one attention shape and one Ulysses x ring split of 8 GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UspRow {
+    pub line: usize,
+    /// Query heads per key/value head.
+    pub group_num: u32,
+    /// Sequences per batch.
+    pub bs: u32,
+    /// Global sequence length (split over the 8 GPUs).
+    pub seqlen: u32,
+    pub head_num: u32,
+    pub head_size: u32,
+    pub ulysses: u32,
+    pub ring: u32,
+    /// In the order of [`UspVariant::COLUMNS`].
+    pub cells: [UspCell; 6],
+}
+
+impl UspRow {
+    pub fn kv_heads(&self) -> u32 {
+        self.head_num / self.group_num.max(1)
+    }
+}
+
+/// FlexSP's measured effective all-to-all bandwidth for one SP degree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlltoallRow {
+    pub line: usize,
+    pub sp_degree: u32,
+    /// Bytes in each rank's buffer over the time of the whole all-to-all (FlexSP's solver divides
+    /// `h x tokens x 2 / sp` by it), GB/s.
+    pub effective_gb_per_s: f64,
+    pub note: String,
+}
+
+/// One row of reference/hardware_facts.csv.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fact {
+    pub line: usize,
+    pub item: String,
+    /// As written (some values are formulas, like `(n-1)/n`).
+    pub value: String,
+    pub unit: String,
+    pub kind: String,
+    pub source: String,
+}
+
+/// Every table, parsed once.
+#[derive(Debug)]
+pub struct Reference {
+    pub fa: Vec<FaRow>,
+    pub usp: Vec<UspRow>,
+    pub alltoall: Vec<AlltoallRow>,
+    pub facts: Vec<Fact>,
+}
+
+impl Reference {
+    /// The FlashAttention rows of `implementation` in `table`.
+    pub fn fa_rows<'a>(&'a self, table: FaTable, implementation: &'a str) -> impl Iterator<Item = &'a FaRow> + 'a {
+        self.fa
+            .iter()
+            .filter(move |r| r.table == table && r.implementation == implementation)
+    }
+
+    /// A hardware fact's numeric value.
+    pub fn fact(&self, item: &str) -> Result<f64> {
+        let path = Path::new("reference/hardware_facts.csv");
+        let fact = self.facts.iter().find(|f| f.item == item).ok_or_else(|| {
+            Error::input(path, 0, format!("no row '{item}'"), "add the row with its source")
+        })?;
+        fact.value.trim().parse().map_err(|_| {
+            Error::input(path, fact.line, format!("{item} = '{}' is not a number", fact.value), "fix the row")
+        })
+    }
+}
+
+/// The embedded reference tables, parsed on first use.
+pub fn tables() -> Result<&'static Reference> {
+    static TABLES: OnceLock<std::result::Result<Reference, String>> = OnceLock::new();
+    TABLES
+        .get_or_init(|| parse_all().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::invalid(format!("embedded reference tables: {e}"), "the tables in reference/ must parse; fix them"))
+}
+
+fn parse_all() -> Result<Reference> {
+    let mut fa = Vec::new();
+    for table in FaTable::ALL {
+        fa.extend(parse_fa(table)?);
+    }
+    Ok(Reference {
+        fa,
+        usp: parse_usp()?,
+        alltoall: parse_alltoall()?,
+        facts: parse_facts()?,
+    })
+}
+
+/// Records with their 1-based line numbers, the header checked against `header`. Rows may have
+/// more fields than the header (an unquoted comma in a free-text last column).
+fn records(file: &str, text: &str, header: &[&str]) -> Result<Vec<(usize, csv::StringRecord)>> {
+    let path = Path::new(file);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(text.as_bytes());
+    let found = reader.headers().map_err(|e| Error::input(path, 1, e.to_string(), "fix the header"))?;
+    if found.iter().collect::<Vec<_>>() != header {
+        return Err(Error::input(path, 1, format!("header is {found:?}, expected {header:?}"), "fix the header"));
+    }
+    reader
+        .records()
+        .map(|r| {
+            let r = r.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                Error::input(path, line, e.to_string(), "fix the row")
+            })?;
+            let line = r.position().map_or(0, |p| p.line() as usize);
+            Ok((line, r))
+        })
+        .collect()
+}
+
+fn field<'a>(file: &str, line: usize, r: &'a csv::StringRecord, i: usize, name: &str) -> Result<&'a str> {
+    r.get(i)
+        .map(str::trim)
+        .ok_or_else(|| Error::input(file, line, format!("missing field '{name}'"), "fix the row"))
+}
+
+fn number<T: std::str::FromStr>(file: &str, line: usize, text: &str, name: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| Error::input(file, line, format!("field '{name}' = '{text}' is not a number"), "fix the row"))
+}
+
+/// `512`, `8K`, `128K` as tokens.
+fn tokens(file: &str, line: usize, text: &str) -> Result<u32> {
+    match text.strip_suffix(['K', 'k']) {
+        Some(k) => Ok(number::<u32>(file, line, k, "seqlen")? * 1024),
+        None => number(file, line, text, "seqlen"),
+    }
+}
+
+fn parse_fa(table: FaTable) -> Result<Vec<FaRow>> {
+    let file = table.file();
+    let header = ["causal", "headdim", "impl", "512", "1k", "2k", "4k", "8k", "16k"];
+    records(file, table.text(), &header)?
+        .into_iter()
+        .map(|(line, r)| {
+            let causal = number(file, line, field(file, line, &r, 0, "causal")?, "causal")?;
+            let head_dim = number(file, line, field(file, line, &r, 1, "headdim")?, "headdim")?;
+            let mut tflops = [None; 6];
+            let mut approximate = [false; 6];
+            for k in 0..6 {
+                let cell = field(file, line, &r, 3 + k, header[3 + k])?;
+                if cell == "OOM" {
+                    continue;
+                }
+                // `~625 (label hidden)`: a partly hidden bar label, read as 625.
+                approximate[k] = cell.starts_with('~');
+                let digits: String = cell
+                    .trim_start_matches('~')
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.')
+                    .collect();
+                tflops[k] = Some(number(file, line, &digits, header[3 + k])?);
+            }
+            Ok(FaRow {
+                table,
+                line,
+                causal,
+                head_dim,
+                implementation: field(file, line, &r, 2, "impl")?.to_string(),
+                tflops,
+                approximate,
+            })
+        })
+        .collect()
+}
+
+fn parse_usp() -> Result<Vec<UspRow>> {
+    let file = "reference/usp_8xA100_nvlink_fwd_iters_per_s.csv";
+    let header = [
+        "group_num",
+        "bs",
+        "seqlen",
+        "head_num",
+        "head_size",
+        "ulysses_degree",
+        "ring_degree",
+        "basic_qkvpack",
+        "basic_no_packed",
+        "zigzag_qkvpack",
+        "zigzag_no_packed",
+        "stripe_qkvpack",
+        "stripe_no_packed",
+    ];
+    records(file, USP_8XA100, &header)?
+        .into_iter()
+        .map(|(line, r)| {
+            let int = |i: usize| -> Result<u32> { number(file, line, field(file, line, &r, i, header[i])?, header[i]) };
+            let mut cells = [UspCell::NotRun; 6];
+            for (k, cell) in cells.iter_mut().enumerate() {
+                let text = field(file, line, &r, 7 + k, header[7 + k])?;
+                *cell = match text {
+                    "" => UspCell::NotRun,
+                    "OOM" => UspCell::Oom,
+                    t => UspCell::Measured(number(file, line, t, header[7 + k])?),
+                };
+            }
+            Ok(UspRow {
+                line,
+                group_num: int(0)?,
+                bs: int(1)?,
+                seqlen: tokens(file, line, field(file, line, &r, 2, "seqlen")?)?,
+                head_num: int(3)?,
+                head_size: int(4)?,
+                ulysses: int(5)?,
+                ring: int(6)?,
+                cells,
+            })
+        })
+        .collect()
+}
+
+fn parse_alltoall() -> Result<Vec<AlltoallRow>> {
+    let file = "reference/flexsp_alltoall_bandwidth.csv";
+    records(file, FLEXSP_ALLTOALL, &["sp_degree", "effective_alltoall_gbps", "note"])?
+        .into_iter()
+        .map(|(line, r)| {
+            Ok(AlltoallRow {
+                line,
+                sp_degree: number(file, line, field(file, line, &r, 0, "sp_degree")?, "sp_degree")?,
+                effective_gb_per_s: number(file, line, field(file, line, &r, 1, "effective_alltoall_gbps")?, "effective_alltoall_gbps")?,
+                // The note is free text; an unquoted comma in it splits it over fields.
+                note: r.iter().skip(2).collect::<Vec<_>>().join(","),
+            })
+        })
+        .collect()
+}
+
+fn parse_facts() -> Result<Vec<Fact>> {
+    let file = "reference/hardware_facts.csv";
+    records(file, HARDWARE_FACTS, &["item", "value", "unit", "kind", "source"])?
+        .into_iter()
+        .map(|(line, r)| {
+            let f = |i: usize, name: &str| field(file, line, &r, i, name).map(str::to_string);
+            Ok(Fact {
+                line,
+                item: f(0, "item")?,
+                value: f(1, "value")?,
+                unit: f(2, "unit")?,
+                kind: f(3, "kind")?,
+                source: f(4, "source")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_parses_with_its_shape() {
+        let t = tables().unwrap();
+        // 20 + 12 + 26 implementation rows in the three FlashAttention tables.
+        assert_eq!(t.fa.len(), 58);
+        assert_eq!(t.usp.len(), 30);
+        assert_eq!(t.alltoall.len(), 6);
+        assert!(t.facts.len() >= 40);
+    }
+
+    #[test]
+    fn fa_cells_keep_approximate_readings_and_oom() {
+        let t = tables().unwrap();
+        let row = t
+            .fa_rows(FaTable::Fa2A100FwdBwd, "FlashAttention-2")
+            .find(|r| !r.causal && r.head_dim == 64)
+            .unwrap();
+        assert_eq!(row.tflops, [Some(132.0), Some(153.0), Some(162.0), Some(171.0), Some(175.0), Some(176.0)]);
+        assert_eq!(row.approximate, [false, true, false, false, false, false]);
+        let hidden = t
+            .fa_rows(FaTable::Fa3H100Fwd, "FlashAttention-3")
+            .find(|r| !r.causal && r.head_dim == 256)
+            .unwrap();
+        assert_eq!(hidden.tflops[1], Some(625.0));
+        let pytorch = t.fa_rows(FaTable::Fa2H100FwdBwd, "PyTorch").next().unwrap();
+        assert_eq!(pytorch.tflops[5], None);
+    }
+
+    #[test]
+    fn usp_rows_read_seqlen_suffixes_and_empty_cells() {
+        let t = tables().unwrap();
+        assert_eq!(t.usp[0].seqlen, 512);
+        assert_eq!(t.usp[1].seqlen, 8192);
+        let gqa = t.usp.iter().find(|r| r.group_num == 8).unwrap();
+        assert_eq!((gqa.seqlen, gqa.head_num, gqa.kv_heads()), (131_072, 64, 8));
+        assert_eq!(gqa.cells[0], UspCell::NotRun);
+        assert_eq!(gqa.cells[1], UspCell::Measured(8.375));
+        let oom = t.usp.iter().find(|r| r.cells[0] == UspCell::Oom).unwrap();
+        assert_eq!((oom.ulysses, oom.ring), (1, 8));
+    }
+
+    #[test]
+    fn facts_are_numbers_where_they_should_be() {
+        let t = tables().unwrap();
+        assert_eq!(t.fact("a100_sxm.bf16_dense_peak").unwrap(), 312.0);
+        let err = t.fact("nccl.busbw_factor.allreduce").unwrap_err().to_string();
+        assert!(err.contains("is not a number"), "{err}");
+    }
+}
