@@ -47,7 +47,8 @@ pub struct TraceArgs {
     /// Tokens per global batch instead of a document count.
     #[arg(long, value_name = "N")]
     pub batch_tokens: Option<u64>,
-    /// Longest document, in tokens; longer ones are handled by --over-long.
+    /// Longest document, in tokens; longer ones are handled by --over-long (tune: 196608 when
+    /// not given, FlexSP's 192K).
     #[arg(long, value_name = "N")]
     pub max_seq: Option<u32>,
     /// What to do with documents longer than --max-seq.

@@ -78,11 +78,11 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
             .enumerate()
             .filter(|(_, b)| b.cand.fits(b.tokens + u64::from(len)))
             .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        let Some((i, finish)) = best else { return false };
+            .min_by(|a, b| bins[a.0].cand.finish_s(a.1).total_cmp(&bins[b.0].cand.finish_s(b.1)).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0)));
+        let Some((i, load)) = best else { return false };
         let bin = &mut bins[i];
         bin.docs.push(d);
-        bin.load_s = finish;
+        bin.load_s = load;
         bin.tokens += u64::from(len);
     }
     true
@@ -90,7 +90,7 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
 
 /// Surrogate makespan of filled bins.
 pub fn makespan(bins: &[Bin<'_>]) -> f64 {
-    bins.iter().filter(|b| !b.docs.is_empty()).map(|b| b.load_s).fold(0.0, f64::max)
+    bins.iter().filter(|b| !b.docs.is_empty()).map(|b| b.cand.finish_s(b.load_s)).fold(0.0, f64::max)
 }
 
 /// Exact local search on one micro-batch: repeatedly take the slowest group and move one of its

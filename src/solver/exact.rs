@@ -88,6 +88,7 @@ pub fn solve_exact(ctx: &Ctx, batch: &Batch) -> Result<ExactOptimum> {
             tokens += f64::from(l) * v;
         }
         problem = problem.with(constraint!(time <= t));
+        problem = problem.with(constraint!(c.floor_s * y <= t));
         problem = problem.with(constraint!(tokens <= c.capacity_tokens() as f64 * y));
     }
     let result = problem.solve();

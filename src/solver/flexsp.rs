@@ -122,6 +122,7 @@ impl Flexsp {
                 tokens += (b.tokens / n) * v;
             }
             problem = problem.with(constraint!(time <= t));
+        problem = problem.with(constraint!(c.floor_s * y <= t));
             problem = problem.with(constraint!(tokens <= c.capacity_tokens() as f64 * y));
         }
         let result = problem.solve();

@@ -251,7 +251,7 @@ fn lower_bound(ctx: &Ctx, lens: &[u32]) -> f64 {
         let fitting = ctx.candidates.iter().filter(|c| capacity(c) >= u64::from(l));
         let (best_time, best_work) = fitting.fold((f64::INFINITY, f64::INFINITY), |(t, w), c| {
             let m = c.marginal_s(l);
-            (t.min(c.base_s + m), w.min(f64::from(c.size) * m))
+            (t.min(c.single_s(l)), w.min(f64::from(c.size) * m))
         });
         longest = longest.max(best_time);
         gpu_time += best_work;
@@ -272,7 +272,7 @@ fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option
             .enumerate()
             .filter(|(_, b)| capacity(b.cand) >= b.tokens + u64::from(len))
             .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
-            .filter(|&(_, finish)| finish <= t)
+            .filter(|&(i, load)| bins[i].cand.finish_s(load) <= t)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let i = match fit {
             Some((i, _)) => i,
@@ -280,11 +280,11 @@ fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option
                 let cand = ctx
                     .candidates
                     .iter()
-                    .filter(|c| capacity(c) >= u64::from(len) && c.base_s + c.marginal_s(len) <= t)
+                    .filter(|c| capacity(c) >= u64::from(len) && c.single_s(len) <= t)
                     .min_by(|a, b| {
                         a.size
                             .cmp(&b.size)
-                            .then((a.base_s + a.marginal_s(len)).total_cmp(&(b.base_s + b.marginal_s(len))))
+                            .then(a.single_s(len).total_cmp(&b.single_s(len)))
                     })?;
                 used += cand.size;
                 if used > ctx.gpus {
@@ -399,7 +399,10 @@ fn pack_types(
                 .enumerate()
                 .filter(|(_, (t, b))| (!typed || Some(*t) == prefer[d]) && b.cand.fits(b.tokens + u64::from(len)))
                 .map(|(i, (_, b))| (i, b.load_s + b.cand.marginal_s(len)))
-                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+                .min_by(|a, b| {
+                    let (fa, fb) = (bins[a.0].1.cand.finish_s(a.1), bins[b.0].1.cand.finish_s(b.1));
+                    fa.total_cmp(&fb).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0))
+                })
         };
         let (i, finish) = pick(true).or_else(|| pick(false))?;
         let bin = &mut bins[i].1;
@@ -419,12 +422,13 @@ fn useful_types<'a>(ctx: &'a Ctx, bks: &[Bucket], t: f64) -> Vec<(usize, &'a Can
         .candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.base_s < t)
+        .filter(|(_, c)| c.base_s < t && c.floor_s <= t)
         .map(|(i, c)| (i, c, bks.iter().map(|b| c.marginal_s(b.max_len)).collect()))
         .collect();
     let dominates = |a: &(usize, &Candidate, Vec<f64>), b: &(usize, &Candidate, Vec<f64>)| {
         a.1.size <= b.1.size
             && a.1.base_s <= b.1.base_s
+            && a.1.floor_s <= b.1.floor_s
             && capacity(a.1) >= capacity(b.1)
             && a.2.iter().zip(&b.2).all(|(x, y)| x <= y)
     };
@@ -484,7 +488,7 @@ fn type_milp(
         .candidates
         .iter()
         .filter(|c| c.size == 1)
-        .flat_map(|c| bks.iter().map(|b| b.max_len).filter(|&l| capacity(c) >= u64::from(l) && c.base_s + c.marginal_s(l) <= t))
+        .flat_map(|c| bks.iter().map(|b| b.max_len).filter(|&l| capacity(c) >= u64::from(l) && c.single_s(l) <= t))
         .max()
         .unwrap_or(0);
     let mut vars = ProblemVariables::new();
@@ -503,7 +507,7 @@ fn type_milp(
         let row: Vec<Option<Variable>> = types
             .iter()
             .map(|(_, c)| {
-                let eligible = capacity(c) >= u64::from(b.max_len) && c.base_s + c.marginal_s(b.max_len) <= t;
+                let eligible = capacity(c) >= u64::from(b.max_len) && c.single_s(b.max_len) <= t;
                 eligible.then(|| vars.add(variable().min(0).max(count)))
             })
             .collect();

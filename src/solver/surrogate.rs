@@ -1,21 +1,23 @@
-//! A fast, additive stand-in for the cost model, tabulated once per run from the cost model
-//! itself: a group of shape (u, r) running documents L1..Ln takes about
-//! `base + f(L1) + ... + f(Ln)`. The planner's MILP and its greedy passes reason with it; every
-//! answer is then priced exactly by the cost model, and the exact price decides.
-//!
-//! `f(L)` is measured in context: the marginal cost of a document of length L among copies of
-//! itself filling the group to a typical load, because packing changes what a document costs
-//! (the sequence-aware layout keeps short documents whole on one ring slot, and GEMMs run more
-//! efficiently on more tokens).
+//! A fast stand-in for the cost model, tabulated once per run from the cost model itself: a
+//! group of shape (u, r) running documents L1..Ln takes about
+//! `max(floor, base + f(L1) + ... + f(Ln))`. The floor is what a group costs with (almost)
+//! nothing to run: the per-layer collectives that compute would otherwise hide (ZeRO-3 gathers)
+//! and latencies; `f(L)` is a document's marginal time on a loaded group, measured against a
+//! background of documents filling the group to a typical load, because packing changes what a
+//! document costs (the sequence-aware layout keeps short documents whole on one ring slot, GEMMs
+//! run better on more tokens, overlap hides fixed costs). The planner's MILP and greedy passes
+//! reason with it; every answer is then priced exactly by the cost model, and the exact price
+//! decides.
 
 use crate::cost::CostModel;
 use crate::scheme::GroupShape;
 use rayon::prelude::*;
 
-/// Tokens per GPU the surrogate packs copies of a document up to when measuring its marginal cost.
-const FILL_TOKENS_PER_GPU: u32 = 4096;
-/// Most copies of one document used in a measurement (bounds the tabulation's cost).
-const MAX_COPIES: u32 = 32;
+/// Tokens per GPU of the background load against which marginal costs are measured (at most
+/// 40% of the shape's memory capacity).
+const FILL_TOKENS_PER_GPU: u64 = 16_384;
+/// Documents in the background (bounds the tabulation's cost).
+const BACKGROUND_DOCS: u64 = 64;
 /// Share of a group's memory capacity the planner fills, leaving room for padding.
 const MEMORY_FILL: f64 = 0.97;
 /// Grid points per doubling of the document length.
@@ -27,7 +29,9 @@ pub struct Candidate {
     /// The shape (scheme: the sequence-aware one for r > 1, Ulysses for r = 1).
     pub shape: GroupShape,
     pub size: u32,
-    /// Time of the group with (almost) nothing to run: latencies and fixed GEMM overheads.
+    /// Time of the group with (almost) nothing to run: no group is faster.
+    pub floor_s: f64,
+    /// Intercept of the loaded group's time: `base + sum f(L)` above the floor.
     pub base_s: f64,
     /// The longest single document that fits in memory on this shape (some scheme of it).
     pub max_tokens: u32,
@@ -54,7 +58,17 @@ impl Candidate {
 
     /// Surrogate time of the group running `lens`.
     pub fn time_s(&self, lens: impl IntoIterator<Item = u32>) -> f64 {
-        self.base_s + lens.into_iter().map(|l| self.marginal_s(l)).sum::<f64>()
+        self.finish_s(self.base_s + lens.into_iter().map(|l| self.marginal_s(l)).sum::<f64>())
+    }
+
+    /// Surrogate time of the group running one document of `len`.
+    pub fn single_s(&self, len: u32) -> f64 {
+        self.finish_s(self.base_s + self.marginal_s(len))
+    }
+
+    /// The group's time given its load `base + sum f`.
+    pub fn finish_s(&self, load_s: f64) -> f64 {
+        load_s.max(self.floor_s)
     }
 
     /// Tokens the planner puts on one group of this shape: its memory capacity less a margin for
@@ -98,24 +112,30 @@ fn tabulate_with(
                     .map(|s| cm.group(s, lens).time_s)
                     .fold(f64::INFINITY, f64::min)
             };
-            let base_s = best_time(&[1]);
-            let fill = FILL_TOKENS_PER_GPU * shape.size();
-            let marginal_s = grid
-                .iter()
-                .map(|&len| {
-                    let copies = (fill / len).clamp(1, MAX_COPIES);
-                    let lens = vec![len; copies as usize];
-                    ((best_time(&lens) - base_s) / f64::from(copies)).max(0.0)
-                })
-                .collect();
             let max_tokens = options
                 .iter()
                 .map(|s| max_fitting(cm, s, limit_bytes))
                 .max()
                 .unwrap_or(0);
+            let floor_s = best_time(&[1]);
+            // The background: equal documents filling the group to a typical load.
+            let fill = (FILL_TOKENS_PER_GPU * u64::from(shape.size())).min(u64::from(max_tokens) * 2 / 5).max(1);
+            let bg_len = fill.div_ceil(BACKGROUND_DOCS).clamp(1, u64::from(u32::MAX)) as u32;
+            let background = vec![bg_len; (fill / u64::from(bg_len)).max(1) as usize];
+            let t_bg = best_time(&background);
+            let mut with = background.clone();
+            let mut marginal = |len: u32| {
+                with.push(len);
+                let t = best_time(&with);
+                with.pop();
+                (t - t_bg).max(0.0)
+            };
+            let marginal_s: Vec<f64> = grid.iter().map(|&len| marginal(len)).collect();
+            let base_s = (t_bg - background.len() as f64 * marginal(bg_len)).max(0.0);
             Candidate {
                 shape: *shape,
                 size: shape.size(),
+                floor_s,
                 base_s,
                 max_tokens,
                 grid: grid.clone(),
