@@ -333,10 +333,11 @@ fn best_greedy(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64) -> Option<(
     }
     let counts = type_counts(ctx, &best_bins);
     let packed = pack_types(ctx, batch, docs, &counts, None);
-    let direct = (bins_to_groups(ctx, &best_bins), makespan(&best_bins));
+    // The re-spread plan uses every GPU; the first-fit plan leaves the GPUs it did not need idle,
+    // which the surrogate cannot see the worth of: it is kept only when the re-spread fails.
     match packed {
-        Some(p) if p.1 < direct.1 => Some(p),
-        _ => Some(direct),
+        Some(p) => Some(p),
+        None => Some((bins_to_groups(ctx, &best_bins), makespan(&best_bins))),
     }
 }
 
