@@ -145,3 +145,17 @@ fn bad_inputs_are_errors_with_hints() {
             .stderr(predicate::str::contains(needle).and(predicate::str::contains("hint")));
     }
 }
+
+#[test]
+fn a_document_no_group_can_hold_is_an_error_not_a_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("huge.csv");
+    std::fs::write(&trace, "tokens\n3000000\n100\n").unwrap();
+    bin()
+        .arg("--trace")
+        .arg(&trace)
+        .args(["--nodes", "1", "--max-seq", "4000000", "--baselines", "none"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("3,000,000-token document does not fit").and(predicate::str::contains("--over-long split")));
+}

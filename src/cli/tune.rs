@@ -165,6 +165,19 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     let cm = CostModel::new(model, cluster, TrainConfig::default())?;
     let max_len = batches.batches.iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap_or(1);
     let ctx = Ctx::new(cm, max_len)?;
+    let holdable = ctx.candidates.iter().map(|c| c.max_tokens).max().unwrap_or(0);
+    if max_len > holdable {
+        return Err(Error::invalid(
+            format!(
+                "a {}-token document does not fit in memory on any SP group of {} x {} GPUs (the largest holds {} tokens)",
+                thousands(u64::from(max_len)),
+                ctx.cm.cluster.nodes,
+                ctx.gpus_per_node,
+                thousands(u64::from(holdable))
+            ),
+            "raise --nodes, lower --max-seq, or cut long documents with --over-long split",
+        ));
+    }
     if baselines.contains(&Strategy::Flexsp) && args.flexsp_time_limit < FLEXSP_PAPER_TIME_LIMIT_S {
         writeln!(
             err,

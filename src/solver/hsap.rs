@@ -13,7 +13,7 @@
 use super::assign::{choose_schemes, earliest_finish, improve, makespan, split_microbatches, Bin};
 use super::milp::MilpStatus;
 use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::trace::Batch;
 use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable};
 use std::time::Instant;
@@ -87,6 +87,17 @@ pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced])
             won.milp = best.milp.clone();
             best = won;
         }
+    }
+    if !fits(ctx, &best) {
+        return Err(Error::invalid(
+            format!(
+                "batch {}: no plan fits in memory (the best needs {:.1} GiB on a GPU, the limit is {:.1} GiB)",
+                batch.index,
+                best.peak_memory_bytes / crate::cluster::GIB,
+                ctx.limit_bytes / crate::cluster::GIB
+            ),
+            "raise --nodes, lower --max-seq, or cut long documents with --over-long split",
+        ));
     }
     Ok(best)
 }
