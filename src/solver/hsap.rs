@@ -1,11 +1,14 @@
 //! The hierarchical planner. Per micro-batch:
 //! 1. a greedy plan: the smallest makespan T (bisection) for which first-fit-decreasing with
-//!    "open the smallest group that runs this document within T" needs at most the cluster's GPUs;
-//! 2. an MILP over group *types* (u, r) with integer counts and aggregate time and memory
-//!    capacities per type, bisecting T between a lower bound and the greedy's makespan: no
-//!    binary per candidate group, so none of FlexSP's symmetry;
-//! 3. exact packing: documents into the chosen groups by earliest finish, then a local search
-//!    priced by the exact cost model, and each group's scheme chosen by the cost model.
+//!    "open the smallest group that runs this document within T" needs at most the cluster's
+//!    GPUs; its group counts, idle GPUs as single-GPU groups, documents re-spread by earliest
+//!    finish;
+//! 2. an LP over group *types* (u, r) with counts and aggregate time and memory capacities per
+//!    type, asked for a makespan 2% below the best plan: infeasible is a certificate; otherwise,
+//!    with MILP rounds allowed, the integer MILP's counts and shares are packed. No binary per
+//!    candidate group, so none of FlexSP's symmetry;
+//! 3. exact packing: each group's scheme chosen by the cost model, then a local search priced by
+//!    the exact cost model.
 //!
 //! The result is the best of these and of the incumbents passed in (the baselines' plans of the
 //! same batch), priced exactly: never worse than any incumbent.
@@ -20,7 +23,8 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct HsapOptions {
-    /// Wall-clock limit for one batch's MILP work (seconds). The greedy plan is always produced.
+    /// Wall-clock safety limit for one batch's LP/MILP work (seconds). The greedy plan is always
+    /// produced.
     pub time_limit_s: f64,
     /// The improvement the MILP is asked for at each round (relative); the LP relaxation proving
     /// it impossible ends the search.
