@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = hsap::cli::Cli::parse();
-    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-    match hsap::cli::run(cli, &mut stdout.lock(), &mut stderr.lock()) {
+    // stderr stays unlocked: progress bars draw on it from worker threads, which would block
+    // forever behind a lock held here for the whole run.
+    let stdout = std::io::stdout();
+    match hsap::cli::run(cli, &mut stdout.lock(), &mut std::io::stderr()) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`hsap-tune inspect ... | head`) is the reader's choice, not an error.
         Err(hsap::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

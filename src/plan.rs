@@ -19,6 +19,9 @@ pub struct Plan {
     /// How training runs (ZeRO stage, checkpointing, dtype...), which the plan was priced with.
     #[serde(default)]
     pub train: crate::cost::TrainConfig,
+    /// Usable memory per GPU the plan was made against (the cost model's limit).
+    #[serde(default)]
+    pub memory_limit_bytes: f64,
     pub batches: Vec<BatchPlan>,
 }
 
@@ -68,6 +71,13 @@ pub struct BatchPlan {
     pub predicted_step_s: f64,
     /// Highest predicted memory of any GPU in the step.
     pub predicted_peak_memory_bytes: f64,
+    /// The part of the gradient synchronisation the last micro-batch's backward pass does not
+    /// hide (included in `predicted_step_s`). Micro-batches are listed in execution order.
+    #[serde(default)]
+    pub grad_sync_exposed_s: f64,
+    /// Which search produced the batch's plan (hsap: `greedy`, `milp` or `incumbent:<baseline>`).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

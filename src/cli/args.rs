@@ -10,11 +10,15 @@ use std::path::PathBuf;
     name = "hsap-tune",
     version,
     about = "Plan hierarchical, sequence-aware parallelism per batch for long-context LLM training",
-    long_about = None
+    long_about = None,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Without a subcommand, `hsap-tune [FLAGS]` runs `tune` with these flags.
+    #[command(flatten)]
+    pub tune: super::TuneArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +32,8 @@ pub enum Command {
     Report(super::ReportArgs),
     /// Replay a plan with the groups of each micro-batch sharing links; write a Perfetto timeline.
     Simulate(super::SimulateArgs),
+    /// Plan every batch with hsap and the baselines, print the comparison, write plans (the default).
+    Tune(super::TuneArgs),
     /// Price one setup with the cost model: time, TFLOP/s, MFU, memory and a breakdown.
     Predict(super::PredictArgs),
     /// Run a plan's kernels and collectives on GPUs (one process per GPU) and compare with the
@@ -51,7 +57,8 @@ pub struct TraceArgs {
     /// Tokens per global batch instead of a document count.
     #[arg(long, value_name = "N")]
     pub batch_tokens: Option<u64>,
-    /// Longest document, in tokens; longer ones are handled by --over-long.
+    /// Longest document, in tokens; longer ones are handled by --over-long (tune: 196608 when
+    /// not given, FlexSP's 192K).
     #[arg(long, value_name = "N")]
     pub max_seq: Option<u32>,
     /// What to do with documents longer than --max-seq.

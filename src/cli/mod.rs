@@ -7,6 +7,7 @@ mod inspect;
 mod report;
 mod simulate;
 mod predict;
+mod tune;
 mod validate;
 
 pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
@@ -15,6 +16,7 @@ pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
 pub use simulate::{simulate, SimulateArgs};
 pub use predict::{predict, PredictArgs, ReferenceTable};
+pub use tune::{tune, Summary, TuneArgs, DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ};
 pub use validate::{validate, ValidateArgs};
 
 use crate::error::Result;
@@ -23,12 +25,15 @@ use std::io::Write;
 /// Runs a parsed command line, writing results to `out` and warnings to `err`.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match cli.command {
-        Command::Inspect(args) => inspect(&args, out, err),
-        Command::Calibrate(args) => calibrate(&args, out, err),
-        Command::Report(args) => report(&args, out, err),
-        Command::Simulate(args) => simulate(&args, out, err),
-        Command::Predict(args) => predict(&args, out, err),
-        Command::Validate(args) => validate(&args, out, err),
+        Some(Command::Inspect(args)) => inspect(&args, out, err),
+        Some(Command::Calibrate(args)) => calibrate(&args, out, err),
+        Some(Command::Report(args)) => report(&args, out, err),
+        Some(Command::Simulate(args)) => simulate(&args, out, err),
+        Some(Command::Predict(args)) => predict(&args, out, err),
+        Some(Command::Validate(args)) => validate(&args, out, err),
+        Some(Command::Tune(args)) => tune(&args, out, err),
+        // No subcommand: plan, which is what the tool is for.
+        None => tune(&cli.tune, out, err),
     }
 }
 

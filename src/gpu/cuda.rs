@@ -1589,7 +1589,15 @@ mod tests {
             model,
             cluster: Cluster::resolve("dgx-a100-80g").unwrap().with_nodes(2).unwrap(),
             train: Default::default(),
-            batches: vec![BatchPlan { index: 0, microbatches: groups, predicted_step_s: 0.05, predicted_peak_memory_bytes: 1e10 }],
+            memory_limit_bytes: 0.0,
+            batches: vec![BatchPlan {
+                index: 0,
+                microbatches: groups,
+                predicted_step_s: 0.05,
+                predicted_peak_memory_bytes: 1e10,
+                grad_sync_exposed_s: 0.0,
+                source: String::new(),
+            }],
         };
         Schedule::for_plan(&plan, None, Tiling::default()).unwrap()
     }

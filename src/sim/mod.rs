@@ -211,6 +211,8 @@ mod tests {
                 .collect(),
             predicted_step_s: 0.0,
             predicted_peak_memory_bytes: 0.0,
+            grad_sync_exposed_s: 0.0,
+            source: String::new(),
         }
     }
 

@@ -50,11 +50,14 @@ pub fn two_node_plan() -> Plan {
         model: ModelShape::resolve("llama3-8b").unwrap(),
         cluster,
         train: Default::default(),
+        memory_limit_bytes: 0.0,
         batches: vec![BatchPlan {
             index: 4,
             microbatches: vec![mb0, mb1],
             predicted_step_s: 0.140,
             predicted_peak_memory_bytes: 6e10,
+            grad_sync_exposed_s: 0.0,
+            source: String::new(),
         }],
     }
 }

@@ -1,0 +1,75 @@
+//! Planner speed on FlexSP's setting: 512-document batches of traces/flexsp_wikipedia_1m.csv,
+//! gpt-7b on a100-40g-ib400 with 8 nodes (64 GPUs), max seq 192K.
+//!
+//! Criterion times single batches (hsap with its MILP stage, and greedy plus local search only).
+//! Before that, a recorded pass solves the first `HSAP_BENCH_BATCHES` batches (default 200) once
+//! each and prints the per-batch distribution (median, p99, max), which criterion does not give.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hsap::cluster::Cluster;
+use hsap::cost::{CostModel, TrainConfig};
+use hsap::model::ModelShape;
+use hsap::solver::{hsap, Ctx, HsapOptions};
+use hsap::trace::{make_batches, Batch, BatchBy, BatchSpec, OverLong, Trace};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn setup() -> (Ctx, Vec<Batch>) {
+    let trace = Trace::embedded("flexsp_wikipedia_1m.csv").expect("embedded trace");
+    let spec = BatchSpec { by: BatchBy::Count(512), max_seq: Some(196_608), over_long: OverLong::Drop, shuffle_seed: None };
+    let batches = make_batches(&trace.lengths, &spec).expect("batches").batches;
+    let cm = CostModel::new(
+        ModelShape::resolve("gpt-7b").expect("model"),
+        Cluster::resolve("a100-40g-ib400").expect("cluster"),
+        TrainConfig::default(),
+    )
+    .expect("cost model");
+    let ctx = Ctx::new(cm, 196_608).expect("context");
+    (ctx, batches)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// One solve per batch, sequentially: the distribution the targets are stated in.
+fn recorded(ctx: &Ctx, batches: &[Batch], name: &str, opts: &HsapOptions) {
+    let n: usize = std::env::var("HSAP_BENCH_BATCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let mut ms: Vec<f64> = batches
+        .iter()
+        .take(n)
+        .map(|b| {
+            let t0 = Instant::now();
+            black_box(hsap(ctx, b, opts, &[]).expect("plan"));
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "recorded {name}: {} batches, per-batch solve median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0),
+        ms[ms.len() - 1]
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let (ctx, batches) = setup();
+    println!("setup (trace, batching, surrogate tables): {:.2} s", t0.elapsed().as_secs_f64());
+    let full = HsapOptions::default();
+    let greedy = HsapOptions { use_milp: false, ..HsapOptions::default() };
+    recorded(&ctx, &batches, "hsap", &full);
+    recorded(&ctx, &batches, "hsap-greedy", &greedy);
+    let mut g = c.benchmark_group("solve_512_docs_64_gpus");
+    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    for i in [0usize, 1, 9] {
+        g.bench_function(format!("hsap/batch-{i}"), |b| b.iter(|| hsap(&ctx, &batches[i], &full, &[]).expect("plan")));
+        g.bench_function(format!("hsap-greedy/batch-{i}"), |b| b.iter(|| hsap(&ctx, &batches[i], &greedy, &[]).expect("plan")));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,202 @@
+//! Putting documents into groups: splitting a batch into micro-batches, a greedy assignment by
+//! the surrogate (earliest finish), and an exact local search that moves documents off the
+//! slowest group while the cost model says the step gets shorter.
+
+use super::{Candidate, Ctx, Group};
+use crate::trace::Batch;
+
+/// Attention pairs plus the linear layers' work in pair units: the work proxy the sequence-aware
+/// layout balances with, used here to balance micro-batches.
+pub fn work(len: u32, linear_weight: f64) -> f64 {
+    let s = f64::from(len);
+    s * (s + 1.0) / 2.0 + linear_weight * s
+}
+
+/// Splits a batch's documents into the fewest micro-batches whose tokens stay within
+/// `tokens_per_micro` each (at least `min_micro`), balancing work between them: longest first,
+/// each to the micro-batch with the least work that has room. Returns document indices per
+/// micro-batch, each sorted.
+pub fn split_microbatches(batch: &Batch, tokens_per_micro: u64, min_micro: usize, linear_weight: f64) -> Vec<Vec<usize>> {
+    let total = batch.tokens();
+    let mut m = (total.div_ceil(tokens_per_micro.max(1)) as usize).max(min_micro).max(1);
+    let mut order: Vec<usize> = (0..batch.docs.len()).collect();
+    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    loop {
+        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); m];
+        let mut tokens = vec![0u64; m];
+        let mut load = vec![0.0f64; m];
+        let mut ok = true;
+        for &d in &order {
+            let len = u64::from(batch.docs[d].len);
+            let target = (0..m)
+                .filter(|&i| tokens[i] + len <= tokens_per_micro || tokens[i] == 0)
+                .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)));
+            let Some(i) = target else {
+                ok = false;
+                break;
+            };
+            parts[i].push(d);
+            tokens[i] += len;
+            load[i] += work(batch.docs[d].len, linear_weight);
+        }
+        if ok {
+            for p in &mut parts {
+                p.sort_unstable();
+            }
+            parts.retain(|p| !p.is_empty());
+            return parts;
+        }
+        m += 1;
+    }
+}
+
+/// A group being filled: its candidate shape, documents, surrogate load and tokens.
+#[derive(Debug, Clone)]
+pub struct Bin<'a> {
+    pub cand: &'a Candidate,
+    pub docs: Vec<usize>,
+    pub load_s: f64,
+    pub tokens: u64,
+}
+
+impl<'a> Bin<'a> {
+    pub fn new(cand: &'a Candidate) -> Bin<'a> {
+        Bin { cand, docs: Vec::new(), load_s: cand.base_s, tokens: 0 }
+    }
+}
+
+/// Earliest-finish assignment by the surrogate: longest documents first, each to the group where
+/// it would finish first among those with memory for it. Returns false when some document fits
+/// no group.
+pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> bool {
+    let mut order = docs.to_vec();
+    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    for d in order {
+        let len = batch.docs[d].len;
+        let best = bins
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.cand.fits(b.tokens + u64::from(len)))
+            .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
+            .min_by(|a, b| bins[a.0].cand.finish_s(a.1).total_cmp(&bins[b.0].cand.finish_s(b.1)).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0)));
+        let Some((i, load)) = best else { return false };
+        let bin = &mut bins[i];
+        bin.docs.push(d);
+        bin.load_s = load;
+        bin.tokens += u64::from(len);
+    }
+    true
+}
+
+/// Surrogate makespan of filled bins.
+pub fn makespan(bins: &[Bin<'_>]) -> f64 {
+    bins.iter().filter(|b| !b.docs.is_empty()).map(|b| b.cand.finish_s(b.load_s)).fold(0.0, f64::max)
+}
+
+/// Exact local search on one micro-batch: repeatedly take the slowest group and move one of its
+/// documents to the group where the pair's larger time is smallest, or swap it with a shorter
+/// document there, while that shortens the slowest group and memory fits. Groups keep their
+/// (u, r); the two groups of a move get their best schemes again. `evals` bounds the cost-model
+/// calls. Call it on groups whose schemes are already chosen ([`choose_schemes`]).
+pub fn improve(ctx: &Ctx, batch: &Batch, groups: &mut [Group], mut evals: usize) {
+    let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
+    let price = |g: &Group, docs: &[usize]| {
+        let c = ctx.group_cost(&g.shape, &lens(docs));
+        if c.memory_bytes <= ctx.limit_bytes {
+            c.time_s
+        } else {
+            f64::INFINITY
+        }
+    };
+    let mut time: Vec<f64> = groups.iter().map(|g| if g.docs.is_empty() { 0.0 } else { price(g, &g.docs) }).collect();
+    evals = evals.saturating_sub(groups.len());
+    // Candidate targets per step: the fastest groups.
+    const TARGETS: usize = 6;
+    const DOCS_TRIED: usize = 8;
+    while evals > 0 {
+        let Some(k) = (0..groups.len()).max_by(|&a, &b| time[a].total_cmp(&time[b]).then(b.cmp(&a))) else { return };
+        if groups[k].docs.len() <= 1 && groups[k].shape.size() >= ctx.gpus {
+            return;
+        }
+        let mut targets: Vec<usize> = (0..groups.len()).filter(|&j| j != k).collect();
+        targets.sort_by(|&a, &b| time[a].total_cmp(&time[b]).then(a.cmp(&b)));
+        targets.truncate(TARGETS);
+        let mut docs_k = groups[k].docs.clone();
+        docs_k.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+        docs_k.truncate(DOCS_TRIED);
+        let mut best: Option<(f64, usize, usize)> = None; // (new max, doc, target)
+        'search: for &d in &docs_k {
+            for &j in &targets {
+                if evals < 2 {
+                    break 'search;
+                }
+                let from: Vec<usize> = groups[k].docs.iter().copied().filter(|&x| x != d).collect();
+                let mut to = groups[j].docs.clone();
+                to.push(d);
+                to.sort_unstable();
+                let (tk, tj) = (if from.is_empty() { 0.0 } else { price(&groups[k], &from) }, price(&groups[j], &to));
+                evals -= 2;
+                let new_max = tk.max(tj);
+                if new_max < time[k] * (1.0 - 1e-9) && best.as_ref().is_none_or(|b| new_max < b.0) {
+                    best = Some((new_max, d, j));
+                }
+            }
+        }
+        let Some((_, d, j)) = best else { return };
+        groups[k].docs.retain(|&x| x != d);
+        groups[j].docs.push(d);
+        groups[j].docs.sort_unstable();
+        // The two groups' documents changed: their best schemes may have too.
+        for i in [k, j] {
+            if groups[i].docs.is_empty() {
+                time[i] = 0.0;
+                continue;
+            }
+            let (shape, cost) = ctx.best_scheme(groups[i].shape.ulysses, groups[i].shape.ring, &lens(&groups[i].docs));
+            groups[i].shape = shape;
+            time[i] = if cost.memory_bytes <= ctx.limit_bytes { cost.time_s } else { f64::INFINITY };
+            evals = evals.saturating_sub(super::scheme_options(shape.ulysses, shape.ring, ctx.gpus_per_node).len());
+        }
+    }
+}
+
+/// Chooses each group's scheme: the fastest for its (u, r) and documents that fits in memory.
+pub fn choose_schemes(ctx: &Ctx, batch: &Batch, groups: &mut [Group]) {
+    for g in groups.iter_mut().filter(|g| !g.docs.is_empty()) {
+        let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
+        g.shape = ctx.best_scheme(g.shape.ulysses, g.shape.ring, &lens).0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Doc;
+
+    fn batch(lens: &[u32]) -> Batch {
+        Batch {
+            index: 0,
+            docs: lens.iter().enumerate().map(|(i, &len)| Doc { index: i as u32, offset: 0, len }).collect(),
+        }
+    }
+
+    #[test]
+    fn microbatches_respect_the_token_budget_and_cover_every_document() {
+        let b = batch(&[90, 10, 50, 50, 40, 30, 20, 5]);
+        let parts = split_microbatches(&b, 100, 1, 0.0);
+        assert_eq!(parts.len(), 3);
+        let mut all: Vec<usize> = parts.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        for p in &parts {
+            assert!(p.iter().map(|&d| b.docs[d].len).sum::<u32>() <= 100, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_document_longer_than_the_budget_gets_a_micro_batch_of_its_own() {
+        let b = batch(&[500, 10]);
+        let parts = split_microbatches(&b, 100, 1, 0.0);
+        assert_eq!(parts, vec![vec![0], vec![1]]);
+    }
+}

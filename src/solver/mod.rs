@@ -1,0 +1,386 @@
+//! The per-batch planner (`hsap`) and the baselines it is compared with, all priced by the same
+//! cost model on the same batches. docs/planner.md describes the method.
+//!
+//! Every strategy produces, per global batch, a [`Solution`]: micro-batches, each a partition of
+//! all GPUs into SP groups with the documents each group runs. [`Ctx::finish`] prices a solution
+//! exactly with the cost model; [`Ctx::to_batch_plan`] turns it into the plan.json form.
+
+mod assign;
+pub mod exact;
+mod baselines;
+mod flexsp;
+mod hsap;
+mod milp;
+mod run;
+mod surrogate;
+
+pub use assign::split_microbatches;
+pub use baselines::{megatron_dcp, static_family, static_plan, Family, StaticChoice};
+pub use flexsp::{Flexsp, FlexspOptions};
+pub use hsap::{hsap, HsapOptions};
+pub use milp::MilpStatus;
+pub use run::{run_all, BatchRow, GroupRow, RunOptions, RunResult, StrategyResult, Strategy};
+pub use surrogate::Candidate;
+
+use crate::cost::{CostModel, GroupCost};
+use crate::error::{Error, Result};
+use crate::plan::{BatchPlan, GroupPlan, MicroBatch, RankLayout};
+use crate::scheme::{layout, GroupShape, RingVariant, Scheme};
+use crate::trace::Batch;
+use serde::Serialize;
+
+/// One SP group of a micro-batch: its shape and the documents it runs (indices into the batch's
+/// `docs`, in packing order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub shape: GroupShape,
+    pub docs: Vec<usize>,
+}
+
+/// A micro-batch: groups covering every GPU once (groups may have no documents).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Micro {
+    pub groups: Vec<Group>,
+}
+
+/// A strategy's answer for one batch, before pricing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Solution {
+    pub micro: Vec<Micro>,
+    /// Where the answer came from (e.g. `milp`, `greedy`, `incumbent:static-usp`), for the record.
+    pub source: String,
+    /// What the MILP solver reported, when one ran.
+    pub milp: Option<MilpStatus>,
+}
+
+/// A group priced exactly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PricedGroup {
+    pub shape: GroupShape,
+    pub docs: Vec<usize>,
+    /// Global ranks, local-rank order.
+    pub ranks: Vec<u32>,
+    pub cost: GroupCost,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PricedMicro {
+    pub groups: Vec<PricedGroup>,
+    pub time_s: f64,
+}
+
+/// A solution priced exactly by the cost model: the numbers every comparison uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Priced {
+    pub micro: Vec<PricedMicro>,
+    /// Sum over micro-batches of the slowest group, plus the exposed gradient synchronisation.
+    pub step_s: f64,
+    pub grad_sync_exposed_s: f64,
+    /// GPU-averaged split of the step: busy compute, exposed communication, idle (waiting on the
+    /// group's own slower ranks or on slower groups). They add up to `step_s - grad_sync_exposed_s`.
+    pub compute_s: f64,
+    pub exposed_comm_s: f64,
+    pub idle_s: f64,
+    pub peak_memory_bytes: f64,
+    pub source: String,
+    pub milp: Option<MilpStatus>,
+}
+
+/// What the planner and the baselines share for one run: the cost model and the candidate group
+/// shapes with their tabulated costs.
+pub struct Ctx {
+    pub cm: CostModel,
+    pub gpus: u32,
+    pub gpus_per_node: u32,
+    pub limit_bytes: f64,
+    /// The longest document the run plans for.
+    pub max_len: u32,
+    /// Candidate shapes of the hierarchical planner (one per size, u, r; scheme chosen per group).
+    pub candidates: Vec<Candidate>,
+}
+
+impl Ctx {
+    /// Builds the context for documents up to `max_len` tokens.
+    pub fn new(cm: CostModel, max_len: u32) -> Result<Ctx> {
+        let gpus = cm.cluster.gpus();
+        let gpus_per_node = cm.cluster.gpus_per_node;
+        if !gpus_per_node.is_power_of_two() {
+            return Err(Error::invalid(
+                format!("the planner needs a power-of-two number of GPUs per node (the cluster has {gpus_per_node})"),
+                "use a cluster preset with 8 GPUs per node, or edit gpus_per_node",
+            ));
+        }
+        let limit_bytes = cm.memory_limit_bytes();
+        let shapes = hierarchical_shapes(&cm);
+        let candidates = surrogate::tabulate(&cm, &shapes, max_len.max(1), limit_bytes);
+        Ok(Ctx {
+            cm,
+            gpus,
+            gpus_per_node,
+            limit_bytes,
+            max_len: max_len.max(1),
+            candidates,
+        })
+    }
+
+    pub fn candidate(&self, shape: &GroupShape) -> Option<&Candidate> {
+        self.candidates
+            .iter()
+            .find(|c| c.shape.ulysses == shape.ulysses && c.shape.ring == shape.ring)
+    }
+
+    /// Exact cost of a group running `lens`.
+    pub fn group_cost(&self, shape: &GroupShape, lens: &[u32]) -> GroupCost {
+        self.cm.group(shape, lens)
+    }
+
+    /// The best scheme for a (u, r) group running `lens`: the fastest that fits in memory (the
+    /// least memory when none fits). Ulysses when r = 1; otherwise the sequence-aware scheme,
+    /// USP, and for u = 1 ring and all-gather, and double ring across nodes.
+    pub fn best_scheme(&self, ulysses: u32, ring: u32, lens: &[u32]) -> (GroupShape, GroupCost) {
+        let mut best: Option<(GroupShape, GroupCost)> = None;
+        for shape in scheme_options(ulysses, ring, self.gpus_per_node) {
+            let cost = self.group_cost(&shape, lens);
+            let better = match &best {
+                None => true,
+                Some((_, b)) => {
+                    let (fits, b_fits) = (cost.memory_bytes <= self.limit_bytes, b.memory_bytes <= self.limit_bytes);
+                    match (fits, b_fits) {
+                        (true, false) => true,
+                        (false, true) => false,
+                        (true, true) => cost.time_s < b.time_s,
+                        (false, false) => cost.memory_bytes < b.memory_bytes,
+                    }
+                }
+            };
+            if better {
+                best = Some((shape, cost));
+            }
+        }
+        best.unwrap_or_else(|| {
+            let shape = GroupShape { scheme: Scheme::Ulysses, ulysses, ring, variant: RingVariant::Zigzag };
+            (shape, self.group_cost(&shape, lens))
+        })
+    }
+
+    /// Prices a solution exactly: every group's cost, each micro-batch's slowest group, the
+    /// gradient synchronisation after the last micro-batch (the one with the longest backward
+    /// pass goes last, so that it hides the most), placement of groups on ranks.
+    pub fn finish(&self, batch: &Batch, sol: &Solution) -> Result<Priced> {
+        let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
+        let mut micro: Vec<PricedMicro> = Vec::with_capacity(sol.micro.len());
+        for m in &sol.micro {
+            let ranks = place(&m.groups, self.gpus, self.gpus_per_node)?;
+            let groups: Vec<PricedGroup> = m
+                .groups
+                .iter()
+                .zip(ranks)
+                .map(|(g, ranks)| PricedGroup {
+                    shape: g.shape,
+                    docs: g.docs.clone(),
+                    ranks,
+                    cost: self.group_cost(&g.shape, &lens(&g.docs)),
+                })
+                .collect();
+            let mut groups = groups;
+            // Listed in rank order, as a reader of the plan expects.
+            groups.sort_by_key(|g| g.ranks.first().copied());
+            let time_s = groups.iter().map(|g| g.cost.time_s).fold(0.0, f64::max);
+            micro.push(PricedMicro { groups, time_s });
+        }
+        // The micro-batch that hides the most of the gradient synchronisation goes last.
+        let sync_of = |m: &PricedMicro| {
+            let programs: Vec<_> = m
+                .groups
+                .iter()
+                .filter(|g| !g.docs.is_empty())
+                .map(|g| self.cm.program(&g.shape, &lens(&g.docs)))
+                .collect();
+            self.cm.grad_sync_after(self.gpus, &programs.iter().collect::<Vec<_>>())
+        };
+        let syncs: Vec<_> = micro.iter().map(sync_of).collect();
+        let last = (0..micro.len()).min_by(|&a, &b| syncs[a].exposed_s.total_cmp(&syncs[b].exposed_s).then(a.cmp(&b)));
+        if let Some(last) = last {
+            let m = micro.remove(last);
+            micro.push(m);
+        }
+        let sync = last.map_or_else(|| self.cm.grad_sync(self.gpus, 0.0), |l| syncs[l]);
+        let (mut compute_s, mut exposed_comm_s, mut idle_s, mut peak) = (0.0, 0.0, 0.0, 0.0f64);
+        let g = f64::from(self.gpus);
+        for m in &micro {
+            for grp in &m.groups {
+                let w = f64::from(grp.shape.size()) / g;
+                compute_s += w * grp.cost.compute_s;
+                exposed_comm_s += w * grp.cost.exposed_comm_s();
+                idle_s += w * (grp.cost.idle_s + (m.time_s - grp.cost.time_s));
+                peak = peak.max(grp.cost.memory_bytes);
+            }
+        }
+        let busy: f64 = micro.iter().map(|m| m.time_s).sum();
+        Ok(Priced {
+            micro,
+            step_s: busy + sync.exposed_s,
+            grad_sync_exposed_s: sync.exposed_s,
+            compute_s,
+            exposed_comm_s,
+            idle_s,
+            peak_memory_bytes: peak,
+            source: sol.source.clone(),
+            milp: sol.milp.clone(),
+        })
+    }
+
+    /// Sum over micro-batches of the slowest group's exact time (no gradient synchronisation);
+    /// infinite when a group exceeds memory.
+    pub fn busy_s(&self, batch: &Batch, sol: &Solution) -> f64 {
+        sol.micro.iter().map(|m| hsap::exact_makespan(self, batch, &m.groups)).sum()
+    }
+
+    /// The plan.json form of a priced batch.
+    pub fn to_batch_plan(&self, batch: &Batch, priced: &Priced) -> BatchPlan {
+        let hsap = self.cm.hsap_params();
+        let microbatches = priced
+            .micro
+            .iter()
+            .map(|m| MicroBatch {
+                groups: m
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let docs: Vec<_> = g.docs.iter().map(|&d| batch.docs[d]).collect();
+                        let lens: Vec<u32> = docs.iter().map(|d| d.len).collect();
+                        let l = layout(&g.shape, &lens, &hsap);
+                        GroupPlan {
+                            ranks: g.ranks.clone(),
+                            ulysses: g.shape.ulysses,
+                            ring: g.shape.ring,
+                            scheme: g.shape.scheme,
+                            ring_variant: g.shape.variant,
+                            sequences: docs.iter().map(|d| d.index).collect(),
+                            rank_layouts: RankLayout::from_layout(&l, &g.ranks),
+                            docs,
+                            predicted_time_s: g.cost.time_s,
+                            predicted_memory_bytes: g.cost.memory_bytes,
+                        }
+                    })
+                    .collect(),
+                predicted_time_s: m.time_s,
+            })
+            .collect();
+        BatchPlan {
+            index: batch.index,
+            microbatches,
+            predicted_step_s: priced.step_s,
+            predicted_peak_memory_bytes: priced.peak_memory_bytes,
+            grad_sync_exposed_s: priced.grad_sync_exposed_s,
+            source: priced.source.clone(),
+        }
+    }
+}
+
+/// The (u, r) splits the hierarchical planner considers: groups of 1, 2, 4, ... GPUs inside a
+/// node, or k whole nodes (any k); Ulysses degree a power of two that divides the heads and stays
+/// inside a node; ring over the rest.
+pub fn hierarchical_shapes(cm: &CostModel) -> Vec<GroupShape> {
+    let gpn = cm.cluster.gpus_per_node;
+    let gpus = cm.cluster.gpus();
+    let mut sizes: Vec<u32> = std::iter::successors(Some(1u32), |s| Some(s * 2)).take_while(|&s| s < gpn).collect();
+    sizes.extend((1..=cm.cluster.nodes).map(|k| k * gpn));
+    let mut shapes = Vec::new();
+    for g in sizes.into_iter().filter(|&g| g <= gpus) {
+        let mut u = 1;
+        while u <= g.min(gpn) {
+            if g % u == 0 && cm.model.heads % u == 0 {
+                let r = g / u;
+                let scheme = if r == 1 { Scheme::Ulysses } else { Scheme::Hsap };
+                shapes.push(GroupShape { scheme, ulysses: u, ring: r, variant: RingVariant::Zigzag });
+            }
+            u *= 2;
+        }
+    }
+    shapes
+}
+
+/// The schemes a (u, r) group may run.
+pub fn scheme_options(ulysses: u32, ring: u32, gpus_per_node: u32) -> Vec<GroupShape> {
+    let s = |scheme| GroupShape { scheme, ulysses, ring, variant: RingVariant::Zigzag };
+    if ring == 1 {
+        return vec![s(Scheme::Ulysses)];
+    }
+    let mut v = vec![s(Scheme::Hsap), s(Scheme::Usp)];
+    if ulysses == 1 {
+        v.extend([s(Scheme::Ring), s(Scheme::Allgather)]);
+    }
+    if ulysses * ring > gpus_per_node {
+        v.push(s(Scheme::DoubleRing));
+    }
+    v
+}
+
+/// Places groups on global ranks, aligned to nodes: groups of whole nodes first, in order, then
+/// smaller groups largest first into the remaining nodes (their power-of-two sizes keep every
+/// group inside one node). Every GPU must be covered exactly once.
+pub fn place(groups: &[Group], gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<u32>>> {
+    let total: u32 = groups.iter().map(|g| g.shape.size()).sum();
+    if total != gpus {
+        return Err(Error::invalid(
+            format!("a micro-batch's groups cover {total} GPUs, the cluster has {gpus}"),
+            "this is a planner bug: every GPU belongs to exactly one group",
+        ));
+    }
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    // Stable: equal sizes keep their order, so placement is deterministic.
+    order.sort_by_key(|&i| std::cmp::Reverse(groups[i].shape.size()));
+    let mut ranks = vec![Vec::new(); groups.len()];
+    let mut next = 0u32;
+    for i in order {
+        let g = groups[i].shape.size();
+        let aligned = if g >= gpus_per_node { g % gpus_per_node == 0 } else { g.is_power_of_two() };
+        if !aligned || next % g.min(gpus_per_node) != 0 {
+            return Err(Error::invalid(
+                format!("a group of {g} GPUs cannot be aligned to nodes of {gpus_per_node}"),
+                "groups are 1, 2, 4, ... GPUs inside a node or whole nodes",
+            ));
+        }
+        ranks[i] = (next..next + g).collect();
+        next += g;
+    }
+    Ok(ranks)
+}
+
+/// Fills the GPUs no group uses with single-GPU groups without documents.
+pub fn fill_idle(groups: &mut Vec<Group>, gpus: u32) {
+    let used: u32 = groups.iter().map(|g| g.shape.size()).sum();
+    for _ in used..gpus {
+        groups.push(Group {
+            shape: GroupShape { scheme: Scheme::Ulysses, ulysses: 1, ring: 1, variant: RingVariant::Zigzag },
+            docs: Vec::new(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(u: u32, r: u32) -> Group {
+        Group { shape: GroupShape { scheme: Scheme::Hsap, ulysses: u, ring: r, variant: RingVariant::Zigzag }, docs: vec![] }
+    }
+
+    #[test]
+    fn placement_puts_node_groups_first_and_packs_small_ones() {
+        let groups = vec![g(1, 1), g(2, 1), g(8, 2), g(4, 1), g(1, 1), g(8, 1)];
+        let ranks = place(&groups, 32, 8).unwrap();
+        assert_eq!(ranks[2], (0..16).collect::<Vec<_>>());
+        assert_eq!(ranks[5], (16..24).collect::<Vec<_>>());
+        assert_eq!(ranks[3], vec![24, 25, 26, 27]);
+        assert_eq!(ranks[1], vec![28, 29]);
+        assert_eq!((ranks[0].clone(), ranks[4].clone()), (vec![30], vec![31]));
+    }
+
+    #[test]
+    fn placement_refuses_a_partial_cover() {
+        assert!(place(&[g(8, 1)], 16, 8).is_err());
+        assert!(place(&[g(4, 3)], 12, 8).is_err());
+    }
+}

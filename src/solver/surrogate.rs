@@ -1,0 +1,193 @@
+//! A fast stand-in for the cost model, tabulated once per run from the cost model itself: a
+//! group of shape (u, r) running documents L1..Ln takes about
+//! `max(floor, base + f(L1) + ... + f(Ln))`. The floor is what a group costs with (almost)
+//! nothing to run: the per-layer collectives that compute would otherwise hide (ZeRO-3 gathers)
+//! and latencies; `f(L)` is a document's marginal time on a loaded group, measured against a
+//! background of documents filling the group to a typical load, because packing changes what a
+//! document costs (the sequence-aware layout keeps short documents whole on one ring slot, GEMMs
+//! run better on more tokens, overlap hides fixed costs). The planner's MILP and greedy passes
+//! reason with it; every answer is then priced exactly by the cost model, and the exact price
+//! decides.
+
+use crate::cost::CostModel;
+use crate::scheme::GroupShape;
+use rayon::prelude::*;
+
+/// Tokens per GPU of the background load against which marginal costs are measured (at most
+/// 40% of the shape's memory capacity).
+const FILL_TOKENS_PER_GPU: u64 = 16_384;
+/// Documents in the background (bounds the tabulation's cost).
+const BACKGROUND_DOCS: u64 = 64;
+/// Share of a group's memory capacity the planner fills, leaving room for padding.
+const MEMORY_FILL: f64 = 0.97;
+/// Grid points per doubling of the document length.
+const POINTS_PER_OCTAVE: f64 = 3.0;
+
+/// A candidate group shape with its tabulated costs.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The shape (scheme: the sequence-aware one for r > 1, Ulysses for r = 1).
+    pub shape: GroupShape,
+    pub size: u32,
+    /// Time of the group with (almost) nothing to run: no group is faster.
+    pub floor_s: f64,
+    /// Intercept of the loaded group's time: `base + sum f(L)` above the floor.
+    pub base_s: f64,
+    /// The longest single document that fits in memory on this shape (some scheme of it).
+    pub max_tokens: u32,
+    grid: Vec<u32>,
+    marginal_s: Vec<f64>,
+}
+
+impl Candidate {
+    /// Surrogate marginal time of one document of `len` tokens.
+    pub fn marginal_s(&self, len: u32) -> f64 {
+        let i = self.grid.partition_point(|&g| g < len);
+        if i == 0 {
+            return self.marginal_s[0];
+        }
+        if i >= self.grid.len() {
+            // Beyond the table: grow quadratically from the last point (attention dominates).
+            let (g, f) = (f64::from(self.grid[i - 1]), self.marginal_s[i - 1]);
+            return f * (f64::from(len) / g).powi(2);
+        }
+        let (x0, x1) = (f64::from(self.grid[i - 1]), f64::from(self.grid[i]));
+        let (y0, y1) = (self.marginal_s[i - 1], self.marginal_s[i]);
+        y0 + (y1 - y0) * (f64::from(len) - x0) / (x1 - x0)
+    }
+
+    /// Surrogate time of the group running `lens`.
+    pub fn time_s(&self, lens: impl IntoIterator<Item = u32>) -> f64 {
+        self.finish_s(self.base_s + lens.into_iter().map(|l| self.marginal_s(l)).sum::<f64>())
+    }
+
+    /// Surrogate time of the group running one document of `len`.
+    pub fn single_s(&self, len: u32) -> f64 {
+        self.finish_s(self.base_s + self.marginal_s(len))
+    }
+
+    /// The group's time given its load `base + sum f`.
+    pub fn finish_s(&self, load_s: f64) -> f64 {
+        load_s.max(self.floor_s)
+    }
+
+    /// Tokens the planner puts on one group of this shape: its memory capacity less a margin for
+    /// the padding that packing several documents adds.
+    pub fn capacity_tokens(&self) -> u64 {
+        (f64::from(self.max_tokens) * MEMORY_FILL) as u64
+    }
+
+    pub fn fits(&self, tokens: u64) -> bool {
+        tokens <= self.capacity_tokens()
+    }
+}
+
+/// Tabulates every shape for documents up to `max_len` tokens (in parallel over shapes), each
+/// priced by the best of its (u, r)'s schemes.
+pub fn tabulate(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64) -> Vec<Candidate> {
+    let gpn = cm.cluster.gpus_per_node;
+    tabulate_with(cm, shapes, max_len, limit_bytes, |s| super::scheme_options(s.ulysses, s.ring, gpn))
+}
+
+/// Tabulates shapes that run exactly their own scheme (the static baselines).
+pub fn tabulate_fixed(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64) -> Vec<Candidate> {
+    tabulate_with(cm, shapes, max_len, limit_bytes, |s| vec![*s])
+}
+
+fn tabulate_with(
+    cm: &CostModel,
+    shapes: &[GroupShape],
+    max_len: u32,
+    limit_bytes: f64,
+    schemes: impl Fn(&GroupShape) -> Vec<GroupShape> + Sync,
+) -> Vec<Candidate> {
+    let grid = grid(max_len);
+    shapes
+        .par_iter()
+        .map(|shape| {
+            let options = schemes(shape);
+            let best_time = |lens: &[u32]| {
+                options
+                    .iter()
+                    .map(|s| cm.group(s, lens).time_s)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let max_tokens = options
+                .iter()
+                .map(|s| max_fitting(cm, s, limit_bytes))
+                .max()
+                .unwrap_or(0);
+            let floor_s = best_time(&[1]);
+            // The background: equal documents filling the group to a typical load.
+            let fill = (FILL_TOKENS_PER_GPU * u64::from(shape.size())).min(u64::from(max_tokens) * 2 / 5).max(1);
+            let bg_len = fill.div_ceil(BACKGROUND_DOCS).clamp(1, u64::from(u32::MAX)) as u32;
+            let background = vec![bg_len; (fill / u64::from(bg_len)).max(1) as usize];
+            let t_bg = best_time(&background);
+            let mut with = background.clone();
+            let mut marginal = |len: u32| {
+                with.push(len);
+                let t = best_time(&with);
+                with.pop();
+                (t - t_bg).max(0.0)
+            };
+            let marginal_s: Vec<f64> = grid.iter().map(|&len| marginal(len)).collect();
+            let base_s = (t_bg - background.len() as f64 * marginal(bg_len)).max(0.0);
+            Candidate {
+                shape: *shape,
+                size: shape.size(),
+                floor_s,
+                base_s,
+                max_tokens,
+                grid: grid.clone(),
+                marginal_s,
+            }
+        })
+        .collect()
+}
+
+/// Lengths 1, 2, ... max_len on a geometric grid.
+fn grid(max_len: u32) -> Vec<u32> {
+    let mut g: Vec<u32> = (0..)
+        .map(|i| 2f64.powf(f64::from(i) / POINTS_PER_OCTAVE).round() as u32)
+        .take_while(|&l| l < max_len)
+        .collect();
+    g.push(max_len);
+    g.dedup();
+    g
+}
+
+/// The longest single document `shape` holds within `limit_bytes` per GPU (0 if none).
+fn max_fitting(cm: &CostModel, shape: &GroupShape, limit_bytes: f64) -> u32 {
+    let fits = |len: u32| cm.group(shape, &[len]).memory_bytes <= limit_bytes;
+    if !fits(1) {
+        return 0;
+    }
+    let (mut lo, mut hi) = (1u32, 1u32 << 24);
+    if fits(hi) {
+        return hi;
+    }
+    // Memory grows with the tokens per rank: bisect the largest fitting length.
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_is_geometric_and_ends_at_the_maximum() {
+        let g = grid(1000);
+        assert_eq!(g[0], 1);
+        assert_eq!(*g.last().unwrap(), 1000);
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+        assert!(g.len() > 25 && g.len() < 35, "{}", g.len());
+    }
+}

@@ -1,0 +1,164 @@
+//! The tune command on the real binary: the default command, --json, --out, golden plan, bad input.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn bin() -> Command {
+    Command::cargo_bin("hsap-tune").unwrap()
+}
+
+/// Small and quick: one batch of the embedded default trace, FlexSP with a short limit.
+const QUICK: [&str; 4] = ["--limit-batches", "1", "--flexsp-time-limit", "0.2"];
+
+#[test]
+fn the_default_command_prints_the_comparison_table() {
+    let out = bin().args(QUICK).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    for needle in ["strategy", "hsap", "static-ulysses", "static-ring", "static-usp", "flexsp", "megatron-dcp", "speedup: the best static plan's", "hsap solve time per batch: median"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // hsap's row shows a speedup of at least 1 over the best static plan.
+    let hsap_row = text.lines().find(|l| l.starts_with("hsap ")).unwrap();
+    let cols: Vec<&str> = hsap_row.split_whitespace().collect();
+    let speedup: f64 = cols[cols.len() - 2].trim_end_matches('x').parse().unwrap();
+    assert!(speedup >= 1.0, "{hsap_row}");
+    assert_eq!(cols[cols.len() - 1], "1.000x", "hsap against itself");
+}
+
+#[test]
+fn the_tune_subcommand_is_the_default_command() {
+    let a = bin().args(QUICK).args(["--baselines", "static-usp", "--json"]).assert().success().get_output().stdout.clone();
+    let b = bin().arg("tune").args(QUICK).args(["--baselines", "static-usp", "--json"]).assert().success().get_output().stdout.clone();
+    let strip = |bytes: &[u8]| {
+        let mut v: Value = serde_json::from_slice(bytes).unwrap();
+        // Timings differ between runs; everything else must not.
+        for key in ["solve_ms", "wall_s"] {
+            v.as_object_mut().unwrap().remove(key);
+        }
+        for s in v["strategies"].as_array_mut().unwrap() {
+            s.as_object_mut().unwrap().remove("solve_ms");
+        }
+        v
+    };
+    assert_eq!(strip(&a), strip(&b));
+}
+
+#[test]
+fn json_output_has_every_strategy_and_solve_times() {
+    let out = bin().args(QUICK).arg("--json").assert().success().get_output().stdout.clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let strategies = v["strategies"].as_array().unwrap();
+    let names: Vec<&str> = strategies.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hsap", "static-ulysses", "static-ring", "static-usp", "flexsp", "megatron-dcp"]);
+    let hsap_total = strategies[0]["total_time_s"].as_f64().unwrap();
+    let best_static = v["best_static"].as_str().unwrap();
+    for s in strategies {
+        let total = s["total_time_s"].as_f64().unwrap();
+        assert!(total >= hsap_total * (1.0 - 1e-12), "{} beats hsap", s["name"]);
+        let mean = s["mean_step_s"].as_f64().unwrap();
+        assert!((mean - total / v["batches"].as_f64().unwrap()).abs() < 1e-9);
+        assert!(s["hsap_speedup_per_batch"].as_f64().unwrap() >= 1.0 - 1e-12, "{}", s["name"]);
+        let speedup = s["speedup_vs_best_static"].as_f64().unwrap();
+        if s["name"] == best_static {
+            assert!((speedup - 1.0).abs() < 1e-12);
+        }
+    }
+    for key in ["median", "p99", "max"] {
+        assert!(v["solve_ms"][key].as_f64().unwrap() > 0.0, "solve_ms.{key}");
+    }
+}
+
+#[test]
+fn out_writes_plans_and_csvs() {
+    let dir = tempfile::tempdir().unwrap();
+    bin().args(QUICK).args(["--baselines", "static-usp,megatron-dcp", "--out"]).arg(dir.path()).assert().success();
+    let plan: Value = serde_json::from_slice(&std::fs::read(dir.path().join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["strategy"], "hsap");
+    let batch = &plan["batches"][0];
+    assert_eq!(batch["index"], 0);
+    let group = &batch["microbatches"][0]["groups"][0];
+    for key in ["ranks", "ulysses", "ring", "scheme", "sequences", "rank_layouts", "predicted_time_s", "predicted_memory_bytes"] {
+        assert!(!group[key].is_null(), "group.{key}");
+    }
+    let layout = &group["rank_layouts"][0];
+    for key in ["rank", "token_ranges", "cu_seqlens", "cu_seqlens_padded"] {
+        assert!(!layout[key].is_null(), "rank_layouts[0].{key}");
+    }
+    for name in ["static-usp", "megatron-dcp"] {
+        let p: Value = serde_json::from_slice(&std::fs::read(dir.path().join(format!("plans/{name}.json"))).unwrap()).unwrap();
+        assert_eq!(p["strategy"], name);
+    }
+    let batches = std::fs::read_to_string(dir.path().join("batches.csv")).unwrap();
+    assert_eq!(
+        batches.lines().next().unwrap(),
+        "batch,strategy,documents,tokens,step_s,compute_s,exposed_comm_s,idle_s,grad_sync_exposed_s,peak_memory_bytes,memory_limit_bytes,microbatches,groups,source,milp_status"
+    );
+    assert_eq!(batches.lines().count(), 1 + 3, "one row per batch and strategy");
+    let groups = std::fs::read_to_string(dir.path().join("groups.csv")).unwrap();
+    assert_eq!(
+        groups.lines().next().unwrap(),
+        "batch,strategy,microbatch,group_size,ulysses,ring,scheme,nodes_spanned,documents,tokens,predicted_time_s,memory_bytes"
+    );
+    // Every micro-batch's groups cover the 64 GPUs.
+    let mut rows = csv::Reader::from_reader(groups.as_bytes());
+    let mut gpus: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for r in rows.records() {
+        let r = r.unwrap();
+        *gpus.entry((r[1].to_string(), r[2].to_string())).or_default() += r[3].parse::<u64>().unwrap();
+    }
+    assert!(gpus.values().all(|&g| g == 64), "{gpus:?}");
+    assert!(dir.path().join("summary.json").exists());
+}
+
+#[test]
+fn a_small_plan_matches_its_golden_file() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .args(["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--baselines", "none", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let got = std::fs::read_to_string(dir.path().join("plan.json")).unwrap();
+    let golden = Path::new("tests/data/golden/plan_small.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(golden).unwrap();
+    let (got, want): (Value, Value) = (serde_json::from_str(&got).unwrap(), serde_json::from_str(&want).unwrap());
+    assert_eq!(got, want, "plan.json changed; if intended, rerun with UPDATE_GOLDEN=1");
+}
+
+#[test]
+fn bad_inputs_are_errors_with_hints() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--trace", "no/such/lengths.csv"], "no/such/lengths.csv"),
+        (&["--baselines", "deepspeed"], "unknown baseline 'deepspeed'"),
+        (&["--time-limit=-1"], "--time-limit -1 must be"),
+        (&["--nodes", "0"], "--nodes must be at least 1"),
+        (&["--global-batch", "0"], "--global-batch must be at least 1"),
+        (&["--model", "gpt-99b"], "unknown model 'gpt-99b'"),
+    ];
+    for (args, needle) in cases {
+        bin()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle).and(predicate::str::contains("hint")));
+    }
+}
+
+#[test]
+fn a_document_no_group_can_hold_is_an_error_not_a_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("huge.csv");
+    std::fs::write(&trace, "tokens\n3000000\n100\n").unwrap();
+    bin()
+        .arg("--trace")
+        .arg(&trace)
+        .args(["--nodes", "1", "--max-seq", "4000000", "--baselines", "none"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("3,000,000-token document does not fit").and(predicate::str::contains("--over-long split")));
+}
