@@ -234,6 +234,10 @@ pub struct CollectiveFit {
     pub max_rel_error: f64,
     /// Which log or measurement file, how many points, and the fit's residual.
     pub provenance: String,
+    /// The measured (bytes, seconds) points the fit came from, so that a profile alone can show
+    /// predicted against measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<[f64; 2]>,
 }
 
 /// One alpha-beta line of a [`CollectiveFit`].
@@ -436,6 +440,7 @@ mod tests {
             rms_log_residual: 0.0,
             max_rel_error: 0.0,
             provenance: String::new(),
+            measured: Vec::new(),
         }
     }
 

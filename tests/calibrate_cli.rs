@@ -155,3 +155,45 @@ fn run_without_a_gpu_says_what_is_missing() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!out.exists(), "no profile is written");
 }
+
+/// A calibrated profile is a cluster every command takes: `tune` writes its measured points next
+/// to the plans and the report draws predicted against measured; `predict` prices with it.
+#[test]
+fn tune_predict_and_report_accept_the_calibrated_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("a100.toml");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--cluster", "a100-40g-ib400", "--out"])
+        .arg(&profile)
+        .arg("--nccl-tests")
+        .arg(&log)
+        .assert()
+        .success();
+    let run = dir.path().join("run");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["--limit-batches", "1", "--baselines", "none", "--cluster"])
+        .arg(&profile)
+        .arg("--out")
+        .arg(&run)
+        .assert()
+        .success();
+    let points = std::fs::read_to_string(run.join("fit_points.csv")).unwrap();
+    assert!(points.lines().count() > 20, "the profile's measured all-reduce points:\n{points}");
+    for figure in ["predicted_vs_measured.svg", "calibration_fit.svg"] {
+        assert!(run.join("report").join(figure).is_file(), "{figure}");
+    }
+    let html = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    assert!(html.contains("Predicted against measured"), "the report shows predicted against measured");
+
+    let scenario = dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "scope = \"step\"\n[model]\npreset = \"gpt-7b\"\n[cluster]\npreset = {:?}\nnodes = 2\n[strategy]\nscheme = \"ulysses\"\nulysses = 16\n[batch]\nsequences = [65536]\n",
+            profile.display().to_string()
+        ),
+    )
+    .unwrap();
+    cargo_bin_cmd!("hsap-tune").args(["predict", "--json", "--scenario"]).arg(&scenario).assert().success();
+}

@@ -242,6 +242,7 @@ fn collectives_are_priced_from_a_calibrated_profile() {
         rms_log_residual: 0.0,
         max_rel_error: 0.0,
         provenance: "test".into(),
+        measured: Vec::new(),
     };
     plan.cluster.calibration = Some(Calibration {
         collectives: vec![

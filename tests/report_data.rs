@@ -57,7 +57,7 @@ fn headline_numbers_have_one_definition() {
         assert!(close(mine.total_time_s, stored.total_time_s), "{}", mine.name);
         assert!(close(mine.mean_step_s, stored.mean_step_s), "{}", mine.name);
         assert!(
-            close(mine.speedup_vs_best_static, stored.speedup_vs_best_static),
+            close(mine.speedup_vs_best_static.unwrap(), stored.speedup_vs_best_static.unwrap()),
             "{}",
             mine.name
         );

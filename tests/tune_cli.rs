@@ -5,8 +5,20 @@ use predicates::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// The binary, run in a scratch directory of its own: without --out a run writes ./hsap-run.
+/// Relative paths in the tests are taken from the crate's root.
 fn bin() -> Command {
-    Command::cargo_bin("hsap-tune").unwrap()
+    let scratch = tempfile::tempdir().unwrap().keep();
+    let mut cmd = Command::cargo_bin("hsap-tune").unwrap();
+    cmd.current_dir(scratch);
+    cmd
+}
+
+/// The binary run from the crate's root, for tests that name files relative to it (and pass --out).
+fn bin_at_root() -> Command {
+    let mut cmd = Command::cargo_bin("hsap-tune").unwrap();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 /// Small and quick: one batch of the embedded default trace, FlexSP with a short limit.
@@ -22,9 +34,12 @@ fn the_default_command_prints_the_comparison_table() {
     // hsap's row shows a speedup of at least 1 over the best static plan.
     let hsap_row = text.lines().find(|l| l.starts_with("hsap ")).unwrap();
     let cols: Vec<&str> = hsap_row.split_whitespace().collect();
-    let speedup: f64 = cols[cols.len() - 2].trim_end_matches('x').parse().unwrap();
+    // columns: name, total, mean step, speedup, hsap's per batch, simulated
+    let speedup: f64 = cols[cols.len() - 3].trim_end_matches('x').parse().unwrap();
     assert!(speedup >= 1.0, "{hsap_row}");
-    assert_eq!(cols[cols.len() - 1], "1.000x", "hsap against itself");
+    assert_eq!(cols[cols.len() - 2], "1.000x", "hsap against itself");
+    let (total, simulated): (f64, f64) = (cols[1].parse().unwrap(), cols[cols.len() - 1].parse().unwrap());
+    assert!(simulated >= total - 0.005, "the simulator never beats the cost model: {hsap_row}");
 }
 
 #[test]
@@ -33,8 +48,8 @@ fn the_tune_subcommand_is_the_default_command() {
     let b = bin().arg("tune").args(QUICK).args(["--baselines", "static-usp", "--json"]).assert().success().get_output().stdout.clone();
     let strip = |bytes: &[u8]| {
         let mut v: Value = serde_json::from_slice(bytes).unwrap();
-        // Timings differ between runs; everything else must not.
-        for key in ["solve_ms", "wall_s"] {
+        // Timings and the command line differ between runs; everything else must not.
+        for key in ["solve_ms", "plan_wall_s", "simulate_wall_s", "command"] {
             v.as_object_mut().unwrap().remove(key);
         }
         for s in v["strategies"].as_array_mut().unwrap() {
@@ -51,7 +66,8 @@ fn json_output_has_every_strategy_and_solve_times() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     let strategies = v["strategies"].as_array().unwrap();
     let names: Vec<&str> = strategies.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["hsap", "static-ulysses", "static-ring", "static-usp", "flexsp", "megatron-dcp"]);
+    // The report's presentation order: hsap, the dynamic baselines, the static ones.
+    assert_eq!(names, ["hsap", "flexsp", "megatron-dcp", "static-ulysses", "static-ring", "static-usp"]);
     let hsap_total = strategies[0]["total_time_s"].as_f64().unwrap();
     let best_static = v["best_static"].as_str().unwrap();
     for s in strategies {
@@ -73,7 +89,7 @@ fn json_output_has_every_strategy_and_solve_times() {
 #[test]
 fn out_writes_plans_and_csvs() {
     let dir = tempfile::tempdir().unwrap();
-    bin().args(QUICK).args(["--baselines", "static-usp,megatron-dcp", "--out"]).arg(dir.path()).assert().success();
+    bin().args(QUICK).args(["--baselines", "static-usp,megatron-dcp", "--baseline-plans", "--out"]).arg(dir.path()).assert().success();
     let plan: Value = serde_json::from_slice(&std::fs::read(dir.path().join("plan.json")).unwrap()).unwrap();
     assert_eq!(plan["strategy"], "hsap");
     let batch = &plan["batches"][0];
@@ -93,13 +109,13 @@ fn out_writes_plans_and_csvs() {
     let batches = std::fs::read_to_string(dir.path().join("batches.csv")).unwrap();
     assert_eq!(
         batches.lines().next().unwrap(),
-        "batch,strategy,documents,tokens,step_s,compute_s,exposed_comm_s,idle_s,grad_sync_exposed_s,peak_memory_bytes,memory_limit_bytes,microbatches,groups,source,milp_status"
+        "batch,strategy,documents,tokens,predicted_step_s,simulated_step_s,compute_s,exposed_comm_s,idle_s,grad_sync_s,peak_memory_bytes,memory_limit_bytes,microbatches,groups,source,milp_status"
     );
     assert_eq!(batches.lines().count(), 1 + 3, "one row per batch and strategy");
     let groups = std::fs::read_to_string(dir.path().join("groups.csv")).unwrap();
     assert_eq!(
         groups.lines().next().unwrap(),
-        "batch,strategy,microbatch,group_size,ulysses,ring,scheme,nodes_spanned,documents,tokens,predicted_time_s,memory_bytes"
+        "batch,strategy,microbatch,size,ulysses,ring,scheme,nodes,documents,tokens,predicted_s"
     );
     // Every micro-batch's groups cover the 64 GPUs.
     let mut rows = csv::Reader::from_reader(groups.as_bytes());
@@ -115,13 +131,14 @@ fn out_writes_plans_and_csvs() {
 #[test]
 fn a_small_plan_matches_its_golden_file() {
     let dir = tempfile::tempdir().unwrap();
-    bin()
+    bin_at_root()
         .args(["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--baselines", "none", "--out"])
         .arg(dir.path())
         .assert()
         .success();
     let got = std::fs::read_to_string(dir.path().join("plan.json")).unwrap();
-    let golden = Path::new("tests/data/golden/plan_small.json");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/plan_small.json");
+    let golden = golden.as_path();
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(golden, &got).unwrap();
     }
@@ -161,4 +178,35 @@ fn a_document_no_group_can_hold_is_an_error_not_a_plan() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("3,000,000-token document does not fit").and(predicate::str::contains("--over-long split")));
+}
+
+#[test]
+fn the_default_run_writes_the_run_directory_and_its_report() {
+    let scratch = tempfile::tempdir().unwrap();
+    Command::cargo_bin("hsap-tune")
+        .unwrap()
+        .current_dir(scratch.path())
+        .args(QUICK)
+        .args(["--baselines", "static-ulysses"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("report: hsap-run/report/index.html"));
+    let run = scratch.path().join("hsap-run");
+    for file in ["plan.json", "batches.csv", "groups.csv", "trace.json", "summary.json", "report/index.html"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // Every batch of every strategy was replayed in the simulator, which never beats the cost
+    // model (sharing links can only slow a plan down).
+    let mut rows = csv::Reader::from_path(run.join("batches.csv")).unwrap();
+    let headers = rows.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (predicted, simulated) = (col("predicted_step_s"), col("simulated_step_s"));
+    let mut n = 0;
+    for row in rows.records() {
+        let row = row.unwrap();
+        let (p, s): (f64, f64) = (row[predicted].parse().unwrap(), row[simulated].parse().unwrap());
+        assert!(s >= p * (1.0 - 1e-9), "simulated {s} < predicted {p}");
+        n += 1;
+    }
+    assert_eq!(n, 2, "one batch, two strategies");
 }

@@ -119,7 +119,7 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
             warnings.push(w);
         }
         groups.push(GroupFit {
-            fit: collective_fit(op, level, ranks, nodes, &envelope, &sources),
+            fit: collective_fit(op, level, ranks, nodes, &envelope, &sources, &points),
             envelope,
             series: members,
         });
@@ -352,7 +352,15 @@ fn check_gpu(base: &Cluster, source: &str, run: &NcclRun, warnings: &mut Vec<Str
     }
 }
 
-fn collective_fit(op: Collective, level: LinkLevel, ranks: u32, nodes: Option<u32>, fit: &EnvelopeFit, sources: &[&str]) -> CollectiveFit {
+fn collective_fit(
+    op: Collective,
+    level: LinkLevel,
+    ranks: u32,
+    nodes: Option<u32>,
+    fit: &EnvelopeFit,
+    sources: &[&str],
+    points: &[Point],
+) -> CollectiveFit {
     // The fit is in seconds per byte at the measured rank count; the profile stores bus
     // bandwidth, which nccl-tests defines to be independent of the rank count.
     let factor = op.busbw_factor(ranks);
@@ -389,6 +397,7 @@ fn collective_fit(op: Collective, level: LinkLevel, ranks: u32, nodes: Option<u3
             fit.max_rel_error * 100.0
         ),
         regimes,
+        measured: points.iter().map(|p| [p.bytes, p.time_s]).collect(),
     }
 }
 

@@ -16,7 +16,7 @@ pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};
 pub use simulate::{simulate, SimulateArgs};
 pub use predict::{predict, PredictArgs, ReferenceTable};
-pub use tune::{tune, Summary, TuneArgs, DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ};
+pub use tune::{tune, TuneArgs, DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ, DEFAULT_OUT};
 pub use validate::{validate, ValidateArgs};
 
 use crate::error::Result;

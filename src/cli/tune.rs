@@ -6,14 +6,20 @@ use crate::cost::{CostModel, TrainConfig};
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
-use crate::solver::{
-    run_all, BatchRow, Ctx, FlexspOptions, GroupRow, HsapOptions, RunOptions, RunResult, Strategy,
+use crate::report::data::{
+    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo,
+    SUMMARY_FORMAT_VERSION,
 };
-use crate::trace::{make_batches, Batch};
+use crate::sim::{simulate_batch, SimOptions};
+use crate::solver::{run_all, Ctx, FlexspOptions, HsapOptions, Priced, RunOptions, RunResult, Strategy};
+use crate::trace::{make_batches, Batch, Trace};
 use clap::Args;
-use serde::Serialize;
+use rayon::prelude::*;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+
+/// Where a run is written when --out is not given.
+pub const DEFAULT_OUT: &str = "hsap-run";
 
 /// The longest document planned by default: FlexSP's 192K.
 pub const DEFAULT_MAX_SEQ: u32 = 196_608;
@@ -32,9 +38,25 @@ pub struct TuneArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Write plan.json, plans/<strategy>.json, batches.csv, groups.csv and summary.json here.
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    /// Write the run here: plan.json, batches.csv, groups.csv, trace.json, summary.json and
+    /// report/index.html (docs/report.md).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
+    pub out: PathBuf,
+    /// Also write each baseline's plan as plans/<strategy>.json (large on long traces: every
+    /// rank's token ranges of every batch).
+    #[arg(long)]
+    pub baseline_plans: bool,
+    /// Skip replaying every strategy's plans in the simulator (the report then shows the cost
+    /// model's times only).
+    #[arg(long)]
+    pub no_simulate: bool,
+    /// Skip drawing report/index.html (`hsap-tune report --from DIR` draws it later).
+    #[arg(long)]
+    pub no_report: bool,
+    /// Measurements CSV (docs/measurements.md, e.g. from `hsap-tune validate`) to show predicted
+    /// against measured in the report.
+    #[arg(long, value_name = "CSV")]
+    pub measurements: Option<PathBuf>,
     /// Seconds hsap's LP/MILP stage may spend on one batch (the greedy plan is always there;
     /// 0 skips the stage).
     #[arg(long, value_name = "S", default_value_t = 2.0)]
@@ -60,69 +82,6 @@ pub struct TuneArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub median: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles; zeros for no samples.
-    pub fn of(samples: &[f64]) -> Percentiles {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return Percentiles { median: 0.0, p99: 0.0, max: 0.0 };
-        }
-        v.sort_by(f64::total_cmp);
-        let at = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        Percentiles { median: at(50.0), p99: at(99.0), max: v[v.len() - 1] }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StrategySummary {
-    pub name: String,
-    /// The configuration a strategy settled on (a static family's u x r), or its options.
-    pub detail: String,
-    pub total_time_s: f64,
-    pub mean_step_s: f64,
-    /// Best static total over this total; null when no static plan holds the trace.
-    pub speedup_vs_best_static: Option<f64>,
-    /// Mean over batches of this strategy's step over hsap's on the same batch (1 for hsap).
-    pub hsap_speedup_per_batch: f64,
-    /// Solve time per batch (ms), for the strategies that solve batch by batch.
-    pub solve_ms: Option<Percentiles>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub trace: String,
-    pub model: String,
-    pub cluster: String,
-    pub nodes: u32,
-    pub gpus: u32,
-    pub global_batch: String,
-    pub max_seq: u32,
-    pub documents: usize,
-    pub dropped: usize,
-    pub batches: usize,
-    pub memory_limit_bytes: f64,
-    pub strategies: Vec<StrategySummary>,
-    pub best_static: Option<String>,
-    /// hsap's solve time per batch, milliseconds.
-    pub solve_ms: Percentiles,
-    /// How many of hsap's batch plans came from each source (milp, greedy, incumbent:<name>).
-    pub hsap_sources: Vec<(String, usize)>,
-    /// MILP statuses over the batches, per strategy that ran one.
-    pub milp_status: Vec<(String, Vec<(String, usize)>)>,
-    pub skipped: Vec<(String, String)>,
-    pub flexsp_time_limit_s: f64,
-    pub hsap_time_limit_s: f64,
-    /// Seconds spent planning (all strategies, excluding writing files).
-    pub wall_s: f64,
 }
 
 pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
@@ -200,18 +159,220 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         progress: std::io::stderr().is_terminal(),
     };
     let result = run_all(&ctx, &batches.batches, &opts)?;
-    let summary = summarize(args, &trace, &batches, &ctx, &result, max_seq, started.elapsed().as_secs_f64());
-    if let Some(dir) = &args.out {
-        write_outputs(dir, &ctx, &trace.source, &batches.batches, &result, &summary)?;
-    }
+    let plan_wall_s = started.elapsed().as_secs_f64();
+    let plans: Vec<Plan> = result
+        .strategies
+        .iter()
+        .map(|s| plan_of(&ctx, &trace.source, &batches.batches, &s.name, &s.priced))
+        .collect();
+    let simulated = if args.no_simulate { None } else { Some(simulate_all(&ctx, &plans, opts.progress)) };
+    let simulate_wall_s = started.elapsed().as_secs_f64() - plan_wall_s;
+    let run = run_data(args, &trace, &batches, &ctx, &result, simulated.as_deref(), max_seq, plan_wall_s, simulate_wall_s)?;
+    write_run(&args.out, &run, &plans, args.baseline_plans)?;
+    let report = if args.no_report { None } else { Some(crate::report::render(&args.out)?) };
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &summary).map_err(|e| io_out(e.into()))?;
+        serde_json::to_writer_pretty(&mut *out, &run.summary).map_err(|e| io_out(e.into()))?;
         writeln!(out).map_err(io_out)?;
     } else {
-        write_table(&summary, out).map_err(io_out)?;
+        write_table(&run.summary, out).map_err(io_out)?;
     }
-    if let Some(dir) = &args.out {
-        writeln!(err, "wrote {}", dir.display()).map_err(io_out)?;
+    writeln!(err, "wrote {}", args.out.display()).map_err(io_out)?;
+    if let Some(r) = report {
+        for w in &r.warnings {
+            writeln!(err, "warning: {w}").map_err(io_out)?;
+        }
+        writeln!(err, "report: {}", r.index_html.display()).map_err(io_out)?;
+    }
+    Ok(())
+}
+
+/// The plan.json form of one strategy's plans.
+fn plan_of(ctx: &Ctx, trace: &Path, batches: &[Batch], name: &str, priced: &[Priced]) -> Plan {
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        strategy: name.to_string(),
+        trace: trace.display().to_string(),
+        model: ctx.cm.model.clone(),
+        cluster: ctx.cm.cluster.clone(),
+        train: ctx.cm.train.clone(),
+        memory_limit_bytes: ctx.limit_bytes,
+        batches: batches.iter().zip(priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect(),
+    }
+}
+
+/// Every strategy's every batch replayed in the simulator: simulated step times per strategy.
+fn simulate_all(ctx: &Ctx, plans: &[Plan], progress: bool) -> Vec<Vec<f64>> {
+    let total = plans.iter().map(|p| p.batches.len()).sum::<usize>();
+    let pb = crate::solver::progress_bar(progress, total, "simulate");
+    let steps = plans
+        .iter()
+        .map(|plan| {
+            plan.batches
+                .par_iter()
+                .map(|b| {
+                    let (sim, _) = simulate_batch(&ctx.cm, b, &SimOptions::default());
+                    pb.inc(1);
+                    sim.step_s
+                })
+                .collect()
+        })
+        .collect();
+    pb.finish_and_clear();
+    steps
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_data(
+    args: &TuneArgs,
+    trace: &Trace,
+    batches: &crate::trace::Batches,
+    ctx: &Ctx,
+    result: &RunResult,
+    simulated: Option<&[Vec<f64>]>,
+    max_seq: u32,
+    plan_wall_s: f64,
+    simulate_wall_s: f64,
+) -> Result<RunData> {
+    let mut batch_rows = Vec::new();
+    let mut group_rows = Vec::new();
+    for (k, s) in result.strategies.iter().enumerate() {
+        for (i, (b, p)) in batches.batches.iter().zip(&s.priced).enumerate() {
+            let sim = simulated.map(|steps| steps[k][i]);
+            batch_rows.push(batch_row(ctx, b, &s.name, p, sim));
+            group_rows.extend(group_rows_of(ctx, b, &s.name, p));
+        }
+    }
+    let (mut strategies, best_static) = strategy_summaries(&batch_rows);
+    let hsap_steps: Vec<f64> = result.strategies[0].priced.iter().map(|p| p.step_s).collect();
+    for st in &mut strategies {
+        let Some(r) = result.strategies.iter().find(|r| r.name == st.name) else { continue };
+        st.detail = r.detail.clone();
+        st.hsap_speedup_per_batch = Some(
+            r.priced.iter().zip(&hsap_steps).map(|(p, h)| p.step_s / h).sum::<f64>() / hsap_steps.len().max(1) as f64,
+        );
+        st.solve_ms = (!r.solve_ms.is_empty()).then(|| SolveMs::of(&r.solve_ms));
+    }
+    let hsap = &result.strategies[0];
+    let summary = Summary {
+        format_version: SUMMARY_FORMAT_VERSION,
+        trace: trace.source.display().to_string(),
+        model: ctx.cm.model.name.clone(),
+        cluster: ctx.cm.cluster.name.clone(),
+        nodes: ctx.cm.cluster.nodes,
+        gpus_per_node: ctx.gpus_per_node,
+        global_batch: args.trace.batch_tokens.is_none().then_some(args.trace.global_batch),
+        batch_tokens: args.trace.batch_tokens,
+        max_seq: Some(max_seq),
+        batches: batches.batches.len(),
+        strategies,
+        best_static: best_static.unwrap_or_default(),
+        solve_ms: SolveMs::of(&hsap.solve_ms),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        planner: PlannerDetails {
+            documents: batches.batches.iter().map(|b| b.docs.len()).sum(),
+            dropped: batches.dropped,
+            memory_limit_bytes: ctx.limit_bytes,
+            hsap_sources: counts(hsap.priced.iter().map(|p| p.source.clone())),
+            milp_status: result
+                .strategies
+                .iter()
+                .map(|s| (s.name.clone(), counts(s.priced.iter().filter_map(|p| p.milp.as_ref()).map(|m| m.name().to_string()))))
+                .filter(|(_, c)| !c.is_empty())
+                .collect(),
+            skipped: result.skipped.clone(),
+            hsap_time_limit_s: args.time_limit,
+            flexsp_time_limit_s: args.flexsp_time_limit,
+            plan_wall_s,
+            simulate_wall_s,
+        },
+    };
+    let measurements = match &args.measurements {
+        Some(path) => crate::calibrate::measurements::read(path)?,
+        None => Vec::new(),
+    };
+    Ok(RunData {
+        summary,
+        trace: TraceInfo {
+            source: trace.source.display().to_string(),
+            format: trace.format,
+            skipped_empty: trace.skipped_empty,
+            stats: trace.stats(Some(max_seq)),
+        },
+        batches: batch_rows,
+        groups: group_rows,
+        measurements,
+        fit_points: crate::report::data::fit_points_of(&ctx.cm.cluster),
+        warnings: Vec::new(),
+    })
+}
+
+/// How often each value occurs, sorted by value.
+fn counts(values: impl Iterator<Item = String>) -> Vec<(String, usize)> {
+    let mut map = std::collections::BTreeMap::new();
+    for v in values {
+        *map.entry(v).or_insert(0) += 1;
+    }
+    map.into_iter().collect()
+}
+
+/// One row of batches.csv. The breakdown averages over GPUs and adds up to the step.
+fn batch_row(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced, simulated_step_s: Option<f64>) -> BatchRow {
+    BatchRow {
+        batch: batch.index,
+        strategy: strategy.to_string(),
+        documents: batch.docs.len(),
+        tokens: batch.tokens(),
+        predicted_step_s: p.step_s,
+        simulated_step_s,
+        compute_s: p.compute_s,
+        exposed_comm_s: p.exposed_comm_s,
+        idle_s: p.idle_s,
+        grad_sync_s: p.grad_sync_exposed_s,
+        peak_memory_bytes: p.peak_memory_bytes,
+        memory_limit_bytes: ctx.limit_bytes,
+        microbatches: p.micro.len() as u32,
+        groups: p.micro.iter().map(|m| m.groups.len() as u32).sum(),
+        source: p.source.clone(),
+        milp_status: p.milp.as_ref().map_or(String::new(), |s| s.name().to_string()),
+    }
+}
+
+/// The rows of groups.csv for one batch under one strategy.
+fn group_rows_of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<GroupRow> {
+    let mut rows = Vec::new();
+    for (m, micro) in p.micro.iter().enumerate() {
+        for g in &micro.groups {
+            let mut nodes: Vec<u32> = g.ranks.iter().map(|r| r / ctx.gpus_per_node).collect();
+            nodes.dedup();
+            rows.push(GroupRow {
+                batch: batch.index,
+                strategy: strategy.to_string(),
+                microbatch: m as u32,
+                size: g.shape.size(),
+                ulysses: g.shape.ulysses,
+                ring: g.shape.ring,
+                scheme: g.shape.scheme,
+                nodes: nodes.len() as u32,
+                documents: g.docs.len(),
+                tokens: g.docs.iter().map(|&d| u64::from(batch.docs[d].len)).sum(),
+                predicted_s: g.cost.time_s,
+            });
+        }
+    }
+    rows
+}
+
+/// Writes the run directory: its data files, hsap's plan, and the baselines' plans if asked.
+fn write_run(dir: &Path, run: &RunData, plans: &[Plan], baseline_plans: bool) -> Result<()> {
+    run.write(dir)?;
+    for plan in plans {
+        let hsap = plan.strategy == crate::report::data::HSAP;
+        if !hsap && !baseline_plans {
+            continue;
+        }
+        let json = serde_json::to_vec(plan).map_err(|e| Error::invalid(format!("serialising the plan: {e}"), "this is a bug"))?;
+        let path = if hsap { dir.join("plan.json") } else { dir.join("plans").join(format!("{}.json", plan.strategy)) };
+        write_atomic(&path, &json)?;
     }
     Ok(())
 }
@@ -231,98 +392,22 @@ fn parse_baselines(names: &[String]) -> Result<Vec<Strategy>> {
     Ok(out)
 }
 
-fn summarize(
-    args: &TuneArgs,
-    trace: &crate::trace::Trace,
-    batches: &crate::trace::Batches,
-    ctx: &Ctx,
-    result: &RunResult,
-    max_seq: u32,
-    wall_s: f64,
-) -> Summary {
-    let best_static = result
-        .strategies
-        .iter()
-        .filter(|s| s.name.starts_with("static-"))
-        .min_by(|a, b| a.total_time_s().total_cmp(&b.total_time_s()));
-    let best_total = best_static.map(|s| s.total_time_s());
-    let hsap_steps: Vec<f64> = result.strategies[0].priced.iter().map(|p| p.step_s).collect();
-    let strategies = result
-        .strategies
-        .iter()
-        .map(|s| StrategySummary {
-            hsap_speedup_per_batch: s.priced.iter().zip(&hsap_steps).map(|(p, h)| p.step_s / h).sum::<f64>()
-                / hsap_steps.len().max(1) as f64,
-            name: s.name.clone(),
-            detail: s.detail.clone(),
-            total_time_s: s.total_time_s(),
-            mean_step_s: s.mean_step_s(),
-            speedup_vs_best_static: best_total.map(|b| b / s.total_time_s()),
-            solve_ms: (!s.solve_ms.is_empty()).then(|| Percentiles::of(&s.solve_ms)),
-        })
-        .collect();
-    let hsap = &result.strategies[0];
-    let mut hsap_sources: Vec<(String, usize)> = Vec::new();
-    for p in &hsap.priced {
-        match hsap_sources.iter_mut().find(|(s, _)| *s == p.source) {
-            Some(e) => e.1 += 1,
-            None => hsap_sources.push((p.source.clone(), 1)),
-        }
-    }
-    hsap_sources.sort();
-    let milp_status = result
-        .strategies
-        .iter()
-        .filter_map(|s| {
-            let mut counts: Vec<(String, usize)> = Vec::new();
-            for st in s.priced.iter().filter_map(|p| p.milp.as_ref()) {
-                match counts.iter_mut().find(|(n, _)| n == st.name()) {
-                    Some(e) => e.1 += 1,
-                    None => counts.push((st.name().to_string(), 1)),
-                }
-            }
-            counts.sort();
-            (!counts.is_empty()).then(|| (s.name.clone(), counts))
-        })
-        .collect();
-    let global_batch = match args.trace.batch_tokens {
-        Some(t) => format!("{t} tokens"),
-        None => format!("{} documents", args.trace.global_batch),
-    };
-    Summary {
-        trace: trace.source.display().to_string(),
-        model: ctx.cm.model.name.clone(),
-        cluster: ctx.cm.cluster.name.clone(),
-        nodes: ctx.cm.cluster.nodes,
-        gpus: ctx.gpus,
-        global_batch,
-        max_seq,
-        documents: batches.batches.iter().map(|b| b.docs.len()).sum(),
-        dropped: batches.dropped,
-        batches: batches.batches.len(),
-        memory_limit_bytes: ctx.limit_bytes,
-        strategies,
-        best_static: best_static.map(|s| s.name.clone()),
-        solve_ms: Percentiles::of(&hsap.solve_ms),
-        hsap_sources,
-        milp_status,
-        skipped: result.skipped.clone(),
-        flexsp_time_limit_s: args.flexsp_time_limit,
-        hsap_time_limit_s: args.time_limit,
-        wall_s,
-    }
-}
-
 fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
+    let d = &s.planner;
+    let batch = match (s.global_batch, s.batch_tokens) {
+        (_, Some(t)) => format!("{} tokens", thousands(t)),
+        (Some(n), None) => format!("{n} documents"),
+        (None, None) => "?".into(),
+    };
     writeln!(
         out,
         "trace     {}: {} documents in {} batches of {} (max seq {}, {} dropped)",
         s.trace,
-        thousands(s.documents as u64),
+        thousands(d.documents as u64),
         thousands(s.batches as u64),
-        s.global_batch,
-        thousands(u64::from(s.max_seq)),
-        thousands(s.dropped as u64)
+        batch,
+        thousands(u64::from(s.max_seq.unwrap_or(0))),
+        thousands(d.dropped as u64)
     )?;
     writeln!(
         out,
@@ -330,81 +415,52 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         s.model,
         s.cluster,
         s.nodes,
-        s.gpus,
-        s.memory_limit_bytes / crate::cluster::GIB
+        s.gpus(),
+        d.memory_limit_bytes / crate::cluster::GIB
     )?;
     writeln!(out)?;
     writeln!(
         out,
-        "{:<16} {:<18} {:>12} {:>14} {:>10} {:>16}",
-        "strategy", "configuration", "total (s)", "mean step (s)", "speedup", "hsap's per batch"
+        "{:<16} {:<18} {:>12} {:>14} {:>10} {:>16} {:>14}",
+        "strategy", "configuration", "total (s)", "mean step (s)", "speedup", "hsap's per batch", "simulated (s)"
     )?;
     for st in &s.strategies {
-        let speedup = st.speedup_vs_best_static.map_or("-".to_string(), |x| format!("{x:.3}x"));
+        let speedup = st.speedup_vs_best_static.map_or("-".into(), |x| format!("{x:.3}x"));
+        let per_batch = st.hsap_speedup_per_batch.map_or("-".into(), |x| format!("{x:.3}x"));
+        let simulated = st.simulated_total_s.map_or("-".into(), |x| format!("{x:.2}"));
         writeln!(
             out,
-            "{:<16} {:<18} {:>12.2} {:>14.4} {:>10} {:>15.3}x",
-            st.name, st.detail, st.total_time_s, st.mean_step_s, speedup, st.hsap_speedup_per_batch
+            "{:<16} {:<18} {:>12.2} {:>14.4} {:>10} {:>16} {:>14}",
+            st.name, st.detail, st.total_time_s, st.mean_step_s, speedup, per_batch, simulated
         )?;
     }
-    for (name, why) in &s.skipped {
+    for (name, why) in &d.skipped {
         writeln!(out, "{name:<16} skipped: {why}")?;
     }
     writeln!(out)?;
-    match &s.best_static {
-        Some(b) => writeln!(
+    if s.best_static.is_empty() {
+        writeln!(out, "no static plan holds every document: speedups are not defined")?;
+    } else {
+        writeln!(
             out,
-            "speedup: the best static plan's ({b}) total over each total; hsap's per batch: the mean over batches of each strategy's step over hsap's"
-        )?,
-        None => writeln!(out, "no static plan holds every document: speedups are not defined")?,
+            "speedup: the best static plan's ({}) total over each total; hsap's per batch: the mean over batches of each strategy's step over hsap's",
+            s.best_static
+        )?;
     }
+    writeln!(
+        out,
+        "total: the cost model's step times (groups in isolation); simulated: the same plans replayed with groups sharing the network"
+    )?;
     writeln!(
         out,
         "hsap solve time per batch: median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         s.solve_ms.median, s.solve_ms.p99, s.solve_ms.max
     )?;
-    let sources: Vec<String> = s.hsap_sources.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    let sources: Vec<String> = d.hsap_sources.iter().map(|(n, c)| format!("{n} {c}")).collect();
     writeln!(out, "hsap plans by source: {}", sources.join(", "))?;
-    for (name, counts) in &s.milp_status {
+    for (name, counts) in &d.milp_status {
         let c: Vec<String> = counts.iter().map(|(n, c)| format!("{n} {c}")).collect();
         writeln!(out, "{name} MILP status per batch: {}", c.join(", "))?;
     }
-    writeln!(out, "planned in {:.1} s", s.wall_s)
-}
-
-fn write_outputs(dir: &Path, ctx: &Ctx, trace: &Path, batches: &[Batch], result: &RunResult, summary: &Summary) -> Result<()> {
-    let mut batch_rows = Vec::new();
-    let mut group_rows = Vec::new();
-    for s in &result.strategies {
-        let plan = Plan {
-            format_version: PLAN_FORMAT_VERSION,
-            strategy: s.name.clone(),
-            trace: trace.display().to_string(),
-            model: ctx.cm.model.clone(),
-            cluster: ctx.cm.cluster.clone(),
-            train: ctx.cm.train.clone(),
-            memory_limit_bytes: ctx.limit_bytes,
-            batches: batches.iter().zip(&s.priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect(),
-        };
-        let json = serde_json::to_vec(&plan).map_err(|e| Error::invalid(format!("serialising the plan: {e}"), "this is a bug"))?;
-        let path = if s.name == "hsap" { dir.join("plan.json") } else { dir.join("plans").join(format!("{}.json", s.name)) };
-        write_atomic(&path, &json)?;
-        for (b, p) in batches.iter().zip(&s.priced) {
-            batch_rows.push(BatchRow::of(ctx, b, &s.name, p));
-            group_rows.extend(GroupRow::of(ctx, b, &s.name, p));
-        }
-    }
-    write_csv(&dir.join("batches.csv"), &batch_rows)?;
-    write_csv(&dir.join("groups.csv"), &group_rows)?;
-    let json = serde_json::to_vec_pretty(summary).map_err(|e| Error::invalid(format!("serialising the summary: {e}"), "this is a bug"))?;
-    write_atomic(&dir.join("summary.json"), &json)
-}
-
-fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        w.serialize(r).map_err(|e| Error::invalid(format!("{}: {e}", path.display()), "this is a bug"))?;
-    }
-    let bytes = w.into_inner().map_err(|e| Error::invalid(format!("{}: {e}", path.display()), "this is a bug"))?;
-    write_atomic(path, &bytes)
+    writeln!(out, "planned in {:.1} s, simulated in {:.1} s", d.plan_wall_s, d.simulate_wall_s)
 }

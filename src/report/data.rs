@@ -67,6 +67,12 @@ pub struct BatchRow {
     pub microbatches: u32,
     /// SP groups, summed over the micro-batches.
     pub groups: u32,
+    /// Which search produced the plan (hsap: `greedy`, `milp` or `incumbent:<baseline>`).
+    #[serde(default)]
+    pub source: String,
+    /// The MILP's status when one ran for the batch (`optimal`, `time_limit`, `infeasible`...).
+    #[serde(default)]
+    pub milp_status: String,
 }
 
 impl BatchRow {
@@ -133,6 +139,32 @@ pub struct Summary {
     /// The command line that produced the run.
     #[serde(default)]
     pub command: String,
+    /// The planner's details (absent from hand-made run directories).
+    #[serde(default, flatten)]
+    pub planner: PlannerDetails,
+}
+
+/// What the planner adds to `summary.json` beyond the headline numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PlannerDetails {
+    /// Documents planned, and documents left out for being longer than `max_seq`.
+    pub documents: usize,
+    pub dropped: usize,
+    /// Usable memory per GPU every plan was held to.
+    pub memory_limit_bytes: f64,
+    /// How many of hsap's batch plans came from each source (greedy, milp, incumbent:<name>).
+    pub hsap_sources: Vec<(String, usize)>,
+    /// MILP statuses over the batches, per strategy that ran one.
+    pub milp_status: Vec<(String, Vec<(String, usize)>)>,
+    /// Baselines that could not plan the trace, and why.
+    pub skipped: Vec<(String, String)>,
+    pub hsap_time_limit_s: f64,
+    pub flexsp_time_limit_s: f64,
+    /// Seconds spent planning (all strategies; simulation and files excluded).
+    pub plan_wall_s: f64,
+    /// Seconds spent simulating every strategy's plans.
+    pub simulate_wall_s: f64,
 }
 
 impl Summary {
@@ -148,10 +180,20 @@ pub struct StrategySummary {
     pub total_time_s: f64,
     pub mean_step_s: f64,
     /// The best static baseline's total time over this strategy's.
-    pub speedup_vs_best_static: f64,
+    /// None when the run has no static baseline.
+    pub speedup_vs_best_static: Option<f64>,
     /// Sum of the simulated step times, when every batch was simulated.
     #[serde(default)]
     pub simulated_total_s: Option<f64>,
+    /// The configuration a strategy settled on (a static family's u x r), or its options.
+    #[serde(default)]
+    pub detail: String,
+    /// Mean over batches of this strategy's step over hsap's on the same batch (1 for hsap).
+    #[serde(default)]
+    pub hsap_speedup_per_batch: Option<f64>,
+    /// Solve time per batch (ms), for strategies that solve batch by batch.
+    #[serde(default)]
+    pub solve_ms: Option<SolveMs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -159,6 +201,22 @@ pub struct SolveMs {
     pub median: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+impl SolveMs {
+    /// Nearest-rank median, p99 and maximum of `samples` (non-finite ones ignored); zeros for none.
+    pub fn of(samples: &[f64]) -> SolveMs {
+        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return SolveMs { median: 0.0, p99: 0.0, max: 0.0 };
+        }
+        v.sort_by(f64::total_cmp);
+        SolveMs {
+            median: crate::trace::percentile(&v, 50.0),
+            p99: crate::trace::percentile(&v, 99.0),
+            max: v[v.len() - 1],
+        }
+    }
 }
 
 /// Per strategy (in [`strategy_order`]): totals and speedups over the best static baseline, and
@@ -181,11 +239,14 @@ pub fn strategy_summaries(rows: &[BatchRow]) -> (Vec<StrategySummary>, Option<St
     let summaries = totals
         .into_iter()
         .map(|(name, total, n, simulated)| StrategySummary {
-            speedup_vs_best_static: best_static.as_ref().map_or(f64::NAN, |(_, best)| best / total),
+            speedup_vs_best_static: best_static.as_ref().map(|(_, best)| best / total),
             name,
             total_time_s: total,
             mean_step_s: total / n as f64,
             simulated_total_s: simulated,
+            detail: String::new(),
+            hsap_speedup_per_batch: None,
+            solve_ms: None,
         })
         .collect();
     (summaries, best_static.map(|(name, _)| name))
@@ -207,6 +268,31 @@ pub fn strategy_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
             .map(|n| n.to_string()),
     );
     ordered
+}
+
+/// The fit points of a calibrated cluster profile (measured points stored with each collective
+/// fit), so that a run on a calibrated cluster shows predicted against measured. None for a
+/// preset.
+pub fn fit_points_of(cluster: &crate::cluster::Cluster) -> Vec<FitPoint> {
+    let Some(cal) = &cluster.calibration else { return Vec::new() };
+    cal.collectives
+        .iter()
+        .flat_map(|f| {
+            f.measured.iter().map(move |&[bytes, measured_s]| {
+                let fitted_s = f.time_s(bytes, f.ranks);
+                FitPoint {
+                    op: f.op,
+                    level: f.level,
+                    ranks: f.ranks,
+                    bytes,
+                    measured_s,
+                    fitted_s,
+                    rel_error: (fitted_s - measured_s) / measured_s,
+                    held_out: false,
+                }
+            })
+        })
+        .collect()
 }
 
 /// A point of a calibration fit: a row of `fit_points.csv`, written by `calibrate`.

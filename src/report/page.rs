@@ -29,8 +29,11 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
     for st in &s.strategies {
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.4} | {:.3}× |",
-            st.name, st.total_time_s, st.mean_step_s, st.speedup_vs_best_static
+            "| {} | {:.3} | {:.4} | {} |",
+            st.name,
+            st.total_time_s,
+            st.mean_step_s,
+            speedup_text(st.speedup_vs_best_static)
         );
     }
     let _ = writeln!(md, "\n{}\n", solve_line(s));
@@ -225,11 +228,11 @@ nav a {{ margin-right: 1em; }}
     for st in &s.strategies {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{:.3}</td><td>{:.4}</td><td>{:.3}×</td></tr>",
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.4}</td><td>{}</td></tr>",
             swatch(&st.name),
             st.total_time_s,
             st.mean_step_s,
-            st.speedup_vs_best_static
+            speedup_text(st.speedup_vs_best_static)
         );
     }
     let _ = writeln!(h, "</table>\n<p>{}</p>", esc(&solve_line(s)));
@@ -324,4 +327,9 @@ mod tests {
     fn escapes_markup() {
         assert_eq!(super::esc(r#"a<b>&"c'"#), "a&lt;b&gt;&amp;&quot;c&#39;");
     }
+}
+
+/// A speedup as `1.234×`, or a dash when the run has no static baseline to compare with.
+fn speedup_text(speedup: Option<f64>) -> String {
+    speedup.map_or("-".into(), |x| format!("{x:.3}×"))
 }

@@ -19,7 +19,7 @@ pub use baselines::{megatron_dcp, static_family, static_plan, Family, StaticChoi
 pub use flexsp::{Flexsp, FlexspOptions};
 pub use hsap::{hsap, HsapOptions};
 pub use milp::MilpStatus;
-pub use run::{run_all, BatchRow, GroupRow, RunOptions, RunResult, StrategyResult, Strategy};
+pub use run::{progress_bar, run_all, RunOptions, RunResult, StrategyResult, Strategy};
 pub use surrogate::Candidate;
 
 use crate::cost::{CostModel, GroupCost};

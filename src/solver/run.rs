@@ -91,7 +91,8 @@ pub struct RunResult {
     pub skipped: Vec<(String, String)>,
 }
 
-fn bar(progress: bool, len: usize, what: &str) -> ProgressBar {
+/// A progress bar on stderr for `len` batches (hidden unless `progress`).
+pub fn progress_bar(progress: bool, len: usize, what: &str) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
     }
@@ -114,7 +115,7 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
         .contains(&Strategy::Flexsp)
         .then(|| Flexsp::new(ctx, opts.flexsp.clone()));
     for &s in &opts.baselines {
-        let pb = bar(opts.progress, batches.len(), s.name());
+        let pb = progress_bar(opts.progress, batches.len(), s.name());
         let timed = |f: &dyn Fn(&Batch) -> Option<super::Solution>, b: &Batch| {
             let t0 = Instant::now();
             let sol = f(b);
@@ -164,7 +165,7 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
             solve_ms: sols.iter().map(|s| s.1).filter(|m| m.is_finite()).collect(),
         });
     }
-    let pb = bar(opts.progress, batches.len(), "hsap");
+    let pb = progress_bar(opts.progress, batches.len(), "hsap");
     let planned: Vec<(Priced, f64)> = batches
         .par_iter()
         .enumerate()
@@ -184,92 +185,4 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
         StrategyResult { name: "hsap".into(), detail: String::new(), priced, solve_ms },
     );
     Ok(RunResult { strategies, static_choices, skipped })
-}
-
-/// One row of batches.csv: one batch under one strategy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BatchRow {
-    pub batch: usize,
-    pub strategy: String,
-    pub documents: usize,
-    pub tokens: u64,
-    pub step_s: f64,
-    pub compute_s: f64,
-    pub exposed_comm_s: f64,
-    pub idle_s: f64,
-    pub grad_sync_exposed_s: f64,
-    pub peak_memory_bytes: f64,
-    pub memory_limit_bytes: f64,
-    pub microbatches: usize,
-    pub groups: usize,
-    /// Where the plan came from (hsap: `milp`, `greedy` or `incumbent:<baseline>`).
-    pub source: String,
-    /// The MILP's status when one ran (`optimal`, `time_limit`, `infeasible`, ...).
-    pub milp_status: String,
-}
-
-/// One row of groups.csv: one SP group of one micro-batch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GroupRow {
-    pub batch: usize,
-    pub strategy: String,
-    pub microbatch: usize,
-    pub group_size: u32,
-    pub ulysses: u32,
-    pub ring: u32,
-    pub scheme: String,
-    pub nodes_spanned: u32,
-    pub documents: usize,
-    pub tokens: u64,
-    pub predicted_time_s: f64,
-    pub memory_bytes: f64,
-}
-
-impl BatchRow {
-    pub fn of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> BatchRow {
-        BatchRow {
-            batch: batch.index,
-            strategy: strategy.to_string(),
-            documents: batch.docs.len(),
-            tokens: batch.tokens(),
-            step_s: p.step_s,
-            compute_s: p.compute_s,
-            exposed_comm_s: p.exposed_comm_s,
-            idle_s: p.idle_s,
-            grad_sync_exposed_s: p.grad_sync_exposed_s,
-            peak_memory_bytes: p.peak_memory_bytes,
-            memory_limit_bytes: ctx.limit_bytes,
-            microbatches: p.micro.len(),
-            groups: p.micro.iter().map(|m| m.groups.len()).sum(),
-            source: p.source.clone(),
-            milp_status: p.milp.as_ref().map_or(String::new(), |s| s.name().to_string()),
-        }
-    }
-}
-
-impl GroupRow {
-    pub fn of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<GroupRow> {
-        let mut rows = Vec::new();
-        for (m, micro) in p.micro.iter().enumerate() {
-            for g in &micro.groups {
-                let mut nodes: Vec<u32> = g.ranks.iter().map(|r| r / ctx.gpus_per_node).collect();
-                nodes.dedup();
-                rows.push(GroupRow {
-                    batch: batch.index,
-                    strategy: strategy.to_string(),
-                    microbatch: m,
-                    group_size: g.shape.size(),
-                    ulysses: g.shape.ulysses,
-                    ring: g.shape.ring,
-                    scheme: g.shape.scheme.name().to_string(),
-                    nodes_spanned: nodes.len() as u32,
-                    documents: g.docs.len(),
-                    tokens: g.docs.iter().map(|&d| u64::from(batch.docs[d].len)).sum(),
-                    predicted_time_s: g.cost.time_s,
-                    memory_bytes: g.cost.memory_bytes,
-                });
-            }
-        }
-        rows
-    }
 }
