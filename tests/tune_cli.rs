@@ -149,13 +149,14 @@ fn a_small_plan_matches_its_golden_file() {
 
 #[test]
 fn bad_inputs_are_errors_with_hints() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--trace", "no/such/lengths.csv"], "no/such/lengths.csv"),
         (&["--baselines", "deepspeed"], "unknown baseline 'deepspeed'"),
         (&["--time-limit=-1"], "--time-limit -1 must be"),
         (&["--nodes", "0"], "--nodes must be at least 1"),
         (&["--global-batch", "0"], "--global-batch must be at least 1"),
         (&["--model", "gpt-99b"], "unknown model 'gpt-99b'"),
+        (&["--cluster", "dgx-b300"], "unknown cluster 'dgx-b300'; known: a100-40g-ib400, a800, dgx-a100-80g, dgx-h100, h800, pcie-a100"),
     ];
     for (args, needle) in cases {
         bin()
@@ -209,4 +210,33 @@ fn the_default_run_writes_the_run_directory_and_its_report() {
         n += 1;
     }
     assert_eq!(n, 2, "one batch, two strategies");
+}
+
+#[test]
+fn a_config_json_missing_a_field_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32, "vocab_size": 32000}"#).unwrap();
+    bin()
+        .arg("--model")
+        .arg(&config)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("config.json").and(predicate::str::contains("missing field 'intermediate_size'")));
+}
+
+#[test]
+fn a_hugging_face_config_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    // Llama-3-8B's shape as its config.json states it.
+    std::fs::write(
+        &config,
+        r#"{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256, "hidden_act": "silu"}"#,
+    )
+    .unwrap();
+    let out = bin().arg("--model").arg(&config).args(QUICK).args(["--baselines", "none", "--json"]).assert().success().get_output().stdout.clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "config");
 }
