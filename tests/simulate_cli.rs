@@ -40,7 +40,34 @@ fn the_timeline_is_a_valid_trace_event_file() {
         .arg(&path)
         .assert()
         .success();
-    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    check_trace_events(&path, 16);
+}
+
+#[test]
+fn a_real_plan_replays_into_a_valid_timeline() {
+    // The planner's own plan of one batch of the default trace on 64 GPUs.
+    let dir = tempfile::tempdir().unwrap();
+    cargo_bin_cmd!("hsap-tune")
+        .args(["--limit-batches", "1", "--baselines", "static-usp", "--no-report", "--no-simulate", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let path = dir.path().join("timeline.json");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["simulate", "--batch", "0", "--plan"])
+        .arg(dir.path().join("plan.json"))
+        .arg("--timeline")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("batch 0: simulated step"));
+    check_trace_events(&path, 64);
+}
+
+/// Checks a Chrome/Perfetto trace-event file: the required fields of every event, and spans on
+/// `gpus` GPUs.
+fn check_trace_events(path: &std::path::Path, gpus: usize) {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let events = v["traceEvents"].as_array().expect("a traceEvents array");
     let mut spans_per_gpu = std::collections::BTreeMap::new();
     for e in events {
@@ -57,7 +84,7 @@ fn the_timeline_is_a_valid_trace_event_file() {
             other => panic!("unexpected phase {other}"),
         }
     }
-    assert_eq!(spans_per_gpu.len(), 16, "every GPU has spans");
+    assert_eq!(spans_per_gpu.len(), gpus, "every GPU has spans");
 }
 
 #[test]
