@@ -50,18 +50,46 @@ pub fn split_microbatches(batch: &Batch, tokens_per_micro: u64, min_micro: usize
     }
 }
 
-/// A group being filled: its candidate shape, documents, surrogate load and tokens.
+/// A group being filled: its candidate shape, documents, surrogate terms (`Candidate::finish_s`)
+/// and tokens.
 #[derive(Debug, Clone)]
 pub struct Bin<'a> {
     pub cand: &'a Candidate,
     pub docs: Vec<usize>,
     pub load_s: f64,
+    /// The slowest of its documents alone.
+    pub alone_s: f64,
+    /// The largest anchor gain among the documents (`Candidate::anchor_gain_s`, <= 0).
+    pub gain_s: f64,
     pub tokens: u64,
 }
 
 impl<'a> Bin<'a> {
     pub fn new(cand: &'a Candidate) -> Bin<'a> {
-        Bin { cand, docs: Vec::new(), load_s: cand.base_s, tokens: 0 }
+        Bin { cand, docs: Vec::new(), load_s: cand.base_s, alone_s: 0.0, gain_s: 0.0, tokens: 0 }
+    }
+
+    /// Surrogate time of the group as it is.
+    pub fn finish_s(&self) -> f64 {
+        self.cand.finish_s(self.load_s, self.alone_s, self.gain_s)
+    }
+
+    /// Surrogate time of the group with one more document of `len` tokens.
+    pub fn finish_with_s(&self, len: u32) -> f64 {
+        let c = self.cand;
+        c.finish_s(self.load_s + c.marginal_s(len), self.alone_s.max(c.alone_s(len)), self.gain_s.min(c.anchor_gain_s(len)))
+    }
+
+    pub fn fits(&self, len: u32) -> bool {
+        self.cand.fits(self.tokens + u64::from(len))
+    }
+
+    pub fn push(&mut self, d: usize, len: u32) {
+        self.docs.push(d);
+        self.load_s += self.cand.marginal_s(len);
+        self.alone_s = self.alone_s.max(self.cand.alone_s(len));
+        self.gain_s = self.gain_s.min(self.cand.anchor_gain_s(len));
+        self.tokens += u64::from(len);
     }
 }
 
@@ -76,21 +104,18 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
         let best = bins
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.cand.fits(b.tokens + u64::from(len)))
-            .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
-            .min_by(|a, b| bins[a.0].cand.finish_s(a.1).total_cmp(&bins[b.0].cand.finish_s(b.1)).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0)));
-        let Some((i, load)) = best else { return false };
-        let bin = &mut bins[i];
-        bin.docs.push(d);
-        bin.load_s = load;
-        bin.tokens += u64::from(len);
+            .filter(|(_, b)| b.fits(len))
+            .map(|(i, b)| (i, b.finish_with_s(len), b.load_s))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let Some((i, _, _)) = best else { return false };
+        bins[i].push(d, len);
     }
     true
 }
 
 /// Surrogate makespan of filled bins.
 pub fn makespan(bins: &[Bin<'_>]) -> f64 {
-    bins.iter().filter(|b| !b.docs.is_empty()).map(|b| b.cand.finish_s(b.load_s)).fold(0.0, f64::max)
+    bins.iter().filter(|b| !b.docs.is_empty()).map(Bin::finish_s).fold(0.0, f64::max)
 }
 
 /// Exact local search on one micro-batch: repeatedly take the slowest group and move one of its
