@@ -13,7 +13,8 @@
 //! The result is the best of these and of the incumbents passed in (the baselines' plans of the
 //! same batch), priced exactly: never worse than any incumbent.
 
-use super::assign::{choose_schemes, earliest_finish, improve, makespan, split_microbatches, Bin};
+use super::assign::{choose_schemes, earliest_finish, makespan, split_microbatches, Bin};
+use super::local::{improve, Search};
 use super::milp::MilpStatus;
 use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
@@ -195,7 +196,7 @@ fn plan_micro(
     for (origin, mut groups) in finalists {
         // Schemes first, so that the local search prices what will run.
         choose_schemes(ctx, batch, &mut groups);
-        improve(ctx, batch, &mut groups, opts.local_evals);
+        improve(ctx, batch, &mut groups, &ctx.candidates, Search { budget: opts.local_evals, resize: true });
         let span = exact_makespan(ctx, batch, &groups);
         if best.as_ref().is_none_or(|b| span < b.0) {
             best = Some((span, origin, groups));
