@@ -1,6 +1,5 @@
-//! Putting documents into groups: splitting a batch into micro-batches, a greedy assignment by
-//! the surrogate (earliest finish), and an exact local search that moves documents off the
-//! slowest group while the cost model says the step gets shorter.
+//! Putting documents into groups: splitting a batch into micro-batches and a greedy assignment by
+//! the surrogate (earliest finish). The exact local search that follows is `local.rs`.
 
 use super::{Candidate, Ctx, Group};
 use crate::trace::Batch;
@@ -50,18 +49,46 @@ pub fn split_microbatches(batch: &Batch, tokens_per_micro: u64, min_micro: usize
     }
 }
 
-/// A group being filled: its candidate shape, documents, surrogate load and tokens.
+/// A group being filled: its candidate shape, documents, surrogate terms (`Candidate::finish_s`)
+/// and tokens.
 #[derive(Debug, Clone)]
 pub struct Bin<'a> {
     pub cand: &'a Candidate,
     pub docs: Vec<usize>,
     pub load_s: f64,
+    /// The slowest of its documents alone.
+    pub alone_s: f64,
+    /// The largest anchor gain among the documents (`Candidate::anchor_gain_s`, <= 0).
+    pub gain_s: f64,
     pub tokens: u64,
 }
 
 impl<'a> Bin<'a> {
     pub fn new(cand: &'a Candidate) -> Bin<'a> {
-        Bin { cand, docs: Vec::new(), load_s: cand.base_s, tokens: 0 }
+        Bin { cand, docs: Vec::new(), load_s: cand.base_s, alone_s: 0.0, gain_s: 0.0, tokens: 0 }
+    }
+
+    /// Surrogate time of the group as it is.
+    pub fn finish_s(&self) -> f64 {
+        self.cand.finish_s(self.load_s, self.alone_s, self.gain_s)
+    }
+
+    /// Surrogate time of the group with one more document of `len` tokens.
+    pub fn finish_with_s(&self, len: u32) -> f64 {
+        let c = self.cand;
+        c.finish_s(self.load_s + c.marginal_s(len), self.alone_s.max(c.alone_s(len)), self.gain_s.min(c.anchor_gain_s(len)))
+    }
+
+    pub fn fits(&self, len: u32) -> bool {
+        self.cand.fits(self.tokens + u64::from(len))
+    }
+
+    pub fn push(&mut self, d: usize, len: u32) {
+        self.docs.push(d);
+        self.load_s += self.cand.marginal_s(len);
+        self.alone_s = self.alone_s.max(self.cand.alone_s(len));
+        self.gain_s = self.gain_s.min(self.cand.anchor_gain_s(len));
+        self.tokens += u64::from(len);
     }
 }
 
@@ -76,88 +103,18 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
         let best = bins
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.cand.fits(b.tokens + u64::from(len)))
-            .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
-            .min_by(|a, b| bins[a.0].cand.finish_s(a.1).total_cmp(&bins[b.0].cand.finish_s(b.1)).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0)));
-        let Some((i, load)) = best else { return false };
-        let bin = &mut bins[i];
-        bin.docs.push(d);
-        bin.load_s = load;
-        bin.tokens += u64::from(len);
+            .filter(|(_, b)| b.fits(len))
+            .map(|(i, b)| (i, b.finish_with_s(len), b.load_s))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let Some((i, _, _)) = best else { return false };
+        bins[i].push(d, len);
     }
     true
 }
 
 /// Surrogate makespan of filled bins.
 pub fn makespan(bins: &[Bin<'_>]) -> f64 {
-    bins.iter().filter(|b| !b.docs.is_empty()).map(|b| b.cand.finish_s(b.load_s)).fold(0.0, f64::max)
-}
-
-/// Exact local search on one micro-batch: repeatedly take the slowest group and move one of its
-/// documents to the group where the pair's larger time is smallest, or swap it with a shorter
-/// document there, while that shortens the slowest group and memory fits. Groups keep their
-/// (u, r); the two groups of a move get their best schemes again. `evals` bounds the cost-model
-/// calls. Call it on groups whose schemes are already chosen ([`choose_schemes`]).
-pub fn improve(ctx: &Ctx, batch: &Batch, groups: &mut [Group], mut evals: usize) {
-    let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
-    let price = |g: &Group, docs: &[usize]| {
-        let c = ctx.group_cost(&g.shape, &lens(docs));
-        if c.memory_bytes <= ctx.limit_bytes {
-            c.time_s
-        } else {
-            f64::INFINITY
-        }
-    };
-    let mut time: Vec<f64> = groups.iter().map(|g| if g.docs.is_empty() { 0.0 } else { price(g, &g.docs) }).collect();
-    evals = evals.saturating_sub(groups.len());
-    // Candidate targets per step: the fastest groups.
-    const TARGETS: usize = 6;
-    const DOCS_TRIED: usize = 8;
-    while evals > 0 {
-        let Some(k) = (0..groups.len()).max_by(|&a, &b| time[a].total_cmp(&time[b]).then(b.cmp(&a))) else { return };
-        if groups[k].docs.len() <= 1 && groups[k].shape.size() >= ctx.gpus {
-            return;
-        }
-        let mut targets: Vec<usize> = (0..groups.len()).filter(|&j| j != k).collect();
-        targets.sort_by(|&a, &b| time[a].total_cmp(&time[b]).then(a.cmp(&b)));
-        targets.truncate(TARGETS);
-        let mut docs_k = groups[k].docs.clone();
-        docs_k.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
-        docs_k.truncate(DOCS_TRIED);
-        let mut best: Option<(f64, usize, usize)> = None; // (new max, doc, target)
-        'search: for &d in &docs_k {
-            for &j in &targets {
-                if evals < 2 {
-                    break 'search;
-                }
-                let from: Vec<usize> = groups[k].docs.iter().copied().filter(|&x| x != d).collect();
-                let mut to = groups[j].docs.clone();
-                to.push(d);
-                to.sort_unstable();
-                let (tk, tj) = (if from.is_empty() { 0.0 } else { price(&groups[k], &from) }, price(&groups[j], &to));
-                evals -= 2;
-                let new_max = tk.max(tj);
-                if new_max < time[k] * (1.0 - 1e-9) && best.as_ref().is_none_or(|b| new_max < b.0) {
-                    best = Some((new_max, d, j));
-                }
-            }
-        }
-        let Some((_, d, j)) = best else { return };
-        groups[k].docs.retain(|&x| x != d);
-        groups[j].docs.push(d);
-        groups[j].docs.sort_unstable();
-        // The two groups' documents changed: their best schemes may have too.
-        for i in [k, j] {
-            if groups[i].docs.is_empty() {
-                time[i] = 0.0;
-                continue;
-            }
-            let (shape, cost) = ctx.best_scheme(groups[i].shape.ulysses, groups[i].shape.ring, &lens(&groups[i].docs));
-            groups[i].shape = shape;
-            time[i] = if cost.memory_bytes <= ctx.limit_bytes { cost.time_s } else { f64::INFINITY };
-            evals = evals.saturating_sub(super::scheme_options(shape.ulysses, shape.ring, ctx.gpus_per_node).len());
-        }
-    }
+    bins.iter().filter(|b| !b.docs.is_empty()).map(Bin::finish_s).fold(0.0, f64::max)
 }
 
 /// Chooses each group's scheme: the fastest for its (u, r) and documents that fits in memory.

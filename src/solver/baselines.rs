@@ -4,7 +4,8 @@
 //! - Megatron dynamic context parallel: per document a power-of-two CP size from the tokens a
 //!   rank may hold, groups formed greedily with s^2/cp load balancing.
 
-use super::assign::{earliest_finish, improve, split_microbatches, Bin};
+use super::assign::{earliest_finish, split_microbatches, Bin};
+use super::local::{improve, Search};
 use super::surrogate::{tabulate_fixed, Candidate};
 use super::{fill_idle, Ctx, Group, Micro, Solution};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
@@ -108,7 +109,7 @@ pub fn static_plan(ctx: &Ctx, cand: &Candidate, batch: &Batch, exact: bool) -> O
                 })
                 .collect();
             if exact {
-                improve(ctx, batch, &mut groups, STATIC_LOCAL_EVALS);
+                improve(ctx, batch, &mut groups, std::slice::from_ref(cand), Search { budget: STATIC_LOCAL_EVALS, resize: false });
             }
             micro.push(Micro { groups });
         }

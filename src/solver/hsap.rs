@@ -13,7 +13,8 @@
 //! The result is the best of these and of the incumbents passed in (the baselines' plans of the
 //! same batch), priced exactly: never worse than any incumbent.
 
-use super::assign::{choose_schemes, earliest_finish, improve, makespan, split_microbatches, Bin};
+use super::assign::{choose_schemes, earliest_finish, makespan, split_microbatches, Bin};
+use super::local::{improve, Search};
 use super::milp::MilpStatus;
 use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
@@ -195,7 +196,7 @@ fn plan_micro(
     for (origin, mut groups) in finalists {
         // Schemes first, so that the local search prices what will run.
         choose_schemes(ctx, batch, &mut groups);
-        improve(ctx, batch, &mut groups, opts.local_evals);
+        improve(ctx, batch, &mut groups, &ctx.candidates, Search { budget: opts.local_evals, resize: true });
         let span = exact_makespan(ctx, batch, &groups);
         if best.as_ref().is_none_or(|b| span < b.0) {
             best = Some((span, origin, groups));
@@ -286,8 +287,8 @@ fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option
             .iter()
             .enumerate()
             .filter(|(_, b)| capacity(b.cand) >= b.tokens + u64::from(len))
-            .map(|(i, b)| (i, b.load_s + b.cand.marginal_s(len)))
-            .filter(|&(i, load)| bins[i].cand.finish_s(load) <= t)
+            .map(|(i, b)| (i, b.finish_with_s(len)))
+            .filter(|&(_, finish)| finish <= t)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let i = match fit {
             Some((i, _)) => i,
@@ -309,10 +310,7 @@ fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option
                 bins.len() - 1
             }
         };
-        let b = &mut bins[i];
-        b.load_s += b.cand.marginal_s(len);
-        b.tokens += u64::from(len);
-        b.docs.push(d);
+        bins[i].push(d, len);
     }
     Some(bins)
 }
@@ -413,18 +411,12 @@ fn pack_types(
         let pick = |typed: bool| {
             bins.iter()
                 .enumerate()
-                .filter(|(_, (t, b))| (!typed || Some(*t) == prefer[d]) && b.cand.fits(b.tokens + u64::from(len)))
-                .map(|(i, (_, b))| (i, b.load_s + b.cand.marginal_s(len)))
-                .min_by(|a, b| {
-                    let (fa, fb) = (bins[a.0].1.cand.finish_s(a.1), bins[b.0].1.cand.finish_s(b.1));
-                    fa.total_cmp(&fb).then(a.1.total_cmp(&b.1)).then(a.0.cmp(&b.0))
-                })
+                .filter(|(_, (t, b))| (!typed || Some(*t) == prefer[d]) && b.fits(len))
+                .map(|(i, (_, b))| (i, b.finish_with_s(len), b.load_s))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)))
         };
-        let (i, finish) = pick(true).or_else(|| pick(false))?;
-        let bin = &mut bins[i].1;
-        bin.docs.push(d);
-        bin.load_s = finish;
-        bin.tokens += u64::from(len);
+        let (i, _, _) = pick(true).or_else(|| pick(false))?;
+        bins[i].1.push(d, len);
     }
     let plain: Vec<Bin<'_>> = bins.into_iter().map(|b| b.1).collect();
     Some((bins_to_groups(ctx, &plain), makespan(&plain)))

@@ -10,6 +10,7 @@ pub mod exact;
 mod baselines;
 mod flexsp;
 mod hsap;
+mod local;
 mod milp;
 mod run;
 mod surrogate;

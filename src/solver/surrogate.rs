@@ -1,13 +1,20 @@
 //! A fast stand-in for the cost model, tabulated once per run from the cost model itself: a
 //! group of shape (u, r) running documents L1..Ln takes about
-//! `max(floor, base + f(L1) + ... + f(Ln))`. The floor is what a group costs with (almost)
-//! nothing to run: the per-layer collectives that compute would otherwise hide (ZeRO-3 gathers)
-//! and latencies; `f(L)` is a document's marginal time on a loaded group, measured against a
-//! background of documents filling the group to a typical load, because packing changes what a
-//! document costs (the sequence-aware layout keeps short documents whole on one ring slot, GEMMs
-//! run better on more tokens, overlap hides fixed costs). The planner's MILP and greedy passes
-//! reason with it; every answer is then priced exactly by the cost model, and the exact price
-//! decides.
+//! `max(floor, max_i alone(Li), base + f(L1) + ... + f(Ln) + min_i gain(Li))`.
+//! - The floor is what a group costs with (almost) nothing to run: the per-layer collectives that
+//!   compute would otherwise hide (ZeRO-3 gathers) and latencies.
+//! - `alone(L)` is the exact time of one document alone on the group.
+//! - `f(L)` is a document's marginal time on a loaded group, averaged over copies added to a
+//!   background of documents filling the group to a typical load, because packing changes what a
+//!   document costs (the sequence-aware layout keeps short documents whole on one ring slot, GEMMs
+//!   run better on more tokens, overlap hides fixed costs); `base` is the loaded line's intercept.
+//! - `gain(L) = min(0, alone(L) - base - f(L))`: a group lightly filled around one long document
+//!   costs about that document alone plus the others' marginal times, far less than the loaded
+//!   line says (on a loaded group a long document's ring traffic competes with the others'
+//!   compute).
+//!
+//! The planner's searches and MILPs reason with it; every answer is then priced exactly by the
+//! cost model, and the exact price decides.
 
 use crate::cost::CostModel;
 use crate::scheme::GroupShape;
@@ -16,10 +23,14 @@ use rayon::prelude::*;
 /// Tokens per GPU of the background load against which marginal costs are measured (at most
 /// 40% of the shape's memory capacity).
 const FILL_TOKENS_PER_GPU: u64 = 16_384;
-/// Documents in the background (bounds the tabulation's cost).
+/// Documents in the background, at least (bounds the tabulation's cost).
 const BACKGROUND_DOCS: u64 = 64;
+/// Background documents per ring slot, at least.
+const BACKGROUND_DOCS_PER_SLOT: u64 = 4;
 /// Share of a group's memory capacity the planner fills, leaving room for padding.
 const MEMORY_FILL: f64 = 0.97;
+/// The copies a marginal time is measured with add `1 / MARGINAL_SHARE` of the background's tokens.
+const MARGINAL_SHARE: u64 = 4;
 /// Grid points per doubling of the document length.
 const POINTS_PER_OCTAVE: f64 = 3.0;
 
@@ -31,44 +42,62 @@ pub struct Candidate {
     pub size: u32,
     /// Time of the group with (almost) nothing to run: no group is faster.
     pub floor_s: f64,
-    /// Intercept of the loaded group's time: `base + sum f(L)` above the floor.
+    /// Intercept of the loaded group's time `base + sum f(L)`: negative when a document costs
+    /// more at the background's load than on average (the group's time is convex in its load:
+    /// every stage's `max(transfer, compute)` turns from the transfer to the compute).
     pub base_s: f64,
     /// The longest single document that fits in memory on this shape (some scheme of it).
     pub max_tokens: u32,
     grid: Vec<u32>,
     marginal_s: Vec<f64>,
+    /// Exact time of the group running one document of each grid length alone.
+    alone_s: Vec<f64>,
 }
 
 impl Candidate {
-    /// Surrogate marginal time of one document of `len` tokens.
+    /// Surrogate marginal time of one document of `len` tokens on a loaded group.
     pub fn marginal_s(&self, len: u32) -> f64 {
-        let i = self.grid.partition_point(|&g| g < len);
-        if i == 0 {
-            return self.marginal_s[0];
-        }
-        if i >= self.grid.len() {
-            // Beyond the table: grow quadratically from the last point (attention dominates).
-            let (g, f) = (f64::from(self.grid[i - 1]), self.marginal_s[i - 1]);
-            return f * (f64::from(len) / g).powi(2);
-        }
-        let (x0, x1) = (f64::from(self.grid[i - 1]), f64::from(self.grid[i]));
-        let (y0, y1) = (self.marginal_s[i - 1], self.marginal_s[i]);
-        y0 + (y1 - y0) * (f64::from(len) - x0) / (x1 - x0)
+        interpolate(&self.grid, &self.marginal_s, len)
+    }
+
+    /// Time of the group running one document of `len` tokens alone (interpolated between exact
+    /// prices on the grid).
+    pub fn alone_s(&self, len: u32) -> f64 {
+        interpolate(&self.grid, &self.alone_s, len)
+    }
+
+    /// What anchoring the group on a document of `len` tokens saves against the loaded line:
+    /// `alone(len) - base - f(len)` when negative, else 0. A long document alone on a large group
+    /// costs far less than its marginal cost on a loaded one (there its ring traffic competes
+    /// with the others' compute), so a group lightly filled around one long document is closer
+    /// to that document alone plus the others' marginal costs than to the loaded line.
+    pub fn anchor_gain_s(&self, len: u32) -> f64 {
+        (self.alone_s(len) - self.base_s - self.marginal_s(len)).min(0.0)
     }
 
     /// Surrogate time of the group running `lens`.
     pub fn time_s(&self, lens: impl IntoIterator<Item = u32>) -> f64 {
-        self.finish_s(self.base_s + lens.into_iter().map(|l| self.marginal_s(l)).sum::<f64>())
+        let (mut load, mut alone, mut gain) = (self.base_s, 0.0f64, 0.0f64);
+        for l in lens {
+            load += self.marginal_s(l);
+            alone = alone.max(self.alone_s(l));
+            gain = gain.min(self.anchor_gain_s(l));
+        }
+        self.finish_s(load, alone, gain)
     }
 
     /// Surrogate time of the group running one document of `len`.
     pub fn single_s(&self, len: u32) -> f64 {
-        self.finish_s(self.base_s + self.marginal_s(len))
+        self.finish_s(self.base_s + self.marginal_s(len), self.alone_s(len), self.anchor_gain_s(len))
     }
 
-    /// The group's time given its load `base + sum f`.
-    pub fn finish_s(&self, load_s: f64) -> f64 {
-        load_s.max(self.floor_s)
+    /// The group's time given its load `base + sum f`, the slowest of its documents alone and
+    /// the largest anchor gain among them ([`Self::anchor_gain_s`]): the loaded line less the
+    /// gain, never less than the floor or than any of its documents alone. Every term is linear
+    /// in the group's contents but the choice of anchor, which a MILP makes with one continuous
+    /// weight per document class (`exact.rs`).
+    pub fn finish_s(&self, load_s: f64, alone_s: f64, gain_s: f64) -> f64 {
+        (load_s + gain_s).max(alone_s).max(self.floor_s)
     }
 
     /// Tokens the planner puts on one group of this shape: its memory capacity less a margin for
@@ -79,6 +108,20 @@ impl Candidate {
 
     pub fn fits(&self, tokens: u64) -> bool {
         tokens <= self.capacity_tokens()
+    }
+}
+
+/// Piecewise-linear interpolation on the grid; beyond its end (or its last finite value),
+/// quadratic growth from the last point (attention dominates long documents).
+fn interpolate(grid: &[u32], values: &[f64], len: u32) -> f64 {
+    let i = grid.partition_point(|&g| g < len);
+    if i == 0 || grid.get(i) == Some(&len) {
+        return values[i.min(grid.len() - 1)];
+    }
+    let (x0, y0) = (f64::from(grid[i - 1]), values[i - 1]);
+    match (grid.get(i), values.get(i)) {
+        (Some(&x1), Some(&y1)) if y1.is_finite() => y0 + (y1 - y0) * (f64::from(len) - x0) / (f64::from(x1) - x0),
+        _ => y0 * (f64::from(len) / x0).powi(2),
     }
 }
 
@@ -118,20 +161,37 @@ fn tabulate_with(
                 .max()
                 .unwrap_or(0);
             let floor_s = best_time(&[1]);
-            // The background: equal documents filling the group to a typical load.
+            // The background: equal documents filling the group to a typical load, as many on
+            // every ring slot (at least four each), so that no slot has room the others lack.
             let fill = (FILL_TOKENS_PER_GPU * u64::from(shape.size())).min(u64::from(max_tokens) * 2 / 5).max(1);
-            let bg_len = fill.div_ceil(BACKGROUND_DOCS).clamp(1, u64::from(u32::MAX)) as u32;
-            let background = vec![bg_len; (fill / u64::from(bg_len)).max(1) as usize];
+            let ring = u64::from(shape.ring);
+            let bg_docs = ring * BACKGROUND_DOCS.div_ceil(ring).max(BACKGROUND_DOCS_PER_SLOT);
+            let bg_len = fill.div_ceil(bg_docs).clamp(1, u64::from(u32::MAX)) as u32;
+            let background = vec![bg_len; bg_docs as usize];
             let t_bg = best_time(&background);
             let mut with = background.clone();
+            // A document's marginal time is averaged over copies adding a quarter of the
+            // background's tokens, spread evenly over the ring slots when it is shorter than a
+            // slot: one short document lands on one slot, or tips a GEMM into another wave, so a
+            // single copy's step is either far above its share of the group's time or nothing.
             let mut marginal = |len: u32| {
-                with.push(len);
+                let len64 = u64::from(len).max(1);
+                let mut copies = (fill / (MARGINAL_SHARE * len64)).max(1);
+                if len64 * ring < fill && copies >= ring {
+                    copies -= copies % ring;
+                }
+                let copies = copies.min(bg_docs) as usize;
+                with.extend(std::iter::repeat_n(len, copies));
                 let t = best_time(&with);
-                with.pop();
-                (t - t_bg).max(0.0)
+                with.truncate(background.len());
+                ((t - t_bg) / copies as f64).max(0.0)
             };
             let marginal_s: Vec<f64> = grid.iter().map(|&len| marginal(len)).collect();
-            let base_s = (t_bg - background.len() as f64 * marginal(bg_len)).max(0.0);
+            let base_s = t_bg - background.len() as f64 * marginal(bg_len);
+            let alone_s: Vec<f64> = grid
+                .iter()
+                .map(|&len| if len <= max_tokens { best_time(&[len]) } else { f64::INFINITY })
+                .collect();
             Candidate {
                 shape: *shape,
                 size: shape.size(),
@@ -140,6 +200,7 @@ fn tabulate_with(
                 max_tokens,
                 grid: grid.clone(),
                 marginal_s,
+                alone_s,
             }
         })
         .collect()
