@@ -3,7 +3,8 @@
 use hsap::cluster::Cluster;
 use hsap::cost::{CostModel, TrainConfig};
 use hsap::model::ModelShape;
-use hsap::solver::{hsap, megatron_dcp, Ctx, HsapOptions, Priced};
+use hsap::scheme::{GroupShape, RingVariant, Scheme};
+use hsap::solver::{hsap, Ctx, HsapOptions, MegatronDcp, Priced};
 use hsap::trace::{Batch, Doc};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -86,11 +87,43 @@ proptest! {
     fn megatron_dcp_plans_are_valid(lens in lengths()) {
         let ctx = ctx();
         let b = batch(&lens);
-        let sol = megatron_dcp(ctx, &b).unwrap();
-        let p = ctx.finish(&b, &sol).unwrap();
-        // DCP sizes CP groups by memory alone: check the partition, not its speed.
-        check_plan(ctx, &b, &p)?;
+        let dcp = MegatronDcp::new(ctx);
+        for per_rank in [dcp.rank_capacity_tokens(), dcp.rank_capacity_tokens() / 4] {
+            let sol = dcp.plan(ctx, &b, per_rank).unwrap();
+            let p = ctx.finish(&b, &sol).unwrap();
+            // DCP sizes CP groups by tokens per rank alone: check the partition, not its speed.
+            check_plan(ctx, &b, &p)?;
+        }
     }
+}
+
+/// A document a little over one GPU's capacity: a CP group of twice the ranks does not hold
+/// twice the tokens (model states and buffers stay per rank), so DCP must go up a size.
+#[test]
+fn megatron_dcp_sizes_groups_by_what_they_hold_in_memory() {
+    let cluster = Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(2).unwrap();
+    let cm = CostModel::new(ModelShape::resolve("gpt-7b").unwrap(), cluster, TrainConfig::default()).unwrap();
+    let ctx = Ctx::new(cm, 200_000).unwrap();
+    let dcp = MegatronDcp::new(&ctx);
+    let cap = dcp.rank_capacity_tokens() as u32;
+    let ring2 = GroupShape { scheme: Scheme::Ring, ulysses: 1, ring: 2, variant: RingVariant::Zigzag };
+    let fits2 = |len: u32| ctx.group_cost(&ring2, &[len]).memory_bytes <= ctx.limit_bytes;
+    // The longest document two ranks hold, by bisection.
+    let (mut lo, mut hi) = (cap, 2 * cap);
+    assert!(fits2(lo) && !fits2(hi), "two ranks hold more than one and less than twice one");
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits2(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let b = batch(&[hi, 3000, 5000]);
+    let p = ctx.finish(&b, &dcp.plan(&ctx, &b, u64::from(cap)).unwrap()).unwrap();
+    check_plan(&ctx, &b, &p).unwrap();
+    let long = p.micro[0].groups.iter().find(|g| g.docs.contains(&0)).unwrap();
+    assert_eq!(long.shape.size(), 4, "{hi} tokens need four ranks, not {:?}", long.shape);
 }
 
 #[test]

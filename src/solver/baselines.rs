@@ -2,7 +2,8 @@
 //! - static: one (u, r) for the whole trace, the same groups for every batch, per family
 //!   (DeepSpeed-Ulysses, ring context parallel with Megatron's THD zigzag padding, USP);
 //! - Megatron dynamic context parallel: per document a power-of-two CP size from the tokens a
-//!   rank may hold, groups formed greedily with s^2/cp load balancing.
+//!   rank may hold (the user's setting, tried over a few values per trace), groups formed
+//!   greedily with s^2/cp load balancing.
 
 use super::assign::{earliest_finish, split_microbatches, Bin};
 use super::local::{improve, Search};
@@ -179,58 +180,110 @@ fn label(s: &GroupShape) -> String {
     format!("u{}xr{}", s.ulysses, s.ring)
 }
 
-/// Megatron dynamic context parallel. Each document gets CP size
-/// `next_power_of_two(ceil(len / tokens_per_rank))`, `tokens_per_rank` being what one GPU holds
-/// (Megatron's max sequence length per DP x CP rank, set here to the memory limit). Documents go,
-/// heaviest by s^2/cp first, to a new group of their CP size while GPUs remain, else to the
-/// least-loaded group of that size with memory for them, else to the next micro-batch.
-pub fn megatron_dcp(ctx: &Ctx, batch: &Batch) -> Option<Solution> {
-    let per_rank = ctx.candidates.iter().find(|c| c.size == 1)?.capacity_tokens().max(1);
-    let cp = |len: u32| (u64::from(len).div_ceil(per_rank)).max(1).next_power_of_two() as u32;
-    if batch.docs.iter().any(|d| cp(d.len) > ctx.gpus) {
-        return None;
-    }
-    let load = |len: u32| f64::from(len).powi(2) / f64::from(cp(len));
-    let mut remaining: Vec<usize> = (0..batch.docs.len()).collect();
-    remaining.sort_by(|&a, &b| load(batch.docs[b].len).total_cmp(&load(batch.docs[a].len)).then(a.cmp(&b)));
-    let mut micro = Vec::new();
-    while !remaining.is_empty() {
-        // (cp, docs, load, tokens)
-        let mut groups: Vec<(u32, Vec<usize>, f64, u64)> = Vec::new();
-        let mut free = ctx.gpus;
-        let mut deferred = Vec::new();
-        for &d in &remaining {
-            let len = batch.docs[d].len;
-            let k = cp(len);
-            if free >= k {
-                free -= k;
-                groups.push((k, vec![d], load(len), u64::from(len)));
-                continue;
-            }
-            let room = groups
-                .iter_mut()
-                .filter(|g| g.0 == k && g.3 + u64::from(len) <= u64::from(k) * per_rank)
-                .min_by(|a, b| a.2.total_cmp(&b.2));
-            match room {
-                Some(g) => {
-                    g.1.push(d);
-                    g.2 += load(len);
-                    g.3 += u64::from(len);
-                }
-                None => deferred.push(d),
-            }
-        }
-        let mut gs: Vec<Group> = groups
-            .into_iter()
-            .map(|(k, mut docs, _, _)| {
-                docs.sort_unstable();
-                let scheme = if k == 1 { Scheme::Ulysses } else { Scheme::Ring };
-                Group { shape: GroupShape { scheme, ulysses: 1, ring: k, variant: RingVariant::Zigzag }, docs }
+/// Megatron dynamic context parallel: ring (zigzag) groups of power-of-two CP sizes, each
+/// document in the smallest group whose ranks hold at most `max_tokens_per_rank` of it and whose
+/// memory holds it (Megatron's `max_seqlen_per_dp_cp_rank`). Documents go, heaviest by s^2/cp
+/// first, to a new group of their CP size while GPUs remain, else to the least-loaded group of
+/// that size with room for them, else to the next micro-batch. `max_tokens_per_rank` is the
+/// user's setting: [`MegatronDcp::tune`] picks it for a trace as a user would, by trying it.
+pub struct MegatronDcp {
+    /// Ring groups of 1, 2, 4, ... GPUs, smallest first.
+    cands: Vec<Candidate>,
+}
+
+/// Settings of `max_tokens_per_rank` tried, as fractions of what one GPU holds in memory.
+const DCP_RANK_FRACTIONS: [u64; 6] = [1, 2, 4, 8, 16, 32];
+
+/// The chosen setting and each batch's plan.
+pub struct DcpChoice {
+    pub max_tokens_per_rank: u64,
+    pub solutions: Vec<Solution>,
+}
+
+impl MegatronDcp {
+    pub fn new(ctx: &Ctx) -> MegatronDcp {
+        let shapes: Vec<GroupShape> = std::iter::successors(Some(1u32), |s| Some(s * 2))
+            .take_while(|&s| s <= ctx.gpus)
+            .filter(|&s| s <= ctx.gpus_per_node || s % ctx.gpus_per_node == 0)
+            .map(|s| {
+                let scheme = if s == 1 { Scheme::Ulysses } else { Scheme::Ring };
+                GroupShape { scheme, ulysses: 1, ring: s, variant: RingVariant::Zigzag }
             })
             .collect();
-        fill_idle(&mut gs, ctx.gpus);
-        micro.push(Micro { groups: gs });
-        remaining = deferred;
+        MegatronDcp { cands: tabulate_fixed(&ctx.cm, &shapes, ctx.max_len, ctx.limit_bytes) }
     }
-    Some(Solution { micro, source: "megatron-dcp".into(), milp: None })
+
+    /// What one GPU holds in memory, the largest sensible `max_tokens_per_rank`.
+    pub fn rank_capacity_tokens(&self) -> u64 {
+        self.cands.first().map_or(0, Candidate::capacity_tokens)
+    }
+
+    /// Tries each setting of `max_tokens_per_rank` on every batch and keeps the one with the
+    /// shortest exact total. None when no setting plans every batch.
+    pub fn tune(&self, ctx: &Ctx, batches: &[Batch]) -> Option<DcpChoice> {
+        let cap = self.rank_capacity_tokens();
+        let mut best: Option<(f64, DcpChoice)> = None;
+        for per_rank in DCP_RANK_FRACTIONS.iter().map(|f| cap / f).filter(|&t| t > 0) {
+            let sols: Option<Vec<Solution>> = batches.par_iter().map(|b| self.plan(ctx, b, per_rank)).collect();
+            let Some(solutions) = sols else { continue };
+            let total: f64 = batches.par_iter().zip(&solutions).map(|(b, s)| ctx.busy_s(b, s)).sum();
+            if best.as_ref().is_none_or(|b| total < b.0) {
+                best = Some((total, DcpChoice { max_tokens_per_rank: per_rank, solutions }));
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// Plans one batch with `max_tokens_per_rank`. None when a document fits no group.
+    pub fn plan(&self, ctx: &Ctx, batch: &Batch, max_tokens_per_rank: u64) -> Option<Solution> {
+        let per_rank = max_tokens_per_rank.max(1);
+        let cp_of = |len: u32| {
+            self.cands
+                .iter()
+                .position(|c| u64::from(len) <= u64::from(c.size) * per_rank && c.fits(u64::from(len)))
+        };
+        let cps: Vec<usize> = batch.docs.iter().map(|d| cp_of(d.len)).collect::<Option<_>>()?;
+        let load = |d: usize| f64::from(batch.docs[d].len).powi(2) / f64::from(self.cands[cps[d]].size);
+        let mut remaining: Vec<usize> = (0..batch.docs.len()).collect();
+        remaining.sort_by(|&a, &b| load(b).total_cmp(&load(a)).then(a.cmp(&b)));
+        let mut micro = Vec::new();
+        while !remaining.is_empty() {
+            // (candidate, docs, load, tokens)
+            let mut groups: Vec<(usize, Vec<usize>, f64, u64)> = Vec::new();
+            let mut free = ctx.gpus;
+            let mut deferred = Vec::new();
+            for &d in &remaining {
+                let (k, len) = (cps[d], u64::from(batch.docs[d].len));
+                let c = &self.cands[k];
+                if free >= c.size {
+                    free -= c.size;
+                    groups.push((k, vec![d], load(d), len));
+                    continue;
+                }
+                let room = groups
+                    .iter_mut()
+                    .filter(|g| g.0 == k && g.3 + len <= u64::from(c.size) * per_rank && c.fits(g.3 + len))
+                    .min_by(|a, b| a.2.total_cmp(&b.2));
+                match room {
+                    Some(g) => {
+                        g.1.push(d);
+                        g.2 += load(d);
+                        g.3 += len;
+                    }
+                    None => deferred.push(d),
+                }
+            }
+            let mut gs: Vec<Group> = groups
+                .into_iter()
+                .map(|(k, mut docs, _, _)| {
+                    docs.sort_unstable();
+                    Group { shape: self.cands[k].shape, docs }
+                })
+                .collect();
+            fill_idle(&mut gs, ctx.gpus);
+            micro.push(Micro { groups: gs });
+            remaining = deferred;
+        }
+        Some(Solution { micro, source: "megatron-dcp".into(), milp: None })
+    }
 }

@@ -12,7 +12,7 @@ use super::surrogate::{tabulate_fixed, Candidate};
 use super::{fill_idle, Ctx, Group, Micro, Solution};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
 use crate::trace::Batch;
-use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable};
+use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable, WithInitialSolution};
 
 #[derive(Debug, Clone)]
 pub struct FlexspOptions {
@@ -46,35 +46,43 @@ impl Flexsp {
         Flexsp { opts, cands }
     }
 
-    /// Plans one batch. Falls back to the best uniform Ulysses plan that holds every document
-    /// when the MILP returns no solution (its status and the plan's source say so). None when no Ulysses
-    /// group holds the longest document.
+    /// Plans one batch: per micro-batch, the better (priced exactly) of the MILP's answer and the
+    /// best uniform Ulysses plan, which is also the MILP's start. A deployment would not run an
+    /// incumbent that a time limit cut short when its own start was faster; the plan's source says
+    /// `flexsp-uniform` when any micro-batch kept the uniform plan. None when no Ulysses group
+    /// holds the longest document.
     pub fn solve(&self, ctx: &Ctx, batch: &Batch) -> Option<Solution> {
         let single = self.cands.iter().find(|c| c.size == 1)?;
         let per_micro = (single.capacity_tokens() as f64 * f64::from(ctx.gpus) * 0.9) as u64;
         let lw = ctx.cm.hsap_params().linear_weight;
         let mut micro = Vec::new();
         let mut statuses = Vec::new();
-        let mut fell_back = false;
+        let mut kept_uniform = false;
         for docs in split_microbatches(batch, per_micro, 1, lw) {
-            let (groups, status) = self.solve_micro(ctx, batch, &docs);
+            let uniform = self.uniform(ctx, batch, &docs);
+            let (milp, status) = self.solve_micro(ctx, batch, &docs, uniform.as_ref());
             statuses.push(status);
-            let groups = match groups {
-                Some(g) => g,
-                None => {
-                    fell_back = true;
-                    self.uniform(ctx, batch, &docs)?
+            let groups = match (milp, uniform) {
+                (Some(m), Some(u)) if ctx.makespan(batch, &u.groups) < ctx.makespan(batch, &m) => {
+                    kept_uniform = true;
+                    u.groups
                 }
+                (Some(m), _) => m,
+                (None, Some(u)) => {
+                    kept_uniform = true;
+                    u.groups
+                }
+                (None, None) => return None,
             };
             micro.push(Micro { groups });
         }
         // The least favourable status of the batch's solves is the one worth reporting.
         let milp = statuses.iter().find(|s| !matches!(s, MilpStatus::Optimal)).or(statuses.first()).cloned();
-        let source = if fell_back { "flexsp-fallback" } else { "flexsp" };
+        let source = if kept_uniform { "flexsp-uniform" } else { "flexsp" };
         Some(Solution { micro, source: source.into(), milp })
     }
 
-    fn solve_micro(&self, ctx: &Ctx, batch: &Batch, docs: &[usize]) -> (Option<Vec<Group>>, MilpStatus) {
+    fn solve_micro(&self, ctx: &Ctx, batch: &Batch, docs: &[usize], start: Option<&Uniform>) -> (Option<Vec<Group>>, MilpStatus) {
         let buckets = quantile_buckets(batch, docs, self.opts.buckets);
         let mut vars = ProblemVariables::new();
         let t = vars.add(variable().min(0));
@@ -98,6 +106,7 @@ impl Flexsp {
                     .collect()
             })
             .collect();
+        let initial = start.and_then(|u| self.initial_solution(batch, &buckets, &groups, &x, t, u));
         let mut problem = vars
             .minimise(t)
             .using(good_lp::solvers::highs::highs)
@@ -124,6 +133,9 @@ impl Flexsp {
             problem = problem.with(constraint!(time <= t));
         problem = problem.with(constraint!(c.floor_s * y <= t));
             problem = problem.with(constraint!(tokens <= c.capacity_tokens() as f64 * y));
+        }
+        if let Some(initial) = initial {
+            problem = problem.with_initial_solution(initial);
         }
         let result = problem.solve();
         let status = MilpStatus::of(&result);
@@ -162,10 +174,10 @@ impl Flexsp {
     }
 
     /// The best uniform Ulysses plan (by the surrogate) that holds every document, spread by
-    /// earliest finish: what a FlexSP deployment would fall back to without a solver answer.
-    fn uniform(&self, ctx: &Ctx, batch: &Batch, docs: &[usize]) -> Option<Vec<Group>> {
-        let mut best: Option<(f64, Vec<Group>)> = None;
-        for c in &self.cands {
+    /// earliest finish: what a FlexSP deployment runs without a solver.
+    fn uniform(&self, ctx: &Ctx, batch: &Batch, docs: &[usize]) -> Option<Uniform> {
+        let mut best: Option<(f64, Uniform)> = None;
+        for (cand, c) in self.cands.iter().enumerate() {
             let mut bins: Vec<Bin<'_>> = (0..ctx.gpus / c.size).map(|_| Bin::new(c)).collect();
             if !earliest_finish(&mut bins, batch, docs) {
                 continue;
@@ -182,11 +194,71 @@ impl Flexsp {
                     Group { shape: c.shape, docs }
                 })
                 .collect();
+            let used = groups.len();
             fill_idle(&mut groups, ctx.gpus);
-            best = Some((span, groups));
+            best = Some((span, Uniform { cand, used, groups }));
         }
         best.map(|b| b.1)
     }
+
+    /// The uniform plan as values of the MILP's variables: its groups are the first candidate
+    /// groups of its shape, each bucket's count in each group, `t` the slowest group's modelled
+    /// time. None when a document sits where the MILP has no variable for its bucket.
+    fn initial_solution(
+        &self,
+        batch: &Batch,
+        buckets: &[Bucket],
+        groups: &[(usize, Variable)],
+        x: &[Vec<Option<Variable>>],
+        t: Variable,
+        u: &Uniform,
+    ) -> Option<Vec<(Variable, f64)>> {
+        let mut bucket_of = std::collections::HashMap::new();
+        for (bi, b) in buckets.iter().enumerate() {
+            bucket_of.extend(b.docs.iter().map(|&d| (d, bi)));
+        }
+        let c = &self.cands[u.cand];
+        let slots = groups.iter().enumerate().filter(|(_, g)| g.0 == u.cand).map(|(j, _)| j);
+        let mut values = Vec::new();
+        let mut slowest = 0.0f64;
+        let mut taken = vec![false; groups.len()];
+        for (j, g) in slots.zip(&u.groups[..u.used]) {
+            taken[j] = true;
+            let mut counts = vec![0usize; buckets.len()];
+            for d in &g.docs {
+                counts[*bucket_of.get(d)?] += 1;
+            }
+            let mut time = c.base_s;
+            for (bi, &n) in counts.iter().enumerate() {
+                let v = x[bi][j];
+                if n > 0 {
+                    let b = &buckets[bi];
+                    time += b.docs.iter().map(|&d| c.marginal_s(batch.docs[d].len)).sum::<f64>() / b.docs.len() as f64 * n as f64;
+                }
+                match (v, n) {
+                    (Some(v), n) => values.push((v, n as f64)),
+                    (None, 0) => {}
+                    (None, _) => return None,
+                }
+            }
+            slowest = slowest.max(time).max(c.floor_s);
+        }
+        for (j, &(_, y)) in groups.iter().enumerate() {
+            values.push((y, if taken[j] { 1.0 } else { 0.0 }));
+            if !taken[j] {
+                values.extend(x.iter().filter_map(|row| row[j]).map(|v| (v, 0.0)));
+            }
+        }
+        values.push((t, slowest));
+        Some(values)
+    }
+}
+
+/// The uniform Ulysses plan of a micro-batch: candidate `cand`'s shape on its first `used` groups.
+struct Uniform {
+    cand: usize,
+    used: usize,
+    groups: Vec<Group>,
 }
 
 struct Bucket {

@@ -197,7 +197,7 @@ fn plan_micro(
         // Schemes first, so that the local search prices what will run.
         choose_schemes(ctx, batch, &mut groups);
         improve(ctx, batch, &mut groups, &ctx.candidates, Search { budget: opts.local_evals, resize: true });
-        let span = exact_makespan(ctx, batch, &groups);
+        let span = ctx.makespan(batch, &groups);
         if best.as_ref().is_none_or(|b| span < b.0) {
             best = Some((span, origin, groups));
         }
@@ -235,23 +235,6 @@ fn whole_cluster(ctx: &Ctx, docs: &[usize]) -> Vec<Group> {
     let mut groups = vec![Group { shape, docs: docs.to_vec() }];
     fill_idle(&mut groups, ctx.gpus);
     groups
-}
-
-/// Exact makespan; infinite when a group exceeds memory.
-pub(super) fn exact_makespan(ctx: &Ctx, batch: &Batch, groups: &[Group]) -> f64 {
-    groups
-        .iter()
-        .filter(|g| !g.docs.is_empty())
-        .map(|g| {
-            let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
-            let c = ctx.group_cost(&g.shape, &lens);
-            if c.memory_bytes <= ctx.limit_bytes {
-                c.time_s
-            } else {
-                f64::INFINITY
-            }
-        })
-        .fold(0.0, f64::max)
 }
 
 fn capacity(c: &Candidate) -> u64 {

@@ -16,7 +16,7 @@ mod run;
 mod surrogate;
 
 pub use assign::split_microbatches;
-pub use baselines::{megatron_dcp, static_family, static_plan, Family, StaticChoice};
+pub use baselines::{static_family, static_plan, DcpChoice, Family, MegatronDcp, StaticChoice};
 pub use flexsp::{Flexsp, FlexspOptions};
 pub use hsap::{hsap, HsapOptions};
 pub use milp::MilpStatus;
@@ -234,7 +234,24 @@ impl Ctx {
     /// Sum over micro-batches of the slowest group's exact time (no gradient synchronisation);
     /// infinite when a group exceeds memory.
     pub fn busy_s(&self, batch: &Batch, sol: &Solution) -> f64 {
-        sol.micro.iter().map(|m| hsap::exact_makespan(self, batch, &m.groups)).sum()
+        sol.micro.iter().map(|m| self.makespan(batch, &m.groups)).sum()
+    }
+
+    /// The slowest group's exact time; infinite when a group exceeds memory.
+    pub fn makespan(&self, batch: &Batch, groups: &[Group]) -> f64 {
+        groups
+            .iter()
+            .filter(|g| !g.docs.is_empty())
+            .map(|g| {
+                let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
+                let c = self.group_cost(&g.shape, &lens);
+                if c.memory_bytes <= self.limit_bytes {
+                    c.time_s
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .fold(0.0, f64::max)
     }
 
     /// The plan.json form of a priced batch.

@@ -1,7 +1,7 @@
 //! Running every strategy over a trace's batches (in parallel, with progress on stderr), and the
 //! rows written to batches.csv and groups.csv.
 
-use super::baselines::{megatron_dcp, static_family, Family, StaticChoice};
+use super::baselines::{static_family, Family, MegatronDcp, StaticChoice};
 use super::flexsp::{Flexsp, FlexspOptions};
 use super::hsap::{hsap, HsapOptions};
 use super::{Ctx, Priced};
@@ -133,7 +133,14 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
                 }
                 None => (String::new(), None),
             },
-            Strategy::MegatronDcp => (String::new(), batches.par_iter().map(|b| timed(&|b| megatron_dcp(ctx, b), b)).collect()),
+            Strategy::MegatronDcp => match MegatronDcp::new(ctx).tune(ctx, batches) {
+                Some(choice) => {
+                    pb.set_position(batches.len() as u64);
+                    let detail = format!("{} tokens/rank", choice.max_tokens_per_rank);
+                    (detail, Some(choice.solutions.into_iter().map(|s| (s, f64::NAN)).collect()))
+                }
+                None => (String::new(), None),
+            },
             Strategy::Flexsp => {
                 let f = flexsp.as_ref().ok_or_else(|| Error::invalid("flexsp was not prepared", "this is a bug"))?;
                 let detail = format!("time limit {} s", f.opts.time_limit_s);
@@ -151,7 +158,7 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
             .zip(&sols)
             .map(|(b, (sol, _))| {
                 let mut p = ctx.finish(b, sol)?;
-                // Keep a more specific source (e.g. flexsp-fallback); name the rest by strategy.
+                // Keep a more specific source (e.g. flexsp-uniform); name the rest by strategy.
                 if !sol.source.starts_with(s.name()) {
                     p.source = s.name().to_string();
                 }
