@@ -4,7 +4,7 @@
 use hsap::cluster::Cluster;
 use hsap::cost::{CostModel, TrainConfig};
 use hsap::model::ModelShape;
-use hsap::solver::{run_all, Ctx, FlexspOptions, HsapOptions, RunOptions, Strategy};
+use hsap::solver::{run_all, Ctx, Flexsp, FlexspOptions, HsapOptions, MilpStatus, RunOptions, Strategy};
 use hsap::trace::{make_batches, BatchBy, BatchSpec, OverLong, Trace};
 
 #[test]
@@ -50,5 +50,28 @@ fn hsap_is_at_most_every_baseline_on_every_batch() {
                 assert_eq!((g.shape.ulysses, g.shape.ring), (choice.shape.ulysses, choice.shape.ring), "{}", s.name);
             }
         }
+    }
+}
+
+/// FlexSP's MILP starts from its uniform Ulysses plan, so even a time limit too short to find
+/// anything leaves HiGHS with a feasible solution (status `time_limit`, not
+/// `time_limit_no_solution`) on a 64-GPU batch.
+#[test]
+fn flexsp_starts_from_its_uniform_plan() {
+    let trace = Trace::embedded("distca_textbookchapters_llama3.csv").unwrap();
+    let spec = BatchSpec { by: BatchBy::Count(512), max_seq: Some(196_608), over_long: OverLong::Drop, shuffle_seed: None };
+    let batches = make_batches(&trace.lengths, &spec).unwrap().batches;
+    let cm = CostModel::new(
+        ModelShape::resolve("gpt-7b").unwrap(),
+        Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(8).unwrap(),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let max_len = batches[..2].iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap();
+    let ctx = Ctx::new(cm, max_len).unwrap();
+    let flexsp = Flexsp::new(&ctx, FlexspOptions { time_limit_s: 0.01, ..FlexspOptions::default() });
+    for b in &batches[..2] {
+        let sol = flexsp.solve(&ctx, b).unwrap();
+        assert_eq!(sol.milp, Some(MilpStatus::TimeLimit), "batch {}", b.index);
     }
 }
