@@ -162,12 +162,7 @@ impl<'a> Local<'a> {
         }
         self.left = self.left.saturating_sub(1);
         let lens: Vec<u32> = docs.iter().map(|&d| self.len(d)).collect();
-        let c = self.ctx.group_cost(shape, &lens);
-        if c.memory_bytes <= self.ctx.limit_bytes {
-            c.time_s
-        } else {
-            f64::INFINITY
-        }
+        self.ctx.time_within_memory(&self.ctx.group_cost(shape, &lens))
     }
 
     /// The best scheme of (u, r) for `docs` and its exact time.
@@ -175,13 +170,7 @@ impl<'a> Local<'a> {
         let lens: Vec<u32> = docs.iter().map(|&d| self.len(d)).collect();
         self.left = self.left.saturating_sub(scheme_options(ulysses, ring, self.ctx.gpus_per_node).len());
         let (shape, cost) = self.ctx.best_scheme(ulysses, ring, &lens);
-        let t = if docs.is_empty() {
-            0.0
-        } else if cost.memory_bytes <= self.ctx.limit_bytes {
-            cost.time_s
-        } else {
-            f64::INFINITY
-        };
+        let t = if docs.is_empty() { 0.0 } else { self.ctx.time_within_memory(&cost) };
         (shape, t)
     }
 

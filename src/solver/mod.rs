@@ -244,14 +244,18 @@ impl Ctx {
             .filter(|g| !g.docs.is_empty())
             .map(|g| {
                 let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
-                let c = self.group_cost(&g.shape, &lens);
-                if c.memory_bytes <= self.limit_bytes {
-                    c.time_s
-                } else {
-                    f64::INFINITY
-                }
+                self.time_within_memory(&self.group_cost(&g.shape, &lens))
             })
             .fold(0.0, f64::max)
+    }
+
+    /// A group's time, infinite when it exceeds the memory limit: what the searches compare.
+    pub fn time_within_memory(&self, cost: &GroupCost) -> f64 {
+        if cost.memory_bytes <= self.limit_bytes {
+            cost.time_s
+        } else {
+            f64::INFINITY
+        }
     }
 
     /// The plan.json form of a priced batch.
