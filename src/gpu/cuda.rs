@@ -301,6 +301,18 @@ struct DevMeta {
 }
 
 impl DevMeta {
+    /// The four metadata pointers, in the order every attention kernel takes them.
+    fn ptrs(&self) -> [Arg; 4] {
+        [Arg::Ptr(self.cu), Arg::Ptr(self.len), Arg::Ptr(self.doc), Arg::Ptr(self.pos)]
+    }
+}
+
+/// The head mapping, in the order every attention kernel takes it.
+fn head_args(h: &HeadMap) -> [Arg; 5] {
+    [Arg::U32(h.q_heads), Arg::U32(h.kv_heads), Arg::U32(h.q_head0), Arg::U32(h.kv_head0), Arg::U32(h.group)]
+}
+
+impl DevMeta {
     fn upload(gpu: &mut Gpu, m: &VarlenMeta) -> Result<DevMeta> {
         check_grid(m)?;
         Ok(DevMeta {
@@ -323,30 +335,13 @@ impl Gpu {
             return Ok(());
         }
         let grid = (qm.max_len.div_ceil(attention::BLOCK_M), qm.segs, h.q_heads);
-        let args = [
-            Arg::Ptr(q),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(o),
-            Arg::Ptr(lse),
-            Arg::Ptr(qm.cu),
-            Arg::Ptr(qm.len),
-            Arg::Ptr(qm.doc),
-            Arg::Ptr(qm.pos),
-            Arg::U32(qm.rows),
-            Arg::Ptr(km.cu),
-            Arg::Ptr(km.len),
-            Arg::Ptr(km.doc),
-            Arg::Ptr(km.pos),
-            Arg::U32(km.segs),
-            Arg::U32(h.q_heads),
-            Arg::U32(h.kv_heads),
-            Arg::U32(h.q_head0),
-            Arg::U32(h.kv_head0),
-            Arg::U32(h.group),
-            Arg::F32(1.0 / (self.head_dim as f32).sqrt()),
-            Arg::I32(i32::from(first)),
-        ];
+        let mut args = vec![Arg::Ptr(q), Arg::Ptr(k), Arg::Ptr(v), Arg::Ptr(o), Arg::Ptr(lse)];
+        args.extend(qm.ptrs());
+        args.push(Arg::U32(qm.rows));
+        args.extend(km.ptrs());
+        args.push(Arg::U32(km.segs));
+        args.extend(head_args(h));
+        args.extend([Arg::F32(1.0 / (self.head_dim as f32).sqrt()), Arg::I32(i32::from(first))]);
         self.launch("attn_fwd_varlen", Stream::Compute, grid, attention::BLOCK_M * attention::THREADS_PER_ROW, &args)
     }
 
@@ -355,30 +350,15 @@ impl Gpu {
     fn attn_bwd(&self, h: &HeadMap, qm: &DevMeta, km: &DevMeta, x: [u64; 3], g: [u64; 3], dq: u64, dkv: [u64; 2], first: bool, dkv_accumulate: bool) -> Result<()> {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let threads = attention::BLOCK_M * attention::THREADS_PER_ROW;
-        let heads = [Arg::U32(h.q_heads), Arg::U32(h.kv_heads), Arg::U32(h.q_head0), Arg::U32(h.kv_head0), Arg::U32(h.group)];
         let [q, k, v] = x;
         let [d_o, lse, delta] = g;
         if qm.segs > 0 && qm.max_len > 0 {
-            let mut args = vec![
-                Arg::Ptr(q),
-                Arg::Ptr(k),
-                Arg::Ptr(v),
-                Arg::Ptr(d_o),
-                Arg::Ptr(lse),
-                Arg::Ptr(delta),
-                Arg::Ptr(dq),
-                Arg::Ptr(qm.cu),
-                Arg::Ptr(qm.len),
-                Arg::Ptr(qm.doc),
-                Arg::Ptr(qm.pos),
-                Arg::U32(qm.rows),
-                Arg::Ptr(km.cu),
-                Arg::Ptr(km.len),
-                Arg::Ptr(km.doc),
-                Arg::Ptr(km.pos),
-                Arg::U32(km.segs),
-            ];
-            args.extend([Arg::U32(h.q_heads), Arg::U32(h.kv_heads), Arg::U32(h.q_head0), Arg::U32(h.kv_head0), Arg::U32(h.group)]);
+            let mut args = vec![Arg::Ptr(q), Arg::Ptr(k), Arg::Ptr(v), Arg::Ptr(d_o), Arg::Ptr(lse), Arg::Ptr(delta), Arg::Ptr(dq)];
+            args.extend(qm.ptrs());
+            args.push(Arg::U32(qm.rows));
+            args.extend(km.ptrs());
+            args.push(Arg::U32(km.segs));
+            args.extend(head_args(h));
             args.extend([Arg::F32(scale), Arg::I32(i32::from(!first))]);
             self.launch("attn_bwd_dq", Stream::Compute, (qm.max_len.div_ceil(attention::BLOCK_M), qm.segs, h.q_heads), threads, &args)?;
         }
@@ -392,18 +372,11 @@ impl Gpu {
                 Arg::Ptr(delta),
                 Arg::Ptr(dkv[0]),
                 Arg::Ptr(dkv[1]),
-                Arg::Ptr(qm.cu),
-                Arg::Ptr(qm.len),
-                Arg::Ptr(qm.doc),
-                Arg::Ptr(qm.pos),
-                Arg::U32(qm.rows),
-                Arg::U32(qm.segs),
-                Arg::Ptr(km.cu),
-                Arg::Ptr(km.len),
-                Arg::Ptr(km.doc),
-                Arg::Ptr(km.pos),
             ];
-            args.extend(heads);
+            args.extend(qm.ptrs());
+            args.extend([Arg::U32(qm.rows), Arg::U32(qm.segs)]);
+            args.extend(km.ptrs());
+            args.extend(head_args(h));
             args.extend([Arg::F32(scale), Arg::I32(i32::from(dkv_accumulate))]);
             self.launch("attn_bwd_dkdv", Stream::Compute, (km.max_len.div_ceil(attention::BLOCK_M), km.segs, h.kv_heads), threads, &args)?;
         }
