@@ -133,13 +133,13 @@ fn reference(table: ReferenceTable, json: bool, out: &mut dyn Write) -> Result<(
 
 fn usp_table(rows: &[validate::UspCheck], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "USP attention forward, 8x A100 (reference/usp_8xA100_nvlink_fwd_iters_per_s.csv)")?;
-    writeln!(out, "line  seqlen heads/kv  hd  u r variant           measured predicted time error")?;
+    writeln!(out, "line  seqlen heads/kv  hd  u r variant           measured predicted time error unexplained")?;
     for c in rows {
         writeln!(
             out,
-            "{:>4} {:>7} {:>5}/{:<3} {:>3}  {} {} {:<16} {:>8.3} {:>9.3} {:>+9.1}%",
+            "{:>4} {:>7} {:>5}/{:<3} {:>3}  {} {} {:<16} {:>8.3} {:>9.3} {:>+9.1}% {:>+8.2} ms",
             c.line, c.seqlen, c.heads, c.kv_heads, c.head_dim, c.ulysses, c.ring, c.variant,
-            c.measured_iters_per_s, c.predicted_iters_per_s, 100.0 * c.time_error
+            c.measured_iters_per_s, c.predicted_iters_per_s, 100.0 * c.time_error, c.unexplained_ms
         )?;
     }
     let long: Vec<f64> = rows.iter().filter(|c| c.seqlen >= 131_072).map(|c| c.time_error).collect();

@@ -35,6 +35,9 @@ pub struct UspCheck {
     /// Share of the predicted time spent in attention kernels (the rest: communication exposed,
     /// layout copies, softmax merges, launches).
     pub kernel_share: f64,
+    /// Measured minus predicted time per iteration, in ms: what the benchmark spent beyond the
+    /// GPU work the model prices.
+    pub unexplained_ms: f64,
 }
 
 /// A minimal model shape for attention-only scopes: only heads, KV heads and head dim matter.
@@ -107,6 +110,7 @@ pub fn usp() -> Result<Vec<UspCheck>> {
                 predicted_iters_per_s: 1.0 / time,
                 time_error: time * measured - 1.0,
                 kernel_share: kernel / time,
+                unexplained_ms: 1e3 * (1.0 / measured - time),
             });
         }
     }
