@@ -4,6 +4,7 @@
 //! `cargo nextest run --release --no-capture -E 'binary(cost_validation)'`
 //! (`hsap-tune predict --reference usp|fa|alltoall` prints the same tables).
 
+use hsap::calibrate::fit::median;
 use hsap::cost::attention::{published, AttentionKernel, PassModel, Point};
 use hsap::cost::validate::{self, median_abs};
 use hsap::cost::Pass;
@@ -63,7 +64,7 @@ fn usp_residual_is_one_per_iteration_constant() {
         println!(
             "{:>4} {:>6} {:>3}/{:<3} {:>3} {} {}  {:>6.2}",
             line, c.seqlen, c.heads, c.kv_heads, c.head_dim, c.ulysses, c.ring,
-            median_abs(row.iter().map(|c| c.unexplained_ms))
+            median(&mut row.iter().map(|c| c.unexplained_ms).collect::<Vec<_>>())
         );
     }
     let median_with = |extra_s: f64| {
