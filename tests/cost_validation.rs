@@ -34,6 +34,11 @@ fn usp_benchmark_every_cell() {
     println!("cells {}: median |time error| {:.1}%; 128K cells {}: {:.1}%", checks.len(), 100.0 * all, n_long, 100.0 * long);
     // 167 measured cells (one OOM, twelve not run).
     assert_eq!(checks.len(), 167);
+    // The unexplained time is the time error in ms: positive where the model is fast.
+    for c in &checks {
+        let from_error = -1e3 * c.time_error / c.measured_iters_per_s;
+        assert!((c.unexplained_ms - from_error).abs() < 1e-9, "line {} {}: {} vs {}", c.line, c.variant, c.unexplained_ms, from_error);
+    }
     // The brief's target is 15% over all cells; the model reaches it where the GPU work dominates
     // (128K) but not over all cells, because the benchmark's per-iteration harness time (see
     // HARNESS_DOMINATED_SEQLENS) is not part of the model. These bounds guard what it achieves.

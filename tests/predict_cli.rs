@@ -163,7 +163,11 @@ fn reference_tables_print_the_validation() {
         .args(["predict", "--reference", "usp"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("median |time error|").and(predicate::str::contains("zigzag_qkvpack")));
+        .stdout(
+            predicate::str::contains("median |time error|")
+                .and(predicate::str::contains("zigzag_qkvpack"))
+                .and(predicate::str::contains("unexplained")),
+        );
     let out = hsap().args(["predict", "--reference", "alltoall", "--json"]).output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 6);
