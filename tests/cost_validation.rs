@@ -56,7 +56,8 @@ fn usp_benchmark_every_cell() {
 /// and asserts that it does: the model's scaling with sequence length, heads, head dim, split and
 /// variant is then right, and what it leaves out is the harness. The constant never enters the
 /// model (fitting it to USP's end-to-end numbers is what the cost model must not do); the
-/// per-row medians show where one constant does not hold (the 32K rows).
+/// per-row medians show where one constant does not hold (the 32K rows, and u1 x r8 at 32 KV heads
+/// of 32 or 8 of 128).
 #[test]
 fn usp_residual_is_one_per_iteration_constant() {
     let checks = validate::usp().unwrap();
