@@ -15,27 +15,72 @@ apt_install() {
         || { $sudo apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "$@" >/dev/null; }
 }
 
-# What building needs: cmake and libclang for HiGHS, a TrueType font for PNG text.
+# Every file probe below looks under $HSAP_SYSROOT (empty: the real root), so that
+# tests/setup_script.rs can run the checks against a fake tree.
+sysroot="${HSAP_SYSROOT:-}"
+
+# True when a path matching one of the globs exists under the sysroot.
+exists_under_root() {
+    local pattern
+    for pattern in "$@"; do
+        compgen -G "$sysroot$pattern" >/dev/null && return 0
+    done
+    return 1
+}
+
+# bindgen (through clang-sys) dlopens exactly `libclang.so`, `libclang-N.so` or a versioned
+# `libclang.so.N` / `libclang-N.so.N` in LIBCLANG_PATH or the LLVM and multiarch library
+# directories, and it skips `libclang-cpp*` (clang-sys build/common.rs, search_directory).
+# Debian installs `libclang-cpp.so.N` with llvm, so a looser glob (libclang*) finds a library
+# bindgen will never load. It also needs clang's builtin headers (stddef.h), which come with the
+# same -dev package (libclang-common-N-dev).
+has_libclang() {
+    if [ -n "${LIBCLANG_PATH:-}" ]; then
+        exists_under_root "$LIBCLANG_PATH/libclang.so" "$LIBCLANG_PATH/libclang-[0-9]*.so" && return 0
+    fi
+    exists_under_root /usr/lib/llvm-*/lib/libclang.so /usr/lib/*-linux-gnu/libclang-[0-9]*.so \
+        /usr/lib/libclang.so /usr/local/lib/libclang.so || return 1
+    exists_under_root /usr/lib/llvm-*/lib/clang/*/include/stddef.h /usr/lib/clang/*/include/stddef.h \
+        /usr/local/lib/clang/*/include/stddef.h
+}
+
+# The Debian packages building needs that are not here, one per line: cmake and a C++ compiler
+# for HiGHS, libclang for its bindgen step, and the TrueType font that src/report/font.rs reads.
+missing_build_deps() {
+    command -v cmake >/dev/null || echo cmake
+    command -v c++ >/dev/null || echo g++
+    has_libclang || echo libclang-dev
+    exists_under_root /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || echo fonts-dejavu-core
+}
+
 ensure_build_deps() {
-    local missing=()
-    command -v cmake >/dev/null || missing+=(cmake)
-    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
-    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
-    command -v c++ >/dev/null || missing+=(g++)
+    local missing
+    mapfile -t missing < <(missing_build_deps)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
-# What the tests need beyond building: headless Chromium for the report screenshot test, and
-# NVRTC (from the nvidia-cuda-nvrtc-cu12 wheel, no GPU needed) to compile the kernels to PTX.
+# The Debian packages the tests need beyond building, one per line: headless Chromium for the
+# report's browser test (tests/report_chromium.rs looks for these names), and a Python that can
+# make a virtual environment (Debian's python3 needs python3-venv for ensurepip).
+missing_test_deps() {
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null || echo chromium
+    command -v python3 >/dev/null || { echo python3; echo python3-venv; return; }
+    python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv
+}
+
+# What the tests need beyond building: the packages above, and NVRTC (from the
+# nvidia-cuda-nvrtc-cu12 wheel, no GPU needed) to compile the kernels to PTX.
 ensure_test_deps() {
-    command -v chromium >/dev/null || apt_install chromium
+    local missing
+    mapfile -t missing < <(missing_test_deps)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     local venv="$HSAP_CACHE/nvrtc-venv"
-    if ! ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 >/dev/null 2>&1; then
+    if ! compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" >/dev/null; then
         echo "installing nvidia-cuda-nvrtc-cu12 into $venv" >&2
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet "nvidia-cuda-nvrtc-cu12>=12.4,<13"
     fi
     local lib
-    lib=$(dirname "$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 | head -n 1)")
+    lib=$(dirname "$(compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" | head -n 1)")
     export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
