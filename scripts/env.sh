@@ -28,28 +28,34 @@ exists_under_root() {
     return 1
 }
 
-# bindgen (through clang-sys) dlopens exactly `libclang.so`, `libclang-N.so` or a versioned
-# `libclang.so.N` / `libclang-N.so.N` in LIBCLANG_PATH or the LLVM and multiarch library
-# directories, and it skips `libclang-cpp*` (clang-sys build/common.rs, search_directory).
-# Debian installs `libclang-cpp.so.N` with llvm, so a looser glob (libclang*) finds a library
-# bindgen will never load. It also needs clang's builtin headers (stddef.h), which come with the
-# same -dev package (libclang-common-N-dev).
+# bindgen (through clang-sys) dlopens a libclang from LIBCLANG_PATH or the LLVM and multiarch
+# library directories, and skips `libclang-cpp*` (clang-sys build/common.rs, search_directory).
+# Debian installs `libclang-cpp.so.N` with llvm, so a loose glob (libclang*) finds a library
+# bindgen will never load. We ask for the unversioned `libclang.so` / `libclang-N.so` that the
+# -dev package installs, and for clang's builtin headers (stddef.h, from libclang-common-N-dev,
+# which the -dev package pulls in): bindgen fails without them even when a versioned runtime
+# library (libclang1-N) is present.
 has_libclang() {
+    # Quoted: the globs are expanded under the sysroot by exists_under_root, not here.
+    local lib=('/usr/lib/llvm-*/lib/libclang.so' '/usr/lib/*-linux-gnu/libclang-[0-9]*.so' '/usr/lib/libclang.so'
+        '/usr/local/lib/libclang.so')
+    local headers=('/usr/lib/llvm-*/lib/clang/*/include/stddef.h' '/usr/lib/clang/*/include/stddef.h'
+        '/usr/local/lib/clang/*/include/stddef.h')
     if [ -n "${LIBCLANG_PATH:-}" ]; then
-        exists_under_root "$LIBCLANG_PATH/libclang.so" "$LIBCLANG_PATH/libclang-[0-9]*.so" && return 0
+        lib+=("$LIBCLANG_PATH/libclang.so" "$LIBCLANG_PATH/libclang-[0-9]*.so")
+        headers+=("$LIBCLANG_PATH/clang/*/include/stddef.h")
     fi
-    exists_under_root /usr/lib/llvm-*/lib/libclang.so /usr/lib/*-linux-gnu/libclang-[0-9]*.so \
-        /usr/lib/libclang.so /usr/local/lib/libclang.so || return 1
-    exists_under_root /usr/lib/llvm-*/lib/clang/*/include/stddef.h /usr/lib/clang/*/include/stddef.h \
-        /usr/local/lib/clang/*/include/stddef.h
+    exists_under_root "${lib[@]}" && exists_under_root "${headers[@]}"
 }
 
 # The Debian packages building needs that are not here, one per line: cmake and a C++ compiler
-# for HiGHS, libclang for its bindgen step, and the TrueType font that src/report/font.rs reads.
+# for HiGHS, libclang for its bindgen step, and the TrueType font that src/report/font.rs reads
+# (unless HSAP_FONT names one). The font check is last because of its early return.
 missing_build_deps() {
     command -v cmake >/dev/null || echo cmake
     command -v c++ >/dev/null || echo g++
     has_libclang || echo libclang-dev
+    [ -n "${HSAP_FONT:-}" ] && [ -f "$HSAP_FONT" ] && return
     exists_under_root /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || echo fonts-dejavu-core
 }
 
