@@ -16,6 +16,8 @@ pub mod scheme;
 pub mod sim;
 pub mod solver;
 pub mod trace;
+pub mod tune;
+pub mod units;
 
 mod toml_input;
 
