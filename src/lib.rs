@@ -14,6 +14,7 @@ pub mod report;
 pub mod reference;
 pub mod scheme;
 pub mod sim;
+pub mod stats;
 pub mod solver;
 pub mod trace;
 pub mod tune;

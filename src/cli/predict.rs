@@ -145,10 +145,10 @@ fn usp_table(rows: &[validate::UspCheck], out: &mut dyn Write) -> std::io::Resul
     let long: Vec<f64> = rows.iter().filter(|c| c.seqlen >= 131_072).map(|c| c.time_error).collect();
     writeln!(
         out,
-        "median |time error|: {:.1}% over {} cells, {:.1}% over the {} cells at 128K",
-        100.0 * validate::median_abs(rows.iter().map(|c| c.time_error)),
+        "median |time error|: {} over {} cells, {} over the {} cells at 128K",
+        median_pct(rows.iter().map(|c| c.time_error)),
         rows.len(),
-        100.0 * validate::median_abs(long.iter().copied()),
+        median_pct(long.iter().copied()),
         long.len()
     )?;
     writeln!(out, "\nsplit the model ranks fastest, per row group and variant column")?;
@@ -171,7 +171,12 @@ fn fa_table(rows: &[validate::FaCheck], out: &mut dyn Write) -> std::io::Result<
             c.table, c.line, c.implementation, c.causal, c.head_dim, c.seqlen, c.measured_tflops, c.predicted_tflops, 100.0 * c.error
         )?;
     }
-    writeln!(out, "median |error|: {:.1}% over {} cells", 100.0 * validate::median_abs(rows.iter().map(|c| c.error)), rows.len())
+    writeln!(out, "median |error|: {} over {} cells", median_pct(rows.iter().map(|c| c.error)), rows.len())
+}
+
+/// The median |error| of a table as a percentage, `-` for no cells.
+fn median_pct(errors: impl Iterator<Item = f64>) -> String {
+    validate::median_abs(errors).map_or("-".into(), |m| format!("{:.1}%", 100.0 * m))
 }
 
 fn alltoall_table(rows: &[validate::AlltoallCheck], out: &mut dyn Write) -> std::io::Result<()> {

@@ -204,18 +204,12 @@ pub struct SolveMs {
 }
 
 impl SolveMs {
-    /// Nearest-rank median, p99 and maximum of `samples` (non-finite ones ignored); zeros for none.
+    /// Median, p99 and maximum of `samples` (crate::stats's quantiles; non-finite samples
+    /// ignored); zeros when no batch was solved.
     pub fn of(samples: &[f64]) -> SolveMs {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return SolveMs { median: 0.0, p99: 0.0, max: 0.0 };
-        }
-        v.sort_by(f64::total_cmp);
-        SolveMs {
-            median: crate::trace::percentile(&v, 50.0),
-            p99: crate::trace::percentile(&v, 99.0),
-            max: v[v.len() - 1],
-        }
+        let v = crate::stats::sorted(samples.iter().copied().filter(|x| x.is_finite()));
+        let q = |q| crate::stats::quantile_sorted(&v, q).unwrap_or(0.0);
+        SolveMs { median: q(0.5), p99: q(0.99), max: q(1.0) }
     }
 }
 
