@@ -612,14 +612,9 @@ struct Samples {
     step: Vec<f64>,
 }
 
+/// The median of an op's timings (crate::stats); 0 s for one no repetition timed.
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
+    crate::stats::median(v).unwrap_or(0.0)
 }
 
 /// Bytes a Ulysses all-to-all sends to and receives from each peer (in peer order).
