@@ -34,11 +34,20 @@ fn usp_benchmark_every_cell() {
     println!("cells {}: median |time error| {:.1}%; 128K cells {}: {:.1}%", checks.len(), 100.0 * all, n_long, 100.0 * long);
     // 167 measured cells (one OOM, twelve not run).
     assert_eq!(checks.len(), 167);
-    // The unexplained time is the time error in ms: positive where the model is fast.
-    for c in &checks {
-        let from_error = -1e3 * c.time_error / c.measured_iters_per_s;
-        assert!((c.unexplained_ms - from_error).abs() < 1e-9, "line {} {}: {} vs {}", c.line, c.variant, c.unexplained_ms, from_error);
-    }
+    // What the model leaves out at 128K is the benchmark's harness, measured independently by the
+    // 512-token row: it does almost no GPU work (about 0.05 ms predicted), so its iteration times
+    // are harness alone. The median time the model leaves unexplained at 128K must lie within
+    // them; a model 10% fast or slow at 128K would leave 6-10 ms more or less and fail.
+    let harness_ms: Vec<f64> = checks.iter().filter(|c| c.seqlen == 512).map(|c| 1e3 / c.measured_iters_per_s).collect();
+    let (harness_lo, harness_hi) = harness_ms.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    let unexplained_128k: Vec<f64> = checks.iter().filter(|c| c.seqlen == 131_072).map(|c| c.unexplained_ms).collect();
+    let unexplained = median(&unexplained_128k).expect("128K cells");
+    println!("128K: median unexplained {unexplained:.2} ms; harness at 512 tokens {harness_lo:.2}-{harness_hi:.2} ms over {} cells", harness_ms.len());
+    assert_eq!(harness_ms.len(), 6);
+    assert!(
+        (harness_lo..=harness_hi).contains(&unexplained),
+        "median unexplained time at 128K {unexplained:.2} ms is outside the harness time measured at 512 tokens ({harness_lo:.2}-{harness_hi:.2} ms)"
+    );
     // The brief's target is 15% over all cells; the model reaches it where the GPU work dominates
     // (128K) but not over all cells, because the benchmark's per-iteration harness time (see
     // HARNESS_DOMINATED_SEQLENS) is not part of the model. These bounds guard what it achieves.
