@@ -6,6 +6,7 @@ use super::io_out;
 use crate::cost::scenario::{predict_file, Prediction};
 use crate::cost::validate;
 use crate::error::Result;
+use crate::units::{gib, ms, percent};
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,14 +50,6 @@ pub fn predict(args: &PredictArgs, out: &mut dyn Write, _err: &mut dyn Write) ->
         return writeln!(out).map_err(io_out);
     }
     write_table(&prediction, out).map_err(io_out)
-}
-
-fn ms(s: f64) -> String {
-    format!("{:.3} ms", s * 1e3)
-}
-
-fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / crate::cluster::GIB)
 }
 
 fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
@@ -176,7 +169,7 @@ fn fa_table(rows: &[validate::FaCheck], out: &mut dyn Write) -> std::io::Result<
 
 /// The median |error| of a table as a percentage, `-` for no cells.
 fn median_pct(errors: impl Iterator<Item = f64>) -> String {
-    validate::median_abs(errors).map_or("-".into(), |m| format!("{:.1}%", 100.0 * m))
+    validate::median_abs(errors).map_or("-".into(), percent)
 }
 
 fn alltoall_table(rows: &[validate::AlltoallCheck], out: &mut dyn Write) -> std::io::Result<()> {

@@ -151,7 +151,7 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         s.cluster,
         s.nodes,
         s.gpus(),
-        d.memory_limit_bytes / crate::cluster::GIB
+        d.memory_limit_bytes / crate::units::GIB
     )?;
     writeln!(out)?;
     writeln!(

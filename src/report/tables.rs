@@ -6,7 +6,7 @@ use crate::calibrate::measurements::{MeasuredKind, Measurement};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+use crate::units::GIB;
 
 /// Figure 1: documents and tokens per power-of-two length bucket.
 #[derive(Debug, Clone, PartialEq, Serialize)]
