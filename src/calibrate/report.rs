@@ -3,11 +3,11 @@
 //! report module to plot.
 
 use super::fit::Holdout;
-use super::nccl_tests::format_bytes;
 use super::plural;
 use super::profile::{level_name, Outcome};
 use crate::cluster::{Collective, LinkLevel};
 use crate::error::{Error, Result};
+use crate::units::{self, percent, signed_percent, significant};
 use serde::Serialize;
 use std::path::Path;
 
@@ -126,23 +126,9 @@ impl Table {
     }
 }
 
+/// Seconds as a number of microseconds, for the `_us` columns.
 fn us(seconds: f64) -> String {
-    let v = seconds * 1e6;
-    if v >= 1000.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
-}
-
-fn signed_pct(x: f64) -> String {
-    format!("{:+.1}%", x * 100.0)
+    significant(seconds * 1e6)
 }
 
 fn gbps(x: f64) -> String {
@@ -168,9 +154,9 @@ fn fits_table(outcome: &Outcome) -> Table {
             f.regimes.len().to_string(),
             format!("{:.1}", f.latency_us),
             gbps(f.busbw_gb_per_s),
-            format_bytes(f.saturation_bytes.round()),
+            units::bytes(f.saturation_bytes.round()),
             format!("{:.4}", f.rms_log_residual),
-            pct(f.max_rel_error),
+            percent(f.max_rel_error),
         ]);
     }
     t
@@ -185,7 +171,7 @@ fn regime_lines(outcome: &Outcome) -> Vec<String> {
             let parts: Vec<String> = f
                 .regimes
                 .iter()
-                .map(|r| format!("{:.1} us + busbw {} GB/s from {}", r.latency_us, gbps(r.busbw_gb_per_s), format_bytes(r.from_bytes.round())))
+                .map(|r| format!("{:.1} us + busbw {} GB/s from {}", r.latency_us, gbps(r.busbw_gb_per_s), units::bytes(r.from_bytes.round())))
                 .collect();
             format!("{} {} {} ranks: {}", f.op.name(), level_name(f.level), f.ranks, parts.join("; "))
         })
@@ -208,8 +194,8 @@ fn holdout_table(outcome: &Outcome) -> Table {
                     s.op.name().to_string(),
                     s.points.len().to_string(),
                     judged.to_string(),
-                    pct(*median_rel_error),
-                    pct(worst),
+                    percent(*median_rel_error),
+                    percent(worst),
                     String::new(),
                 ]
             }
@@ -236,12 +222,12 @@ fn point_tables(outcome: &Outcome, points: &[FitPoint]) -> Vec<(String, Table)> 
             let mut t = Table::new(vec!["bytes", "measured_us", "fitted_us", "error", "held_out_pred_us", "held_out_error"]);
             for p in points.iter().filter(|p| p.source == s.source && p.op == s.op && p.ranks == s.ranks) {
                 t.rows.push(vec![
-                    format_bytes(p.bytes),
+                    units::bytes(p.bytes),
                     us(p.measured_s),
                     us(p.fitted_s),
-                    signed_pct(p.rel_error),
+                    signed_percent(p.rel_error),
                     p.holdout_predicted_s.map_or(String::new(), us),
-                    p.holdout_rel_error.map_or(String::new(), signed_pct),
+                    p.holdout_rel_error.map_or(String::new(), signed_percent),
                 ]);
             }
             out.push((format!("{} {} {} ranks, {}", s.op.name(), level_name(s.level), s.ranks, s.label), t));
