@@ -15,6 +15,7 @@ pub mod tables;
 pub use data::RunData;
 pub use font::{DEFAULT_FONT, FONT_ENV};
 
+use crate::calibrate::measurements::Measurement;
 use crate::error::{Error, Result};
 use draw::{Plot, Theme};
 use image::ImageEncoder;
@@ -236,20 +237,37 @@ fn figure(
     })
 }
 
-/// Draws a figure as SVG (nominal size) and as PNG (at [`PNG_SCALE`]).
-fn draw_both(id: &str, plot: &Plot) -> Result<(String, Vec<u8>)> {
-    let failed = |e: Box<dyn std::error::Error>| {
-        Error::invalid(
-            format!("drawing figure '{id}' failed: {e}"),
-            "report this as a bug, with the run directory",
-        )
-    };
+/// Predicted against measured time for measurement rows alone (what `validate` writes beside
+/// its CSV): the report's figure of the same name, as SVG.
+pub fn accuracy_svg(measurements: &[Measurement]) -> Result<String> {
+    font::ensure_registered()?;
+    let rows = tables::accuracy_rows(measurements, &[]);
+    draw_svg("predicted_vs_measured", &Plot::Accuracy { rows: &rows })
+}
+
+fn draw_failed(id: &str, e: Box<dyn std::error::Error>) -> Error {
+    Error::invalid(
+        format!("drawing figure '{id}' failed: {e}"),
+        "report this as a bug, with the run directory",
+    )
+}
+
+/// Draws a figure as SVG at its nominal size.
+fn draw_svg(id: &str, plot: &Plot) -> Result<String> {
     let (w, h) = plot.size();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
-        plot.draw(&root, Theme { scale: 1.0 }).map_err(failed)?;
+        plot.draw(&root, Theme { scale: 1.0 }).map_err(|e| draw_failed(id, e))?;
     }
+    Ok(svg)
+}
+
+/// Draws a figure as SVG (nominal size) and as PNG (at [`PNG_SCALE`]).
+fn draw_both(id: &str, plot: &Plot) -> Result<(String, Vec<u8>)> {
+    let failed = |e| draw_failed(id, e);
+    let svg = draw_svg(id, plot)?;
+    let (w, h) = plot.size();
     let (pw, ph) = ((f64::from(w) * PNG_SCALE) as u32, (f64::from(h) * PNG_SCALE) as u32);
     let mut rgb = vec![0u8; pw as usize * ph as usize * 3];
     {
