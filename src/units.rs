@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(bytes_decimal(1e6), "1 MB");
         assert_eq!(bytes_decimal(2.5e3), "2.5 kB");
         assert_eq!(bytes_decimal(4096.0), "4.1 kB");
-        assert_eq!(gib(21.735 * GIB), "21.74 GiB");
+        assert_eq!(gib(21.736 * GIB), "21.74 GiB");
     }
 
     #[test]
