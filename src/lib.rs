@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cost;
 pub mod error;
+pub mod formats;
 pub mod gpu;
 pub mod model;
 pub mod output;

@@ -7,11 +7,10 @@ use crate::cluster::Cluster;
 use crate::cost::{CostModel, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
-use crate::output::write_atomic;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
-use crate::report::data::{
-    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo,
-    SUMMARY_FORMAT_VERSION,
+use crate::formats::run::{
+    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
+    PLAN_JSON, SUMMARY_FORMAT_VERSION,
 };
 use crate::report::ReportFiles;
 use crate::sim::{simulate_batch, SimOptions};
@@ -320,7 +319,7 @@ fn run_data(
         },
     };
     let measurements = match &inputs.measurements {
-        Some(path) => crate::calibrate::measurements::read(path)?,
+        Some(path) => crate::formats::measurements::read(path)?,
         None => Vec::new(),
     };
     Ok(RunData {
@@ -334,7 +333,7 @@ fn run_data(
         batches: batch_rows,
         groups: group_rows,
         measurements,
-        fit_points: crate::report::data::fit_points_of(&ctx.cm.cluster),
+        fit_points: crate::formats::fit_points::of_profile(&ctx.cm.cluster),
         warnings: Vec::new(),
     })
 }
@@ -399,13 +398,11 @@ fn group_rows_of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<Gr
 fn write_run(dir: &Path, run: &RunData, plans: &[Plan], baseline_plans: bool) -> Result<()> {
     run.write(dir)?;
     for plan in plans {
-        let hsap = plan.strategy == crate::report::data::HSAP;
+        let hsap = plan.strategy == crate::formats::run::HSAP;
         if !hsap && !baseline_plans {
             continue;
         }
-        let json = serde_json::to_vec(plan).map_err(|e| Error::invalid(format!("serialising the plan: {e}"), "this is a bug"))?;
-        let path = if hsap { dir.join("plan.json") } else { dir.join("plans").join(format!("{}.json", plan.strategy)) };
-        write_atomic(&path, &json)?;
+        plan.write(&if hsap { dir.join(PLAN_JSON) } else { dir.join(PLANS_DIR).join(format!("{}.json", plan.strategy)) })?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The measured-against-predicted comparison `validate` prints, on rows like the ones it writes.
 
-use hsap::calibrate::measurements::{MeasuredKind, Measurement};
+use hsap::formats::measurements::{MeasuredKind, Measurement};
 use hsap::gpu::report::{compare, plot, source, write_table, MICRO_BATCH};
 
 fn row(kind: MeasuredKind, op: &str, time_s: f64, predicted_s: Option<f64>, tags: &[(&str, String)]) -> Measurement {

@@ -4,7 +4,7 @@
 //! point with its fitted value for the report.
 
 use super::fit::{self, EnvelopeFit, Holdout, Point};
-use super::measurements::{MeasuredKind, Measurement};
+use crate::formats::measurements::{MeasuredKind, Measurement};
 use super::nccl_tests::{NcclLog, NcclOp, NcclRun, OpFinding};
 use super::plural;
 use crate::cluster::{

@@ -2,7 +2,7 @@
 //! calibrated cluster profile plus a fit report (docs/calibration.md).
 
 use super::io_out;
-use crate::calibrate::measurements;
+use crate::formats::measurements;
 use crate::calibrate::nccl_tests::{self, NcclOp};
 use crate::calibrate::profile::{self, Hints, MeasurementFile};
 use crate::calibrate::report;
@@ -148,9 +148,8 @@ pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write)
 
     let points = report::fit_points(&outcome);
     let dir = args.report_dir();
-    report::write_points_csv(&dir.join("fit_points.csv"), &points)?;
-    let plotted: Vec<_> = points.iter().map(plotted).collect();
-    let figure = crate::report::calibration_figure(&plotted, 1)?;
+    crate::formats::fit_points::write(&dir.join(crate::formats::run::FIT_POINTS_CSV), &points)?;
+    let figure = crate::report::calibration_figure(&points, 1)?;
     crate::output::write_atomic(&dir.join("calibration_fit.svg"), figure.svg.as_bytes())?;
     crate::output::write_atomic(&dir.join("calibration_fit.png"), &figure.png)?;
     let command = command_line(args);
@@ -229,20 +228,6 @@ fn command_line(args: &CalibrateArgs) -> String {
         parts.push(format!("--report {}", r.display()));
     }
     parts.join(" ")
-}
-
-/// The columns of a fit point that the report's calibration figure draws.
-fn plotted(p: &report::FitPoint) -> crate::report::data::FitPoint {
-    crate::report::data::FitPoint {
-        op: p.op,
-        level: p.level,
-        ranks: p.ranks,
-        bytes: p.bytes,
-        measured_s: p.measured_s,
-        fitted_s: p.fitted_s,
-        rel_error: p.rel_error,
-        held_out: p.held_out,
-    }
 }
 
 /// Runs the microbenchmarks on the GPUs of this launch; rank 0 writes them to the report folder

@@ -3,7 +3,7 @@
 
 use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs};
 use crate::error::Result;
-use crate::report::data::Summary;
+use crate::formats::run::Summary;
 use crate::solver::Strategy;
 use crate::tune::{TuneInputs, TuneOptions};
 use clap::Args;

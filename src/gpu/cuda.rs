@@ -15,7 +15,7 @@ use super::kernels::{compile_ptx, ATTENTION, ELEMENTWISE};
 use super::launch::{fingerprint, Launch, Session};
 use super::schedule::{A2aDir, Attn, AttnDims, Buf, MetaRef, OpKind, Phase, Schedule, Stream, Tensor, BF16_BYTES, F32_BYTES};
 use super::varlen::{GroupVarlen, VarlenMeta};
-use crate::calibrate::measurements::{self, MeasuredKind, Measurement};
+use crate::formats::measurements::{self, MeasuredKind, Measurement};
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;

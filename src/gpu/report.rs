@@ -7,7 +7,7 @@
 //! time from the plan), a row per phase, and a row per op. The slowest rank decides a step, a
 //! micro-batch or a group, so measured times are maxima over ranks of each rank's median.
 
-use crate::calibrate::measurements::{MeasuredKind, Measurement};
+use crate::formats::measurements::{MeasuredKind, Measurement};
 use crate::error::Result;
 use crate::units::{ms, signed_percent};
 use std::collections::BTreeMap;

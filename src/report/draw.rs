@@ -2,7 +2,8 @@
 //! backend, so the SVG and the PNG come from the same code; sizes are in logical pixels times
 //! the theme's scale, so the PNG can be drawn sharper than the SVG's nominal size.
 
-use super::data::{FitPoint, TraceInfo, HSAP};
+use crate::formats::fit_points::FitPoint;
+use crate::formats::run::{TraceInfo, HSAP};
 use super::font::FAMILY;
 use super::palette::{series_colour, shape_colour, strategy_colour, PART_COLOURS};
 use super::tables::{

@@ -1,7 +1,7 @@
 //! The report's text: `summary.md` (the headline numbers) and `index.html` (the same numbers and
 //! every figure's SVG inline, so that the one file shows everything without network access).
 
-use super::data::{RunData, Summary};
+use crate::formats::run::{RunData, Summary};
 use super::palette::{hex, strategy_colour};
 use super::tables::{AccuracyRow, SpeedupStats};
 use super::Figure;

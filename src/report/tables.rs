@@ -1,8 +1,9 @@
 //! The data behind every figure, as rows: pure functions of the run data. Each table is written
 //! next to its figure as CSV, so every number a figure shows can be looked up.
 
-use super::data::{BatchRow, FitPoint, RunData, TraceInfo, HSAP};
-use crate::calibrate::measurements::{MeasuredKind, Measurement};
+use crate::formats::fit_points::FitPoint;
+use crate::formats::measurements::{MeasuredKind, Measurement};
+use crate::formats::run::{BatchRow, RunData, TraceInfo, HSAP};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
