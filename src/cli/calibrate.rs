@@ -142,7 +142,7 @@ pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write)
     // Whatever is written must read back as the same profile.
     let reread = Cluster::from_toml(&args.out, &text)?;
     if reread != profile {
-        return Err(Error::invalid("the written profile does not read back as written", "report this as a bug"));
+        return Err(Error::internal("the written profile does not read back as written"));
     }
     crate::output::write_atomic(&args.out, text.as_bytes())?;
 
@@ -192,7 +192,7 @@ fn calibrated_cluster(base: &Cluster, out: &Path, calibration: &crate::cluster::
 }
 
 fn profile_toml(profile: &Cluster, base: &Cluster, args: &CalibrateArgs) -> Result<String> {
-    let body = toml::to_string(profile).map_err(|e| Error::invalid(format!("cannot encode the profile: {e}"), "report this as a bug"))?;
+    let body = toml::to_string(profile).map_err(|e| Error::internal(format!("cannot encode the profile: {e}")))?;
     let mut text = String::from("# Calibrated cluster profile written by `hsap-tune calibrate`; see docs/calibration.md.\n");
     text.push_str(&format!("# Base cluster: {}. Inputs:\n", base.name));
     for p in args.nccl_tests.iter().chain(&args.measurements) {

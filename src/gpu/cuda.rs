@@ -1087,7 +1087,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
             hint: "report this with the GPU model and driver version; the kernels are kernels/attention.cu".into(),
         });
     }
-    let plan_json = serde_json::to_vec(plan).map_err(|e| Error::invalid(format!("cannot encode the plan: {e}"), "report this as a bug"))?;
+    let plan_json = serde_json::to_vec(plan).map_err(|e| Error::internal(format!("cannot encode the plan: {e}")))?;
     let fp = fingerprint(&[plan_json, format!("{:?}{}{}", schedules.iter().map(|s| s.batch).collect::<Vec<_>>(), options.repeats, options.warmup).into_bytes()].concat());
     let (mut session, id) = Session::open(&launch, fp, options.timeout, nccl_id)?;
     let mine = (|| -> Result<Vec<Measurement>> {
@@ -1100,7 +1100,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
         }
         Ok(rows)
     })();
-    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug")));
+    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::internal(format!("cannot encode measurements: {e}"))));
     // A rank that failed tells rank 0 (which reports every failure) and fails itself too.
     let (sent, failure) = match encoded {
         Ok(bytes) => (Ok(bytes), None),
@@ -1480,7 +1480,7 @@ pub fn microbenchmarks(cluster: &Cluster, plan: &MicrobenchPlan, repeats: u32, w
         }
         Ok(rows)
     })();
-    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug")));
+    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::internal(format!("cannot encode measurements: {e}"))));
     let (sent, failure) = match encoded {
         Ok(bytes) => (Ok(bytes), None),
         Err(e) => (Err(e.to_string()), Some(e)),
