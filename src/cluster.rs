@@ -332,7 +332,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let positive = [
             ("gpus_per_node", f64::from(self.gpus_per_node)),
             ("nodes", f64::from(self.nodes)),

@@ -138,7 +138,7 @@ impl ModelShape {
         Ok(shape)
     }
 
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let positive = [
             ("layers", self.layers),
             ("hidden", self.hidden),

@@ -2,12 +2,15 @@
 //! (docs/plan-format.md), written by the planner and read by the simulator and the validator
 //! through `formats::plan`.
 
+use crate::error::{Error, Result};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
 use crate::trace::Doc;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
 
-/// Bumped whenever a field changes meaning.
-pub const PLAN_FORMAT_VERSION: u32 = 1;
+/// Bumped whenever a field changes meaning (2: batches list their documents).
+pub const PLAN_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -28,9 +31,9 @@ pub struct Plan {
 
 impl Plan {
     /// The batch with index `k`.
-    pub fn batch(&self, k: usize) -> crate::Result<&BatchPlan> {
+    pub fn batch(&self, k: usize) -> Result<&BatchPlan> {
         self.batches.iter().find(|b| b.index == k).ok_or_else(|| {
-            crate::Error::invalid(
+            Error::invalid(
                 format!("the plan has no batch {k} (it has {} batches)", self.batches.len()),
                 format!(
                     "choose --batch between {} and {}",
@@ -45,6 +48,9 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchPlan {
     pub index: usize,
+    /// The batch's documents (pieces of split documents separately); each is in exactly one
+    /// group of one micro-batch.
+    pub docs: Vec<Doc>,
     pub microbatches: Vec<MicroBatch>,
     /// The cost model's step time: micro-batches in sequence plus exposed gradient synchronisation.
     pub predicted_step_s: f64,
@@ -161,4 +167,149 @@ impl RankLayout {
             })
             .collect()
     }
+}
+
+/// What the simulator and the validator rely on in a plan they read; [`Plan::check`] finds the
+/// first place that breaks it.
+const CHECK_HINT: &str = "regenerate the plan with `hsap-tune --out DIR`; docs/plan-format.md says what a plan must hold";
+
+/// Where in a plan something is wrong, and what.
+struct Fault {
+    at: String,
+    what: String,
+}
+
+impl Plan {
+    /// Checks that the plan can be replayed and run as written: its model and cluster are valid;
+    /// in every micro-batch each GPU of the cluster is in exactly one group; every group has
+    /// ranks, positive degrees whose product is its size, one layout per rank whose token ranges
+    /// agree with its `cu_seqlens` and together hold the group's tokens; and every document of a
+    /// batch is in exactly one group of one micro-batch. Errors name `path`, the batch, the
+    /// micro-batch and the group.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        self.model.check(path)?;
+        self.cluster.check(path)?;
+        let gpus = self.cluster.gpus();
+        for b in &self.batches {
+            check_batch(b, gpus).map_err(|f| Error::input(path, 0, format!("{}: {}", f.at, f.what), CHECK_HINT))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_batch(b: &BatchPlan, gpus: u32) -> std::result::Result<(), Fault> {
+    let at = format!("batch {}", b.index);
+    if b.microbatches.is_empty() {
+        return Err(Fault { at, what: "no micro-batches".into() });
+    }
+    let mut listed: HashMap<(u32, u32), (u32, Option<(usize, usize)>)> = HashMap::with_capacity(b.docs.len());
+    for d in &b.docs {
+        if listed.insert((d.index, d.offset), (d.len, None)).is_some() {
+            return Err(Fault { at, what: format!("{} is listed twice in its documents", doc_name(d)) });
+        }
+    }
+    for (m, micro) in b.microbatches.iter().enumerate() {
+        let mut owner: Vec<Option<usize>> = vec![None; gpus as usize];
+        for (g, group) in micro.groups.iter().enumerate() {
+            let at = || format!("batch {}, micro-batch {m}, group {g}", b.index);
+            for d in &group.docs {
+                match listed.get_mut(&(d.index, d.offset)) {
+                    None => return Err(Fault { at: at(), what: format!("{} is not among the batch's documents", doc_name(d)) }),
+                    Some((len, _)) if *len != d.len => {
+                        return Err(Fault { at: at(), what: format!("{} has {} tokens here but {len} in the batch's list", doc_name(d), d.len) })
+                    }
+                    Some((_, Some((m0, g0)))) => {
+                        return Err(Fault { at: at(), what: format!("{} is also in micro-batch {m0}, group {g0}", doc_name(d)) })
+                    }
+                    Some((_, placed)) => *placed = Some((m, g)),
+                }
+            }
+            check_group(group, gpus, &mut owner, g).map_err(|what| Fault { at: at(), what })?;
+        }
+        if let Some(gpu) = owner.iter().position(Option::is_none) {
+            return Err(Fault {
+                at: format!("batch {}, micro-batch {m}", b.index),
+                what: format!("GPU {gpu} is in no group (every GPU of the cluster's {gpus} is in exactly one)"),
+            });
+        }
+    }
+    match b.docs.iter().find(|d| listed[&(d.index, d.offset)].1.is_none()) {
+        Some(d) => Err(Fault { at, what: format!("{} ({} tokens) is in no group", doc_name(d), d.len) }),
+        None => Ok(()),
+    }
+}
+
+/// "document 17" or, for a piece of a split document, "document 17 from token 8192".
+fn doc_name(d: &Doc) -> String {
+    match d.offset {
+        0 => format!("document {}", d.index),
+        o => format!("document {} from token {o}", d.index),
+    }
+}
+
+/// One group: its ranks (recorded in `owner`, GPU -> group), degrees, documents and layouts.
+fn check_group(group: &GroupPlan, gpus: u32, owner: &mut [Option<usize>], g: usize) -> std::result::Result<(), String> {
+    let (u, r, n) = (group.ulysses, group.ring, group.ranks.len());
+    if n == 0 {
+        return Err("the group has no ranks".into());
+    }
+    if u == 0 || r == 0 {
+        return Err(format!("ulysses {u} x ring {r}: both degrees must be at least 1"));
+    }
+    if u64::from(u) * u64::from(r) != n as u64 {
+        return Err(format!("ulysses {u} x ring {r} is not its {n} ranks"));
+    }
+    for &rank in &group.ranks {
+        let Some(slot) = owner.get_mut(rank as usize) else {
+            return Err(format!("rank {rank} is outside the cluster (GPUs 0 to {})", gpus - 1));
+        };
+        match *slot {
+            Some(other) if other == g => return Err(format!("rank {rank} appears twice")),
+            Some(other) => return Err(format!("rank {rank} is also in group {other}")),
+            None => *slot = Some(g),
+        }
+    }
+    if group.sequences.len() != group.docs.len() || group.sequences.iter().zip(&group.docs).any(|(&s, d)| s != d.index) {
+        return Err("`sequences` are not the trace indices of `docs`".into());
+    }
+    if group.rank_layouts.len() != n {
+        return Err(format!("{} rank layouts for {n} ranks", group.rank_layouts.len()));
+    }
+    let tokens: u64 = group.docs.iter().map(|d| u64::from(d.len)).sum();
+    let mut held = 0u64;
+    for (layout, &rank) in group.rank_layouts.iter().zip(&group.ranks) {
+        if layout.rank != rank {
+            return Err(format!("the layout of rank {rank} is rank {}'s", layout.rank));
+        }
+        held += check_layout(layout, tokens).map_err(|what| format!("rank {rank}: {what}"))?;
+    }
+    if held != tokens {
+        return Err(format!("its ranks hold {held} tokens but its documents have {tokens}"));
+    }
+    Ok(())
+}
+
+/// A rank's layout: token ranges inside the group's `tokens`, and `cu_seqlens` (unpadded and
+/// padded) that count the same tokens. Returns the tokens the rank holds.
+fn check_layout(layout: &RankLayout, tokens: u64) -> std::result::Result<u64, String> {
+    let mut held = 0u64;
+    for t in &layout.token_ranges {
+        if t.stride == 0 || t.start >= t.end || t.end > tokens {
+            return Err(format!("token range {}..{} (stride {}) is not inside the group's {tokens} tokens", t.start, t.end, t.stride));
+        }
+        held += (t.end - t.start).div_ceil(u64::from(t.stride));
+    }
+    let (cu, padded) = (&layout.cu_seqlens, &layout.cu_seqlens_padded);
+    if cu.first() != Some(&0) || padded.first() != Some(&0) || cu.len() != padded.len() {
+        return Err("cu_seqlens and cu_seqlens_padded must start at 0 and have one entry per document run".into());
+    }
+    let runs = cu.windows(2).zip(padded.windows(2));
+    if let Some(k) = runs.clone().position(|(c, p)| c[1] < c[0] || p[1] < p[0] || p[1] - p[0] < c[1] - c[0]) {
+        return Err(format!("run {k} of cu_seqlens {:?} / cu_seqlens_padded {:?} shrinks or is padded to less than its tokens", &cu[k..k + 2], &padded[k..k + 2]));
+    }
+    let counted = u64::from(*cu.last().unwrap_or(&0));
+    if counted != held {
+        return Err(format!("its token ranges hold {held} tokens but cu_seqlens counts {counted}"));
+    }
+    Ok(held)
 }

@@ -5,7 +5,7 @@ use crate::plan::{Plan, PLAN_FORMAT_VERSION};
 use std::path::Path;
 
 impl Plan {
-    /// Reads a plan.json, checking its format version.
+    /// Reads a plan.json, checking its format version and everything [`Plan::check`] checks.
     pub fn read(path: &Path) -> Result<Plan> {
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
@@ -24,6 +24,7 @@ impl Plan {
                 "re-run the planner with this version of hsap-tune",
             ));
         }
+        plan.check(path)?;
         Ok(plan)
     }
 

@@ -202,6 +202,7 @@ mod tests {
     fn batch(groups: Vec<Vec<GroupPlan>>) -> BatchPlan {
         BatchPlan {
             index: 0,
+            docs: groups.iter().flatten().flat_map(|g| g.docs.iter().copied()).collect(),
             microbatches: groups
                 .into_iter()
                 .map(|groups| MicroBatch {

@@ -291,6 +291,7 @@ impl Ctx {
             .collect();
         BatchPlan {
             index: batch.index,
+            docs: batch.docs.clone(),
             microbatches,
             predicted_step_s: priced.step_s,
             predicted_peak_memory_bytes: priced.peak_memory_bytes,

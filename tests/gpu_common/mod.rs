@@ -53,6 +53,7 @@ pub fn two_node_plan() -> Plan {
         memory_limit_bytes: 0.0,
         batches: vec![BatchPlan {
             index: 4,
+            docs: [&mb0, &mb1].iter().flat_map(|m| m.groups.iter().flat_map(|g| g.docs.iter().copied())).collect(),
             microbatches: vec![mb0, mb1],
             predicted_step_s: 0.140,
             predicted_peak_memory_bytes: 6e10,
