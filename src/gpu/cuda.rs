@@ -1560,6 +1560,7 @@ mod tests {
             memory_limit_bytes: 0.0,
             batches: vec![BatchPlan {
                 index: 0,
+                docs: groups.iter().flat_map(|m| m.groups.iter().flat_map(|g| g.docs.iter().copied())).collect(),
                 microbatches: groups,
                 predicted_step_s: 0.05,
                 predicted_peak_memory_bytes: 1e10,
