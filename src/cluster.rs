@@ -3,6 +3,7 @@
 //! format plus a `[calibration]` section that overrides the datasheet figures where measured.
 
 use crate::error::{Error, Result};
+use crate::units::thousands;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -333,6 +334,21 @@ impl Cluster {
     }
 
     pub(crate) fn check(&self, path: &Path) -> Result<()> {
+        let gpus = u64::from(self.nodes) * u64::from(self.gpus_per_node);
+        if gpus > u64::from(MAX_GPUS) {
+            return Err(Error::input(
+                path,
+                0,
+                format!(
+                    "nodes {} x gpus_per_node {} = {} GPUs; hsap plans for at most {}",
+                    thousands(u64::from(self.nodes)),
+                    self.gpus_per_node,
+                    thousands(gpus),
+                    thousands(u64::from(MAX_GPUS))
+                ),
+                "fix the cluster file",
+            ));
+        }
         let positive = [
             ("gpus_per_node", f64::from(self.gpus_per_node)),
             ("nodes", f64::from(self.nodes)),
@@ -382,10 +398,23 @@ impl Cluster {
         if nodes == 0 {
             return Err(Error::invalid("--nodes must be at least 1", "try --nodes 8"));
         }
+        let gpus = u64::from(nodes) * u64::from(self.gpus_per_node);
+        if gpus > u64::from(MAX_GPUS) {
+            return Err(Error::invalid(
+                format!(
+                    "--nodes {nodes} makes {} GPUs ({} per node); hsap plans for at most {}",
+                    thousands(gpus),
+                    self.gpus_per_node,
+                    thousands(u64::from(MAX_GPUS))
+                ),
+                format!("at most --nodes {}", MAX_GPUS / self.gpus_per_node.max(1)),
+            ));
+        }
         self.nodes = nodes;
         Ok(self)
     }
 
+    /// GPUs in use; a cluster that passed `check` or `with_nodes` has at most [`MAX_GPUS`].
     pub fn gpus(&self) -> u32 {
         self.nodes * self.gpus_per_node
     }
@@ -394,6 +423,10 @@ impl Cluster {
         self.gpu.hbm_gib * crate::units::GIB
     }
 }
+
+/// The most GPUs hsap plans for (2^20): more than any training cluster, and few enough that GPU
+/// counts and their products with token counts fit the integers the planner computes in.
+pub const MAX_GPUS: u32 = 1 << 20;
 
 /// Bytes in a GB (bandwidths are quoted in decimal units).
 pub const GB: f64 = 1e9;

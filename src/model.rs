@@ -1,6 +1,7 @@
 //! Transformer shapes: the presets in `models/transformers/`, and Hugging Face `config.json` files.
 
 use crate::error::{Error, Result};
+use crate::units::thousands;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -38,6 +39,31 @@ pub enum Mlp {
     /// GELU-style: up and down projections (two matrices).
     Plain,
 }
+
+/// The largest dimension of each kind hsap computes with: a few times the largest published model
+/// (405B: 126 layers, hidden 16,384, 128 heads, ffn 53,248; vocabularies up to 256K), and small
+/// enough that parameter counts (hidden x heads x head_dim, x layers) fit in 64 bits and
+/// heads x head_dim in 32.
+const MAX_DIMS: [(&str, u32); 7] = [
+    ("layers", 4_096),
+    ("hidden", 262_144),
+    ("heads", 16_384),
+    ("kv_heads", 16_384),
+    ("head_dim", 4_096),
+    ("ffn", 1_048_576),
+    ("vocab", 16_777_216),
+];
+
+/// Each field's name in a Hugging Face config.json.
+const HF_NAMES: [(&str, &str); 7] = [
+    ("layers", "num_hidden_layers"),
+    ("hidden", "hidden_size"),
+    ("heads", "num_attention_heads"),
+    ("kv_heads", "num_key_value_heads"),
+    ("head_dim", "head_dim"),
+    ("ffn", "intermediate_size"),
+    ("vocab", "vocab_size"),
+];
 
 impl ModelShape {
     /// Looks a preset up by name, or reads a file (a preset-style TOML or a Hugging Face `config.json`).
@@ -134,12 +160,17 @@ impl ModelShape {
             tied_embeddings: config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
             source: format!("Hugging Face config {}", path.display()),
         };
-        shape.check(path)?;
+        shape.check_named(path, |field| HF_NAMES.iter().find(|(f, _)| *f == field).map_or(field, |(_, hf)| hf))?;
         Ok(shape)
     }
 
     pub(crate) fn check(&self, path: &Path) -> Result<()> {
-        let positive = [
+        self.check_named(path, |field| field)
+    }
+
+    /// Checks the shape; `name` says what each field is called in the file read.
+    fn check_named(&self, path: &Path, name: impl Fn(&'static str) -> &'static str) -> Result<()> {
+        let dims = [
             ("layers", self.layers),
             ("hidden", self.hidden),
             ("heads", self.heads),
@@ -148,8 +179,18 @@ impl ModelShape {
             ("ffn", self.ffn),
             ("vocab", self.vocab),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::input(path, 0, format!("{name} must be positive"), "fix the model shape"));
+        if let Some((field, _)) = dims.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::input(path, 0, format!("{} must be positive", name(field)), "fix the model shape"));
+        }
+        for ((field, v), (_, max)) in dims.iter().zip(MAX_DIMS) {
+            if *v > max {
+                return Err(Error::input(
+                    path,
+                    0,
+                    format!("{} = {} is larger than hsap computes with (at most {})", name(field), thousands(u64::from(*v)), thousands(u64::from(max))),
+                    "check the model's dimensions",
+                ));
+            }
         }
         if self.heads % self.kv_heads != 0 {
             return Err(Error::input(

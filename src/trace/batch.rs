@@ -1,6 +1,7 @@
 //! Cutting a trace into global batches, the unit the planner solves for.
 
 use crate::error::{Error, Result};
+use crate::units::thousands;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -69,8 +70,28 @@ pub struct Batches {
     pub split_pieces: usize,
 }
 
+/// The most tokens a batch may hold, and so a document or an SP group's packed sequence: the
+/// `cu_seqlens` FlashAttention and the plans take are int32.
+pub const MAX_BATCH_TOKENS: u64 = i32::MAX as u64;
+
+const TOKENS_WHY: &str = "FlashAttention's cu_seqlens are int32";
+
 impl BatchSpec {
     fn check(&self) -> Result<()> {
+        if let Some(m) = self.max_seq.filter(|&m| u64::from(m) > MAX_BATCH_TOKENS) {
+            return Err(Error::invalid(
+                format!("--max-seq {} is more tokens than a batch may hold (at most {}: {TOKENS_WHY})", thousands(u64::from(m)), thousands(MAX_BATCH_TOKENS)),
+                "cut longer documents into pieces with a smaller --max-seq and --over-long split",
+            ));
+        }
+        if let BatchBy::Tokens(t) = self.by {
+            if t > MAX_BATCH_TOKENS {
+                return Err(Error::invalid(
+                    format!("--batch-tokens {} is more than a batch may hold (at most {}: {TOKENS_WHY})", thousands(t), thousands(MAX_BATCH_TOKENS)),
+                    "lower --batch-tokens",
+                ));
+            }
+        }
         match self.by {
             BatchBy::Count(0) => Err(Error::invalid(
                 "--global-batch must be at least 1",
@@ -141,6 +162,17 @@ pub fn make_batches(lengths: &[u32], spec: &BatchSpec) -> Result<Batches> {
     .enumerate()
     .map(|(index, docs)| Batch { index, docs })
     .collect();
+    if let Some(b) = out.batches.iter().find(|b| b.tokens() > MAX_BATCH_TOKENS) {
+        return Err(Error::invalid(
+            format!(
+                "batch {} holds {} tokens, more than a batch may hold (at most {}: {TOKENS_WHY})",
+                b.index,
+                thousands(b.tokens()),
+                thousands(MAX_BATCH_TOKENS)
+            ),
+            "lower --global-batch or --max-seq, or cut batches by tokens with --batch-tokens",
+        ));
+    }
     Ok(out)
 }
 

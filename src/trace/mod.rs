@@ -8,7 +8,7 @@ mod batch;
 mod formats;
 mod stats;
 
-pub use batch::{make_batches, Batch, BatchBy, BatchSpec, Batches, Doc, OverLong};
+pub use batch::{make_batches, Batch, BatchBy, BatchSpec, Batches, Doc, OverLong, MAX_BATCH_TOKENS};
 pub use formats::TraceFormat;
 pub use stats::{Histogram, HistogramBucket, TokenShare, TraceStats};
 
