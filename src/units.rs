@@ -9,7 +9,9 @@
 //! - **One unit per column** ([`ms`], [`gib`]): a fixed unit and fixed decimals, so the rows of a
 //!   table line up and compare at a glance.
 //!
-//! Fractions are written as percentages with one decimal ([`percent`], [`signed_percent`]).
+//! Fractions are written as percentages with one decimal ([`percent`], [`signed_percent`]); token
+//! lengths with binary K and M ([`token_length`], as 128K context is quoted), other counts with
+//! decimal K, M and B ([`count`]).
 
 /// Bytes in a GiB (2^30).
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -83,6 +85,25 @@ pub fn bytes_decimal(b: f64) -> String {
     format!("{} {unit}", significant(b * scale))
 }
 
+/// A token length with a binary prefix, as sequence lengths are quoted: 512, 2K, 128K, 1M.
+pub fn token_length(v: f64) -> String {
+    match v {
+        v if v >= 1024.0 * 1024.0 => format!("{}M", significant(v / (1024.0 * 1024.0))),
+        v if v >= 1024.0 => format!("{}K", significant(v / 1024.0)),
+        v => significant(v),
+    }
+}
+
+/// A count with a K/M/B suffix: 77932 -> "77.9K".
+pub fn count(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{}B", significant(v / 1e9)),
+        v if v >= 1e6 => format!("{}M", significant(v / 1e6)),
+        v if v >= 1e3 => format!("{}K", significant(v / 1e3)),
+        v => significant(v),
+    }
+}
+
 /// Bytes in GiB with two decimals, for a column of memory sizes: "21.74 GiB".
 pub fn gib(b: f64) -> String {
     format!("{:.2} GiB", b / GIB)
@@ -141,6 +162,15 @@ mod tests {
         assert_eq!(bytes_decimal(2.5e3), "2.5 kB");
         assert_eq!(bytes_decimal(4096.0), "4.1 kB");
         assert_eq!(gib(21.736 * GIB), "21.74 GiB");
+    }
+
+    #[test]
+    fn lengths_and_counts() {
+        assert_eq!(token_length(131072.0), "128K");
+        assert_eq!(token_length(512.0), "512");
+        assert_eq!(token_length(1048576.0), "1M");
+        assert_eq!(count(77932.0), "77.9K");
+        assert_eq!(count(1e6), "1M");
     }
 
     #[test]

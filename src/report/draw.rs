@@ -13,7 +13,7 @@ use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use crate::units::{bytes_decimal, seconds, significant};
+use crate::units::{bytes_decimal, count, seconds, significant, token_length};
 use std::collections::BTreeMap;
 
 pub type DrawResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -294,8 +294,8 @@ where
         .map_or_else(|| info.source.clone(), |n| n.to_string_lossy().into_owned());
     let title = format!(
         "Trace {name}: {} documents, {} tokens",
-        fmt_count(info.stats.count as f64),
-        fmt_count(info.stats.total_tokens as f64)
+        count(info.stats.count as f64),
+        count(info.stats.total_tokens as f64)
     );
     let legend = [
         item("documents per length bucket", DOCS_COLOUR, Glyph::Box),
@@ -313,7 +313,7 @@ where
     let x_labels = (rows.len() + 1).min(12);
     let x_fmt = |v: &f64| {
         if (v - v.round()).abs() < 1e-9 {
-            fmt_len(2f64.powf(*v))
+            token_length(2f64.powf(*v))
         } else {
             String::new()
         }
@@ -328,7 +328,7 @@ where
         .y_desc("documents (log scale)")
         .x_labels(x_labels)
         .x_label_formatter(&x_fmt)
-        .y_label_formatter(&|v| fmt_count(*v))
+        .y_label_formatter(&|v| count(*v))
         .disable_x_mesh()
         .draw()?;
     chart.draw_series(rows.iter().filter(|r| r.documents > 0).map(|r| {
@@ -1068,37 +1068,9 @@ fn fmt_batch(v: &f64) -> String {
     }
 }
 
-/// A token length: 512, 2K, 128K, 1M.
-pub fn fmt_len(v: f64) -> String {
-    match v {
-        v if v >= 1024.0 * 1024.0 => format!("{}M", significant(v / (1024.0 * 1024.0))),
-        v if v >= 1024.0 => format!("{}K", significant(v / 1024.0)),
-        v => significant(v),
-    }
-}
-
-/// A count with a K/M/B suffix: 77932 -> "77.9K".
-pub fn fmt_count(v: f64) -> String {
-    match v {
-        v if v >= 1e9 => format!("{}B", significant(v / 1e9)),
-        v if v >= 1e6 => format!("{}M", significant(v / 1e6)),
-        v if v >= 1e3 => format!("{}K", significant(v / 1e3)),
-        v => significant(v),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tick_labels() {
-        assert_eq!(fmt_len(131072.0), "128K");
-        assert_eq!(fmt_len(512.0), "512");
-        assert_eq!(fmt_len(1048576.0), "1M");
-        assert_eq!(fmt_count(77932.0), "77.9K");
-        assert_eq!(fmt_count(1e6), "1M");
-    }
 
     #[test]
     fn log_ticks_cover_the_range() {
