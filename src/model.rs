@@ -40,29 +40,18 @@ pub enum Mlp {
     Plain,
 }
 
-/// The largest dimension of each kind hsap computes with: a few times the largest published model
-/// (405B: 126 layers, hidden 16,384, 128 heads, ffn 53,248; vocabularies up to 256K), and small
-/// enough that parameter counts (hidden x heads x head_dim, x layers) fit in 64 bits and
-/// heads x head_dim in 32.
-const MAX_DIMS: [(&str, u32); 7] = [
-    ("layers", 4_096),
-    ("hidden", 262_144),
-    ("heads", 16_384),
-    ("kv_heads", 16_384),
-    ("head_dim", 4_096),
-    ("ffn", 1_048_576),
-    ("vocab", 16_777_216),
-];
-
-/// Each field's name in a Hugging Face config.json.
-const HF_NAMES: [(&str, &str); 7] = [
-    ("layers", "num_hidden_layers"),
-    ("hidden", "hidden_size"),
-    ("heads", "num_attention_heads"),
-    ("kv_heads", "num_key_value_heads"),
-    ("head_dim", "head_dim"),
-    ("ffn", "intermediate_size"),
-    ("vocab", "vocab_size"),
+/// Each dimension: its field, its name in a Hugging Face config.json, and the largest value hsap
+/// computes with: a few times the largest published model's (405B: 126 layers, hidden 16,384,
+/// 128 heads, ffn 53,248; vocabularies up to 256K), and small enough that parameter counts
+/// (hidden x heads x head_dim, x layers) fit in 64 bits and heads x head_dim in 32.
+pub const MAX_DIMS: [(&str, &str, u32); 7] = [
+    ("layers", "num_hidden_layers", 4_096),
+    ("hidden", "hidden_size", 262_144),
+    ("heads", "num_attention_heads", 16_384),
+    ("kv_heads", "num_key_value_heads", 16_384),
+    ("head_dim", "head_dim", 4_096),
+    ("ffn", "intermediate_size", 1_048_576),
+    ("vocab", "vocab_size", 16_777_216),
 ];
 
 impl ModelShape {
@@ -160,34 +149,26 @@ impl ModelShape {
             tied_embeddings: config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
             source: format!("Hugging Face config {}", path.display()),
         };
-        shape.check_named(path, |field| HF_NAMES.iter().find(|(f, _)| *f == field).map_or(field, |(_, hf)| hf))?;
+        shape.check_named(path, |i| MAX_DIMS[i].1)?;
         Ok(shape)
     }
 
     pub(crate) fn check(&self, path: &Path) -> Result<()> {
-        self.check_named(path, |field| field)
+        self.check_named(path, |i| MAX_DIMS[i].0)
     }
 
-    /// Checks the shape; `name` says what each field is called in the file read.
-    fn check_named(&self, path: &Path, name: impl Fn(&'static str) -> &'static str) -> Result<()> {
-        let dims = [
-            ("layers", self.layers),
-            ("hidden", self.hidden),
-            ("heads", self.heads),
-            ("kv_heads", self.kv_heads),
-            ("head_dim", self.head_dim),
-            ("ffn", self.ffn),
-            ("vocab", self.vocab),
-        ];
-        if let Some((field, _)) = dims.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::input(path, 0, format!("{} must be positive", name(field)), "fix the model shape"));
+    /// Checks the shape; `name(i)` is what dimension `i` of [`MAX_DIMS`] is called in the file read.
+    fn check_named(&self, path: &Path, name: impl Fn(usize) -> &'static str) -> Result<()> {
+        let dims = [self.layers, self.hidden, self.heads, self.kv_heads, self.head_dim, self.ffn, self.vocab];
+        if let Some(i) = dims.iter().position(|&v| v == 0) {
+            return Err(Error::input(path, 0, format!("{} must be positive", name(i)), "fix the model shape"));
         }
-        for ((field, v), (_, max)) in dims.iter().zip(MAX_DIMS) {
-            if *v > max {
+        for (i, (&v, (_, _, max))) in dims.iter().zip(MAX_DIMS).enumerate() {
+            if v > max {
                 return Err(Error::input(
                     path,
                     0,
-                    format!("{} = {} is larger than hsap computes with (at most {})", name(field), thousands(u64::from(*v)), thousands(u64::from(max))),
+                    format!("{} = {} is larger than hsap computes with (at most {})", name(i), thousands(u64::from(v)), thousands(u64::from(max))),
                     "check the model's dimensions",
                 ));
             }
