@@ -8,8 +8,11 @@
 pub mod attention;
 pub mod comm;
 pub mod compute;
+pub mod devset;
+pub mod flops;
 pub mod memory;
 pub mod pairs;
+pub mod pipeline;
 pub mod scenario;
 mod program;
 pub mod validate;
@@ -50,6 +53,10 @@ pub struct TrainConfig {
     /// GPUs that hold the model states: ZeRO shards over them (divided by tp) and the per-layer
     /// ZeRO collectives span them. None: every GPU of the cluster.
     pub data_parallel_gpus: Option<u32>,
+    /// Megatron sequence parallelism in the tensor-parallel group: norms and elementwise work
+    /// split over tp, all-gather and reduce-scatter around each block; false: all-reduce and
+    /// the elementwise work repeated on every tp rank.
+    pub sequence_parallel: bool,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +71,7 @@ impl Default for TrainConfig {
             qkv_packed: false,
             attention_kernel: None,
             data_parallel_gpus: None,
+            sequence_parallel: true,
         }
     }
 }

@@ -375,7 +375,9 @@ impl Ctx<'_> {
             Mlp::Gated => 3.0 * f,
             Mlp::Plain => 2.0 * f,
         };
-        let b = 2.0 / self.tp();
+        // Under sequence parallelism each tp rank holds 1/tp of the tokens outside the GEMMs;
+        // without it every tp rank repeats the elementwise work on all of them.
+        let b = if self.cm.train.sequence_parallel { 2.0 / self.tp() } else { 2.0 };
         [2.0 * h * b, 2.0 * h * b, 3.0 * h * b, 3.0 * h * b, 2.0 * qk * b, act * b]
     }
 
@@ -443,14 +445,20 @@ impl Ctx<'_> {
     }
 
     /// Megatron sequence parallelism inside a TP group: all-gather before and reduce-scatter
-    /// after the attention and the MLP blocks (two of each per layer and pass), exposed.
+    /// after the attention and the MLP blocks (two of each per layer and pass), exposed; without
+    /// sequence parallelism, one all-reduce after each block (two per layer and pass).
     fn tensor_parallel(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let tp = self.cm.train.tp;
         if tp <= 1 {
             return;
         }
         let bytes = self.tokens * f64::from(self.model().hidden) * 2.0;
-        for collective in [Collective::AllGather, Collective::ReduceScatter] {
+        let collectives: &[Collective] = if self.cm.train.sequence_parallel {
+            &[Collective::AllGather, Collective::ReduceScatter]
+        } else {
+            &[Collective::AllReduce]
+        };
+        for &collective in collectives {
             let t = Transfer::new(collective, tp, 1, bytes);
             let label = format!("{prefix}tp {} {}", collective.name(), pass_name(pass));
             self.stage(label, Part::Linear, pass, 2 * layers, 0.0, 0.0, Some((t, false)));

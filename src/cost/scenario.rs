@@ -1,7 +1,8 @@
 //! Scenarios for `hsap-tune predict`: a model, a cluster, a strategy and a batch, in TOML or
 //! JSON (docs/cost-model.md, "Scenarios"), priced by the cost model.
 
-use super::{Checkpointing, CostModel, Dtype, MemoryBreakdown, Program, Scope, TrainConfig};
+use super::pipeline::{Pipeline, PpSchedule, StageMicrobatch};
+use super::{comm, Checkpointing, CostModel, Dtype, MemoryBreakdown, Part, Program, Scope, TrainConfig, Transfer};
 use super::{AttentionKernel, Pass};
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
@@ -95,6 +96,17 @@ pub struct StrategySpec {
     pub attention_kernel: Option<AttentionKernel>,
     /// Whether the data-parallel gradient reduction overlaps the backward pass (default true).
     pub overlap_grad_sync: Option<bool>,
+    /// Pipeline stages (1: no pipeline parallelism).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Model chunks per pipeline stage (interleaved schedule only).
+    #[serde(default = "one")]
+    pub pp_virtual: u32,
+    /// `1f1b` (default) or `interleaved` (default when pp_virtual > 1).
+    pub pp_schedule: Option<PpSchedule>,
+    /// Megatron sequence parallelism inside the tensor-parallel group (default true): norms and
+    /// elementwise work split over tp, all-gather and reduce-scatter instead of all-reduce.
+    pub sequence_parallel: Option<bool>,
 }
 
 fn one() -> u32 {
@@ -145,6 +157,10 @@ pub struct ScenarioSummary {
     pub gpus: u32,
     pub group: String,
     pub tp: u32,
+    pub pp: u32,
+    pub pp_virtual: u32,
+    pub pp_schedule: PpSchedule,
+    pub sequence_parallel: bool,
     pub dp: u32,
     pub zero: u8,
     pub checkpointing: Checkpointing,
@@ -168,6 +184,10 @@ pub struct Breakdown {
     /// Waiting: load imbalance inside a group and between replicas (a replica waits for the
     /// slowest at every micro-batch boundary).
     pub idle_s: f64,
+    /// Pipeline fill and drain (pp > 1), included in `idle_s`.
+    pub pipeline_bubble_s: f64,
+    /// Stage-to-stage transfers on the critical path (pp > 1), included in `idle_s`.
+    pub pipeline_p2p_s: f64,
     /// The step's data-parallel synchronisation after the micro-batches (step scope).
     pub data_parallel_total_s: f64,
     pub data_parallel_exposed_s: f64,
@@ -238,7 +258,8 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
     let model = resolve_model(&scenario.model, scenario.scope, base, at)?;
     let s = &scenario.strategy;
     let mut cluster = Cluster::resolve(&resolve_path(base, &scenario.cluster.preset))?;
-    let group_gpus = s.ulysses * s.ring * s.tp;
+    let pipeline = resolve_pipeline(s, scenario.scope, &model, at)?;
+    let group_gpus = s.ulysses * s.ring * s.tp * s.pp;
     if group_gpus == 0 {
         return Err(at.error("strategy.ulysses", "degrees must be at least 1", "use 1 for an unused dimension"));
     }
@@ -248,14 +269,14 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         (None, None) => 1,
     };
     if dp == 0 {
-        return Err(at.error("strategy.dp", "no data-parallel replica fits", "gpus must be at least ulysses x ring x tp"));
+        return Err(at.error("strategy.dp", "no data-parallel replica fits", "gpus must be at least ulysses x ring x tp x pp"));
     }
     let gpus = dp * group_gpus;
     if let Some(given) = scenario.cluster.gpus {
         if given != gpus {
             return Err(at.error(
                 "cluster.gpus",
-                format!("{given} GPUs, but dp x ulysses x ring x tp = {dp} x {} x {} x {} = {gpus}", s.ulysses, s.ring, s.tp),
+                format!("{given} GPUs, but dp x ulysses x ring x tp x pp = {dp} x {} x {} x {} x {} = {gpus}", s.ulysses, s.ring, s.tp, s.pp),
                 "make gpus equal the product of the degrees, or leave one of them out",
             ));
         }
@@ -280,8 +301,9 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         backward: scenario.passes == Passes::FwdBwd,
         qkv_packed: s.qkv_packed,
         attention_kernel: s.attention_kernel,
-        // ZeRO and the gradient synchronisation span exactly the GPUs in use.
-        data_parallel_gpus: Some(gpus),
+        // ZeRO and the gradient synchronisation span the GPUs that hold one pipeline stage.
+        data_parallel_gpus: Some(gpus / pipeline.stages),
+        sequence_parallel: s.sequence_parallel.unwrap_or(true),
     };
     if train.zero > 3 {
         return Err(at.error("strategy.zero", format!("ZeRO stage {} does not exist", train.zero), "use 0, 1, 2 or 3"));
@@ -293,6 +315,7 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         Error::Invalid { what, hint } => at.error("strategy", what, hint),
         other => other,
     })?;
+    let stage = StageModels::new(&cm, pipeline)?;
     let sequences = batch_sequences(&scenario.batch, at)?;
     let microbatches = scenario.batch.microbatches.unwrap_or(1);
     if microbatches == 0 {
@@ -302,7 +325,54 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
     if plan.iter().flatten().all(|mb| mb.is_empty()) {
         return Err(at.error("batch", "no tokens to run", "give sequences or packed documents"));
     }
-    Ok(evaluate(&cm, &shape, scenario, &plan, gpus, nodes, dp, microbatches, &sequences))
+    Ok(evaluate(&stage, &shape, scenario, &plan, gpus, nodes, dp, microbatches, &sequences))
+}
+
+/// The pipeline of `[strategy]`: pp stages, pp_virtual chunks each, and the schedule.
+fn resolve_pipeline(s: &StrategySpec, scope: Scope, model: &ModelShape, at: &Located) -> Result<Pipeline> {
+    let schedule = s.pp_schedule.unwrap_or(if s.pp_virtual > 1 { PpSchedule::Interleaved } else { PpSchedule::OneFOneB });
+    if s.pp == 0 || s.pp_virtual == 0 {
+        return Err(at.error("strategy.pp", "pp and pp_virtual must be at least 1", "use pp = 1 for no pipeline parallelism"));
+    }
+    if s.pp_virtual > 1 && schedule != PpSchedule::Interleaved {
+        return Err(at.error(
+            "strategy.pp_virtual",
+            format!("pp_virtual = {} needs the interleaved schedule", s.pp_virtual),
+            "set pp_schedule = \"interleaved\" or pp_virtual = 1",
+        ));
+    }
+    if schedule == PpSchedule::Interleaved && s.pp_virtual < 2 {
+        return Err(at.error("strategy.pp_schedule", "the interleaved schedule needs pp_virtual >= 2", "set pp_virtual, or use pp_schedule = \"1f1b\""));
+    }
+    if s.pp > 1 && scope != Scope::Step {
+        return Err(at.error("strategy.pp", "pipeline parallelism splits the model's layers", "use scope = \"step\", or pp = 1"));
+    }
+    let chunks = s.pp.saturating_mul(s.pp_virtual);
+    if s.pp > 1 && chunks > model.layers {
+        return Err(at.error(
+            "strategy.pp",
+            format!("pp x pp_virtual = {chunks} chunks for {} layers", model.layers),
+            "each pipeline chunk needs at least one layer",
+        ));
+    }
+    Ok(Pipeline { stages: s.pp, virtual_stages: s.pp_virtual, schedule })
+}
+
+/// The cost models of a pipelined run: the whole model (FLOP counts) and its largest stage
+/// (`ceil(layers / pp)` layers, with the embedding and LM head; ZeRO over the GPUs of one stage).
+struct StageModels<'a> {
+    full: &'a CostModel,
+    stage: CostModel,
+    pipeline: Pipeline,
+}
+
+impl<'a> StageModels<'a> {
+    fn new(full: &'a CostModel, pipeline: Pipeline) -> Result<StageModels<'a>> {
+        let mut model = full.model.clone();
+        model.layers = pipeline.layers_per_stage(model.layers);
+        let stage = CostModel::new(model, full.cluster.clone(), full.train.clone())?;
+        Ok(StageModels { full, stage, pipeline })
+    }
 }
 
 fn resolve_path(base: &Path, name: &str) -> String {
@@ -449,9 +519,26 @@ fn assign(sequences: &[Vec<u32>], dp: u32, microbatches: u32) -> Vec<Vec<Vec<Vec
     plan
 }
 
+/// The time of a stage program without its LM head: what a pipeline stage that does not hold
+/// the head runs.
+fn without_head_s(program: &Program) -> f64 {
+    program.stages.iter().filter(|s| s.part != Part::Head).map(|s| f64::from(s.repeat) * s.time_s()).sum()
+}
+
+/// One send/recv of the activations at a pipeline-stage boundary, per GPU: the micro-batch's
+/// tokens on the rank times the hidden size in bf16 (divided by tp under sequence parallelism).
+/// Adjacent stages sit on different nodes when one stage fills a node or more.
+fn stage_boundary_transfer(cm: &CostModel, program: &Program, gpus_per_stage: u32) -> Transfer {
+    let tokens_per_rank = program.tokens_per_gpu * f64::from(cm.train.tp);
+    let tp_split = if cm.train.sequence_parallel { f64::from(cm.train.tp) } else { 1.0 };
+    let bytes = tokens_per_rank * f64::from(cm.model.hidden) * 2.0 / tp_split;
+    let nodes = if gpus_per_stage >= cm.cluster.gpus_per_node { 2 } else { 1 };
+    Transfer::new(super::Collective::SendRecv, 2, nodes, bytes)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
-    cm: &CostModel,
+    st: &StageModels,
     shape: &GroupShape,
     scenario: &Scenario,
     plan: &[Vec<Vec<Vec<u32>>>],
@@ -461,6 +548,9 @@ fn evaluate(
     microbatches: u32,
     sequences: &[Vec<u32>],
 ) -> Prediction {
+    let cm = &st.stage;
+    let pipeline = st.pipeline;
+    let pp = f64::from(pipeline.stages);
     let mut time_s = 0.0;
     let (mut flops, mut model_flops) = (0.0, 0.0);
     let mut memory = MemoryBreakdown::default();
@@ -468,27 +558,53 @@ fn evaluate(
     let mut compute_s = 0.0;
     let mut collectives: Vec<CollectiveTime> = Vec::new();
     let mut last_backward_s = 0.0;
+    let mut stage_microbatches: Vec<StageMicrobatch> = Vec::new();
     let replicas = f64::from(dp);
+    // Replicas and micro-batches often repeat the same sequences: price each once.
+    let mut cache: std::collections::HashMap<&[Vec<u32>], (Program, Option<Program>)> = std::collections::HashMap::new();
     for m in 0..microbatches as usize {
-        let programs: Vec<Program> = plan
-            .iter()
-            .filter(|replica| !replica[m].is_empty())
-            .map(|replica| cm.program_batch(shape, &replica[m], scenario.scope))
-            .collect();
-        let Some(slowest) = programs.iter().max_by(|a, b| a.time_s().total_cmp(&b.time_s())) else { continue };
-        time_s += slowest.time_s();
+        let mut programs: Vec<(&Program, Option<&Program>)> = Vec::new();
+        for replica in plan.iter().filter(|replica| !replica[m].is_empty()) {
+            let key: &[Vec<u32>] = &replica[m];
+            if !cache.contains_key(key) {
+                let stage = cm.program_batch(shape, key, scenario.scope);
+                let full = pipeline.is_pipelined().then(|| st.full.program_batch(shape, key, scenario.scope));
+                cache.insert(key, (stage, full));
+            }
+        }
+        for replica in plan.iter().filter(|replica| !replica[m].is_empty()) {
+            let (stage, full) = &cache[&replica[m][..]];
+            programs.push((stage, full.as_ref()));
+        }
+        let Some(&(slowest, _)) = programs.iter().max_by(|a, b| a.0.time_s().total_cmp(&b.0.time_s())) else { continue };
+        // A pipeline stage without the head runs this share of the last stage's time.
+        let mean_share = if pipeline.is_pipelined() {
+            let last = slowest.time_s();
+            let first = without_head_s(slowest);
+            stage_microbatches.push(StageMicrobatch {
+                slowest_s: last.max(first),
+                mean_s: (first * (pp - 1.0) + last) / pp,
+                p2p_s: comm::time_s(&cm.cluster, &stage_boundary_transfer(cm, slowest, gpus / pipeline.stages)),
+            });
+            if last > 0.0 { (first * (pp - 1.0) + last) / pp / last } else { 1.0 }
+        } else {
+            time_s += slowest.time_s();
+            1.0
+        };
         // Averages over every GPU: a replica with nothing to do adds only idle time.
-        flops += programs.iter().map(|p| p.flops_per_gpu).sum::<f64>() / replicas;
-        model_flops += programs.iter().map(|p| p.model_flops_per_gpu).sum::<f64>() / replicas;
-        for p in &programs {
-            if p.memory_bytes > memory.total_bytes() {
-                memory = p.memory;
+        for &(p, full) in &programs {
+            let counted = full.unwrap_or(p);
+            flops += counted.flops_per_gpu / pp / replicas;
+            model_flops += counted.model_flops_per_gpu / pp / replicas;
+            let peak = stage_memory(p, pipeline, microbatches);
+            if peak.total_bytes() > memory.total_bytes() {
+                memory = peak;
             }
             tokens_per_gpu = tokens_per_gpu.max(p.tokens_per_gpu);
             let cost = p.cost(&cm.cluster);
-            compute_s += cost.compute_s / replicas;
+            compute_s += cost.compute_s * mean_share / replicas;
             for c in &cost.comm {
-                let (total, exposed) = (c.total_s / replicas, c.exposed_s / replicas);
+                let (total, exposed) = (c.total_s * mean_share / replicas, c.exposed_s * mean_share / replicas);
                 match collectives.iter_mut().find(|x| x.collective == c.collective) {
                     Some(x) => {
                         x.total_s += total;
@@ -505,7 +621,9 @@ fn evaluate(
             .map(|s| f64::from(s.repeat) * s.time_s())
             .sum();
     }
-    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus, last_backward_s));
+    let piped = pipeline.step_time(&stage_microbatches, false);
+    time_s += piped.time_s;
+    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus / pipeline.stages, last_backward_s));
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
     let exposed: f64 = collectives.iter().map(|c| c.exposed_s).sum();
@@ -519,12 +637,16 @@ fn evaluate(
             scope: scenario.scope,
             passes: scenario.passes,
             dtype: scenario.dtype,
-            model: cm.model.name.clone(),
+            model: st.full.model.name.clone(),
             cluster: cm.cluster.name.clone(),
             nodes,
             gpus,
             group,
             tp: cm.train.tp,
+            pp: pipeline.stages,
+            pp_virtual: pipeline.virtual_stages,
+            pp_schedule: pipeline.schedule,
+            sequence_parallel: cm.train.sequence_parallel,
             dp,
             zero: cm.train.zero,
             checkpointing: cm.train.checkpointing,
@@ -546,11 +668,33 @@ fn evaluate(
             collectives,
             overlap_s: (total - exposed) + (sync_total - (sync_exposed - optimizer_s)).max(0.0),
             idle_s: (time_s - compute_s - exposed - sync_exposed).max(0.0),
+            pipeline_bubble_s: piped.bubble_s,
+            pipeline_p2p_s: piped.p2p_exposed_s,
             data_parallel_total_s: sync_total,
             data_parallel_exposed_s: sync_exposed,
             optimizer_s,
         },
         tokens_per_gpu,
+    }
+}
+
+/// The peak memory of a pipeline's most loaded stage for a micro-batch priced as `program` (the
+/// largest stage, with the LM head): the first stage keeps the activations of the micro-batches
+/// in flight and no logits, the last stage one micro-batch's activations and the logits.
+fn stage_memory(program: &Program, pipeline: Pipeline, microbatches: u32) -> MemoryBreakdown {
+    let m = program.memory;
+    if !pipeline.is_pipelined() {
+        return m;
+    }
+    let first = MemoryBreakdown {
+        activations_bytes: m.activations_bytes * pipeline.in_flight_microbatches(microbatches),
+        logits_bytes: 0.0,
+        ..m
+    };
+    if first.total_bytes() > m.total_bytes() {
+        first
+    } else {
+        m
     }
 }
 
