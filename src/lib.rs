@@ -15,6 +15,7 @@ pub mod reference;
 pub mod scheme;
 pub mod sim;
 pub mod solver;
+pub mod stack;
 pub mod trace;
 
 mod toml_input;

@@ -3,7 +3,7 @@
 //! published measurements it is validated against.
 
 use super::io_out;
-use crate::cost::scenario::{predict_file, Prediction};
+use crate::cost::scenario::{predict_file_with_stack, Prediction};
 use crate::cost::validate;
 use crate::error::Result;
 use clap::{Args, ValueEnum};
@@ -19,6 +19,10 @@ pub struct PredictArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The software stack, in place of the scenario's [stack]: a preset of models/stacks/ or a
+    /// stack TOML.
+    #[arg(long, value_name = "NAME|FILE", conflicts_with = "reference")]
+    pub stack: Option<String>,
     /// Instead of a scenario, compare the model with a published measurement table.
     #[arg(long, value_enum, value_name = "TABLE")]
     pub reference: Option<ReferenceTable>,
@@ -43,7 +47,7 @@ pub fn predict(args: &PredictArgs, out: &mut dyn Write, _err: &mut dyn Write) ->
     let Some(path) = &args.scenario else {
         return Err(crate::error::Error::invalid("predict needs --scenario FILE or --reference TABLE", "see hsap-tune predict --help"));
     };
-    let prediction = predict_file(path)?;
+    let prediction = predict_file_with_stack(path, args.stack.as_deref())?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &prediction).map_err(|e| io_out(e.into()))?;
         return writeln!(out).map_err(io_out);

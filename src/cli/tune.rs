@@ -1,8 +1,8 @@
 //! `hsap-tune` (the default command) and `hsap-tune tune`: plan every batch of a trace with hsap
 //! and the baselines, print the comparison, and write the plans and per-batch data.
 
-use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs};
-use crate::cost::{CostModel, TrainConfig};
+use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs, TrainArgs};
+use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
@@ -38,6 +38,8 @@ pub struct TuneArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
     /// Write the run here: plan.json, batches.csv, groups.csv, trace.json, summary.json and
     /// report/index.html (docs/report.md).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
@@ -121,9 +123,8 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         )
         .map_err(io_out)?;
     }
-    let model = args.model.load()?;
-    let cluster = args.cluster.load()?;
-    let cm = CostModel::new(model, cluster, TrainConfig::default())?;
+    let (model, cluster, train) = args.train.apply(args.model.load()?, args.cluster.load()?)?;
+    let cm = CostModel::new(model, cluster, train)?;
     let max_len = batches.batches.iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap_or(1);
     let ctx = Ctx::new(cm, max_len)?;
     let holdable = ctx.candidates.iter().map(|c| c.max_tokens).max().unwrap_or(0);

@@ -6,13 +6,14 @@
 
 use super::flops::{megatron_model_flops_per_token, narayanan_hardware_flops_per_token};
 use super::pipeline::PpSchedule;
-use super::scenario::{self, BatchSpec, ClusterSpec, ModelSpec, Passes, Prediction, Scenario, StrategySpec};
+use super::scenario::{self, BatchSpec, ClusterSpec, ModelSpec, Passes, Prediction, Scenario, StackSpec, StrategySpec};
 use super::{Checkpointing, Dtype, Scope};
 use crate::calibrate::fit::median;
 use crate::cluster::{Arch, Cluster};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, ModelShape};
 use crate::reference::{self, E2eDtype, E2eMetric, E2eRow, E2E_FILE};
+use crate::stack::Fitted;
 use crate::scheme::{RingVariant, Scheme};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ struct MlpRules {
 #[serde(deny_unknown_fields)]
 struct SourceRules {
     stack: String,
+    /// The stack of rows whose notes say they ran under torch.compile.
+    compiled_stack: Option<String>,
+    /// The attention kernel the source's runs used, when not the stack's.
+    attention_kernel: Option<super::AttentionKernel>,
     zero: Option<u8>,
     recompute: Option<String>,
     micro_batch: Option<u32>,
@@ -70,6 +75,7 @@ impl Generation {
         match arch {
             Arch::Ampere => Generation::Ampere,
             Arch::Hopper => Generation::Hopper,
+            Arch::Blackwell => Generation::Blackwell,
         }
     }
 }
@@ -90,9 +96,29 @@ pub struct DevCheck {
     /// What the source published, as tokens per second per GPU.
     pub measured_tokens_per_s_per_gpu: f64,
     pub predicted_tokens_per_s_per_gpu: f64,
-    /// Predicted step time over measured, less one: negative when the model is too fast.
+    /// The step time the source's throughput implies.
+    pub measured_step_s: f64,
+    /// The predicted step time with the stack's priced terms only (its fitted factor left out).
+    pub priced_step_s: f64,
+    /// Predicted step time (the stack's fitted factor applied) over measured, less one:
+    /// negative when the model is too fast.
     pub error: f64,
+    /// The same for the priced terms alone.
+    pub priced_error: f64,
     pub prediction: Prediction,
+}
+
+/// A row predicted with stack terms fitted on every other source (leave-one-source-out).
+#[derive(Debug, Clone, Serialize)]
+pub struct CvCheck {
+    pub line: usize,
+    pub source_id: String,
+    pub stack: String,
+    pub generation: Generation,
+    /// The fitted time factor this row was predicted with.
+    pub time_factor: f64,
+    /// Predicted over measured step time, less one.
+    pub error: f64,
 }
 
 /// A run the model does not predict, and why.
@@ -215,6 +241,7 @@ fn read_row(row: &E2eRow, rules: &Rules) -> Result<Reading> {
         return Err(row_error(row, format!("global batch {} is not dp {dp} x micro-batch {micro_batch} x an integer", row.global_batch)));
     }
     let vp = row.vp.unwrap_or(1).max(1);
+    let stack = row_stack(row, src);
     let scenario = Scenario {
         scope: Scope::Step,
         passes: Passes::FwdBwd,
@@ -234,7 +261,7 @@ fn read_row(row: &E2eRow, rules: &Rules) -> Result<Reading> {
             zero: Some(row_zero(row, src)?),
             checkpointing: row_recompute(row, src)?,
             qkv_packed: false,
-            attention_kernel: None,
+            attention_kernel: src.attention_kernel,
             overlap_grad_sync: None,
             pp,
             pp_virtual: vp,
@@ -246,8 +273,29 @@ fn read_row(row: &E2eRow, rules: &Rules) -> Result<Reading> {
             packed: None,
             microbatches: Some(per_replica / micro_batch),
         },
+        stack: Some(stack.clone()),
     };
-    Ok(Reading::Scenario(Box::new(Run { scenario, model, stack: src.stack.clone(), cluster })))
+    Ok(Reading::Scenario(Box::new(Run { scenario, model, stack: stack.preset, cluster })))
+}
+
+/// The row's stack: the compiled variant when its notes say torch.compile ran, and tensor-parallel
+/// communication overlap when they name async TP (on) or vanilla TP (off).
+fn row_stack(row: &E2eRow, src: &SourceRules) -> StackSpec {
+    let text = format!("{} {}", row.notes, row.framework_version).to_lowercase();
+    // "torch.compile" or a flag list's "compile," (not "with/without compile" in a footnote).
+    let compiled = (text.contains("torch.compile") || text.contains("compile,")) && !text.contains("no torch.compile");
+    let preset = match (&src.compiled_stack, compiled) {
+        (Some(c), true) => c.clone(),
+        _ => src.stack.clone(),
+    };
+    let tp_comm_overlap = if text.contains("asynctp") || text.contains("async tp") {
+        Some(true)
+    } else if text.contains("vanilla tp") {
+        Some(false)
+    } else {
+        None
+    };
+    StackSpec { preset, tp_comm_overlap }
 }
 
 fn inline_model(m: &ModelShape) -> ModelSpec {
@@ -362,6 +410,8 @@ fn check(row: &E2eRow, run: Run) -> Result<DevCheck> {
     let tokens = f64::from(row.global_batch) * f64::from(row.seq_len);
     let predicted = tokens / prediction.time_s / f64::from(row.gpus);
     let measured = measured_tokens_per_s_per_gpu(row, &run.model, &run.cluster);
+    let measured_step_s = tokens / measured / f64::from(row.gpus);
+    let priced_step_s = prediction.time_s - prediction.breakdown.stack_fitted_s;
     let s = &run.scenario.strategy;
     Ok(DevCheck {
         line: row.line,
@@ -376,9 +426,84 @@ fn check(row: &E2eRow, run: Run) -> Result<DevCheck> {
         seq_len: row.seq_len,
         measured_tokens_per_s_per_gpu: measured,
         predicted_tokens_per_s_per_gpu: predicted,
+        measured_step_s,
+        priced_step_s,
         error: measured / predicted - 1.0,
+        priced_error: priced_step_s / measured_step_s - 1.0,
         prediction,
     })
+}
+
+/// The stack terms `stack::Fitted` records, fitted on `checks` less the rows of `exclude`: per
+/// stack, the time factor is the geometric median of measured over priced step time; a stack
+/// with no rows left takes the median over every other row. Residual bars are left at zero (they
+/// come from the cross-validation, [`fitted_with_bars`]).
+pub fn fit_stack_terms(checks: &[DevCheck], exclude: Option<&str>) -> BTreeMap<String, Fitted> {
+    let kept: Vec<&DevCheck> = checks.iter().filter(|c| Some(c.source_id.as_str()) != exclude).collect();
+    let log_ratio = |c: &&DevCheck| (c.measured_step_s / c.priced_step_s).ln();
+    let pooled = median(&mut kept.iter().map(log_ratio).collect::<Vec<_>>());
+    let mut stacks: Vec<&str> = checks.iter().map(|c| c.stack.as_str()).collect();
+    stacks.sort_unstable();
+    stacks.dedup();
+    stacks
+        .into_iter()
+        .map(|stack| {
+            let mut mine: Vec<f64> = kept.iter().filter(|c| c.stack == stack).map(log_ratio).collect();
+            let rows = mine.len() as u32;
+            let log_factor = if mine.is_empty() { pooled } else { median(&mut mine) };
+            (stack.to_string(), Fitted { time_factor: log_factor.exp(), residual_low: 0.0, residual_high: 0.0, rows })
+        })
+        .collect()
+}
+
+/// Every row predicted with the stack terms fitted on the other sources only.
+pub fn cross_validate(checks: &[DevCheck]) -> Vec<CvCheck> {
+    let mut sources: Vec<&str> = checks.iter().map(|c| c.source_id.as_str()).collect();
+    sources.dedup();
+    let mut out = Vec::new();
+    for source in sources {
+        let terms = fit_stack_terms(checks, Some(source));
+        for c in checks.iter().filter(|c| c.source_id == source) {
+            let factor = terms[&c.stack].time_factor;
+            out.push(CvCheck {
+                line: c.line,
+                source_id: c.source_id.clone(),
+                stack: c.stack.clone(),
+                generation: c.generation,
+                time_factor: factor,
+                error: c.priced_step_s * factor / c.measured_step_s - 1.0,
+            });
+        }
+    }
+    out
+}
+
+/// The stack terms fitted on every row, with error bars from the cross-validated residuals of
+/// the stack's rows (10th and 90th percentiles of predicted over measured time, less one; the
+/// pooled residuals for a stack with fewer than five rows).
+pub fn fitted_with_bars(checks: &[DevCheck]) -> BTreeMap<String, Fitted> {
+    let cv = cross_validate(checks);
+    let all: Vec<f64> = cv.iter().map(|c| c.error).collect();
+    let mut terms = fit_stack_terms(checks, None);
+    for (stack, fitted) in terms.iter_mut() {
+        let mine: Vec<f64> = cv.iter().filter(|c| &c.stack == stack).map(|c| c.error).collect();
+        let residuals = if mine.len() >= 5 { mine } else { all.clone() };
+        fitted.residual_low = quantile(&residuals, 0.1);
+        fitted.residual_high = quantile(&residuals, 0.9);
+    }
+    terms
+}
+
+/// The q-quantile of `values` by linear interpolation between order statistics.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (pos - lo as f64) * (v[hi] - v[lo])
 }
 
 #[cfg(test)]
@@ -408,6 +533,32 @@ mod tests {
         let Reading::Scenario(run) = read_row(gpt, &rules).unwrap() else { panic!("skipped") };
         let per_token = narayanan_hardware_flops_per_token(&run.model, 2048);
         assert!((measured_tokens_per_s_per_gpu(gpt, &run.model, &run.cluster) - 0.44 * 312e12 / per_token).abs() < 1e-6);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_order_statistics() {
+        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert!((quantile(&v, 0.1) - 1.4).abs() < 1e-12);
+        assert!((quantile(&v, 0.9) - 4.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rows_run_the_stack_their_notes_name() {
+        let t = reference::tables().unwrap();
+        let rules = rules().unwrap();
+        let stack_of = |line: usize| {
+            let row = t.e2e.iter().find(|r| r.line == line).unwrap();
+            row_stack(row, &rules.sources[&row.source_id])
+        };
+        // Table 1 "FSDP" vs "FSDP + torch.compile"; the April 2024 A100 rows ran without compile.
+        assert_eq!(stack_of(13).preset, "torchtitan");
+        assert_eq!(stack_of(14).preset, "torchtitan-compile");
+        assert_eq!(stack_of(2).preset, "torchtitan");
+        // Async TP against vanilla TP (2025-06 benchmark).
+        assert_eq!((stack_of(31).tp_comm_overlap, stack_of(32).tp_comm_overlap), (Some(false), Some(true)));
+        assert_eq!(stack_of(71).preset, "nemo");
     }
 
     #[test]

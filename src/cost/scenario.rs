@@ -1,6 +1,7 @@
 //! Scenarios for `hsap-tune predict`: a model, a cluster, a strategy and a batch, in TOML or
 //! JSON (docs/cost-model.md, "Scenarios"), priced by the cost model.
 
+use super::flops::megatron_model_flops_per_token;
 use super::pipeline::{Pipeline, PpSchedule, StageMicrobatch};
 use super::{comm, Checkpointing, CostModel, Dtype, MemoryBreakdown, Part, Program, Scope, TrainConfig, Transfer};
 use super::{AttentionKernel, Pass};
@@ -8,6 +9,7 @@ use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, ModelShape};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
+use crate::stack::Stack;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -42,6 +44,19 @@ pub struct Scenario {
     pub cluster: ClusterSpec,
     pub strategy: StrategySpec,
     pub batch: BatchSpec,
+    /// The software stack (default: the GPU kernels alone, `stack::Stack::default`).
+    #[serde(default)]
+    pub stack: Option<StackSpec>,
+}
+
+/// `[stack] preset = "megatron-core"` (a name or a stack TOML), with per-run overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    pub preset: String,
+    /// Overrides the stack's tensor-parallel communication overlap (Megatron's
+    /// `--tp-comm-overlap`, PyTorch's async TP).
+    pub tp_comm_overlap: Option<bool>,
 }
 
 /// `preset = "llama3-8b"` (a name or a preset-style TOML), `config = "config.json"` (Hugging
@@ -130,8 +145,15 @@ pub struct Prediction {
     pub scenario: ScenarioSummary,
     /// Time of the scope: one attention layer, one layer, or a training step.
     pub time_s: f64,
+    /// The error bar from the development set's cross-validated residuals for the stack
+    /// (10th and 90th percentiles); absent when the stack has none fitted.
+    pub time_s_low: Option<f64>,
+    pub time_s_high: Option<f64>,
     /// FLOPs the average GPU executes (padding and recomputation included) per second.
     pub tflops_per_gpu: f64,
+    /// Model TFLOP/s per GPU as Megatron-LM and NeMo count them (`cost::flops`: non-causal
+    /// attention, logits included, no recomputation), for the sequences' lengths.
+    pub model_tflops_per_gpu: f64,
     /// Model FLOPs of the real tokens per GPU and second, over the GPU's dense peak.
     pub mfu: f64,
     /// Peak memory of the most loaded GPU.
@@ -165,6 +187,7 @@ pub struct ScenarioSummary {
     pub zero: u8,
     pub checkpointing: Checkpointing,
     pub attention_kernel: AttentionKernel,
+    pub stack: String,
     pub sequences: usize,
     pub tokens: u64,
     pub microbatches: u32,
@@ -188,6 +211,10 @@ pub struct Breakdown {
     pub pipeline_bubble_s: f64,
     /// Stage-to-stage transfers on the critical path (pp > 1), included in `idle_s`.
     pub pipeline_p2p_s: f64,
+    /// The stack's host time per step outside the micro-batches, included in `idle_s`.
+    pub host_step_s: f64,
+    /// What the stack's fitted time factor adds (development set, `stack::Fitted`).
+    pub stack_fitted_s: f64,
     /// The step's data-parallel synchronisation after the micro-batches (step scope).
     pub data_parallel_total_s: f64,
     pub data_parallel_exposed_s: f64,
@@ -242,7 +269,17 @@ pub fn line_of_field(text: &str, field: &str) -> usize {
 
 /// Prices a scenario read from `path` (relative paths inside it are taken from its folder).
 pub fn predict_file(path: &Path) -> Result<Prediction> {
-    let scenario = Scenario::read(path)?;
+    predict_file_with_stack(path, None)
+}
+
+/// [`predict_file`] with the scenario's `[stack]` replaced by `stack` (a preset name or a stack
+/// TOML), as `--stack` does.
+pub fn predict_file_with_stack(path: &Path, stack: Option<&str>) -> Result<Prediction> {
+    let mut scenario = Scenario::read(path)?;
+    if let Some(preset) = stack {
+        let overrides = scenario.stack.take().and_then(|s| s.tp_comm_overlap);
+        scenario.stack = Some(StackSpec { preset: preset.to_string(), tp_comm_overlap: overrides });
+    }
     predict_at(&scenario, &Located { path, text: None })
 }
 
@@ -304,6 +341,7 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         // ZeRO and the gradient synchronisation span the GPUs that hold one pipeline stage.
         data_parallel_gpus: Some(gpus / pipeline.stages),
         sequence_parallel: s.sequence_parallel.unwrap_or(true),
+        stack: resolve_stack(scenario.stack.as_ref(), base, at)?,
     };
     if train.zero > 3 {
         return Err(at.error("strategy.zero", format!("ZeRO stage {} does not exist", train.zero), "use 0, 1, 2 or 3"));
@@ -326,6 +364,19 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         return Err(at.error("batch", "no tokens to run", "give sequences or packed documents"));
     }
     Ok(evaluate(&stage, &shape, scenario, &plan, gpus, nodes, dp, microbatches, &sequences))
+}
+
+/// The stack of `[stack]` with its overrides; the kernels-only default without one.
+fn resolve_stack(spec: Option<&StackSpec>, base: &Path, at: &Located) -> Result<Stack> {
+    let Some(spec) = spec else { return Ok(Stack::default()) };
+    let mut stack = Stack::resolve(&resolve_path(base, &spec.preset)).map_err(|e| match e {
+        Error::Unknown { .. } => at.error("stack.preset", e.to_string(), "name a preset of models/stacks/ or a stack TOML"),
+        other => other,
+    })?;
+    if let Some(overlap) = spec.tp_comm_overlap {
+        stack.overlap.tp_comm = overlap;
+    }
+    Ok(stack)
 }
 
 /// The pipeline of `[strategy]`: pp stages, pp_virtual chunks each, and the schedule.
@@ -471,8 +522,8 @@ fn check_shape(shape: &GroupShape, tp: u32, model: &ModelShape, cluster: &Cluste
         ));
     }
     let gpn = cluster.gpus_per_node;
-    if tp > gpn {
-        return Err(at.error("strategy.tp", format!("tp = {tp} exceeds the {gpn} GPUs of a node"), "keep tensor parallelism inside a node"));
+    if tp > gpn && tp % gpn != 0 {
+        return Err(at.error("strategy.tp", format!("tp = {tp} spans part of a node of {gpn} GPUs"), "tensor parallelism across nodes must span whole nodes"));
     }
     let span = shape.size() * tp;
     if span > gpn && span % gpn != 0 {
@@ -517,6 +568,28 @@ fn assign(sequences: &[Vec<u32>], dp: u32, microbatches: u32) -> Vec<Vec<Vec<Vec
         plan[b % dp as usize][b / dp as usize].push(sequences[i].clone());
     }
     plan
+}
+
+fn exposed_total(collectives: &[CollectiveTime]) -> f64 {
+    collectives.iter().map(|c| c.exposed_s).sum()
+}
+
+/// The host's time to issue one micro-batch's kernels on one stage: the stack's kernels per
+/// layer (twice in the backward, once more for a full recomputation) times its issue time.
+fn host_bound_s(cm: &CostModel, scope: Scope) -> f64 {
+    let host = &cm.train.stack.host;
+    let layers = match scope {
+        Scope::Step => f64::from(cm.model.layers),
+        _ => 1.0,
+    };
+    let passes = if !cm.train.backward {
+        1.0
+    } else if cm.train.checkpointing == Checkpointing::Full {
+        4.0
+    } else {
+        3.0
+    };
+    layers * passes * host.kernels_per_layer * host.issue_us_per_kernel * 1e-6
 }
 
 /// The time of a stage program without its LM head: what a pipeline stage that does not hold
@@ -577,10 +650,12 @@ fn evaluate(
             programs.push((stage, full.as_ref()));
         }
         let Some(&(slowest, _)) = programs.iter().max_by(|a, b| a.0.time_s().total_cmp(&b.0.time_s())) else { continue };
+        // A stage whose GPU work is shorter than the host's time to issue it runs at the host's pace.
+        let host = host_bound_s(cm, scenario.scope);
         // A pipeline stage without the head runs this share of the last stage's time.
         let mean_share = if pipeline.is_pipelined() {
-            let last = slowest.time_s();
-            let first = without_head_s(slowest);
+            let last = slowest.time_s().max(host);
+            let first = without_head_s(slowest).max(host);
             stage_microbatches.push(StageMicrobatch {
                 slowest_s: last.max(first),
                 mean_s: (first * (pp - 1.0) + last) / pp,
@@ -588,7 +663,7 @@ fn evaluate(
             });
             if last > 0.0 { (first * (pp - 1.0) + last) / pp / last } else { 1.0 }
         } else {
-            time_s += slowest.time_s();
+            time_s += slowest.time_s().max(host);
             1.0
         };
         // Averages over every GPU: a replica with nothing to do adds only idle time.
@@ -621,11 +696,32 @@ fn evaluate(
             .map(|s| f64::from(s.repeat) * s.time_s())
             .sum();
     }
-    let piped = pipeline.step_time(&stage_microbatches, false);
+    let piped = pipeline.step_time(&stage_microbatches, cm.train.stack.overlap.pp_p2p);
     time_s += piped.time_s;
     let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus / pipeline.stages, last_backward_s));
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
+    let host_step_s = if scenario.scope == Scope::Step { cm.train.stack.host.step_s } else { 0.0 };
+    time_s += host_step_s;
+    let idle_s = (time_s - compute_s - exposed_total(&collectives) - sync_exposed).max(0.0);
+    // The stack's fitted factor covers what the priced terms leave out (a whole step only).
+    let fitted = &cm.train.stack.fitted;
+    let factor = if scenario.scope == Scope::Step { fitted.time_factor } else { 1.0 };
+    let stack_fitted_s = time_s * (factor - 1.0);
+    time_s *= factor;
+    let bar = (fitted.rows > 0 && scenario.scope == Scope::Step).then_some((fitted.residual_low, fitted.residual_high));
+    // Megatron counts a whole training step (forward and backward, 3x the forward) with each
+    // sequence's full length, documents packed in it or not.
+    let passes = if cm.train.backward { 1.0 } else { 1.0 / 3.0 };
+    let megatron_flops: f64 = if scenario.scope == Scope::Step {
+        let per_sequence = |seq: &Vec<u32>| {
+            let len: u32 = seq.iter().sum();
+            f64::from(len) * megatron_model_flops_per_token(&st.full.model, len)
+        };
+        passes * sequences.iter().map(per_sequence).sum::<f64>()
+    } else {
+        0.0
+    };
     let exposed: f64 = collectives.iter().map(|c| c.exposed_s).sum();
     let total: f64 = collectives.iter().map(|c| c.total_s).sum();
     let limit = cm.memory_limit_bytes();
@@ -651,12 +747,16 @@ fn evaluate(
             zero: cm.train.zero,
             checkpointing: cm.train.checkpointing,
             attention_kernel,
+            stack: cm.train.stack.name.clone(),
             sequences: sequences.len(),
             tokens: sequences.iter().flatten().map(|&d| u64::from(d)).sum(),
             microbatches,
         },
         time_s,
+        time_s_low: bar.map(|(low, _)| time_s * (1.0 + low)),
+        time_s_high: bar.map(|(_, high)| time_s * (1.0 + high)),
         tflops_per_gpu: if time_s > 0.0 { flops / time_s / 1e12 } else { 0.0 },
+        model_tflops_per_gpu: if time_s > 0.0 { megatron_flops / f64::from(gpus) / time_s / 1e12 } else { 0.0 },
         mfu: if time_s > 0.0 { model_flops / time_s / super::compute::peak_flops(&cm.cluster, cm.train.dtype) } else { 0.0 },
         memory_bytes_per_gpu: peak,
         memory_limit_bytes: limit,
@@ -667,9 +767,11 @@ fn evaluate(
             compute_s,
             collectives,
             overlap_s: (total - exposed) + (sync_total - (sync_exposed - optimizer_s)).max(0.0),
-            idle_s: (time_s - compute_s - exposed - sync_exposed).max(0.0),
+            idle_s,
             pipeline_bubble_s: piped.bubble_s,
             pipeline_p2p_s: piped.p2p_exposed_s,
+            host_step_s,
+            stack_fitted_s,
             data_parallel_total_s: sync_total,
             data_parallel_exposed_s: sync_exposed,
             optimizer_s,
