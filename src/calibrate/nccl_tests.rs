@@ -452,8 +452,8 @@ impl NcclRun {
             (Some(a), Some(b)) => format!(
                 "{} rows {} .. {}",
                 self.rows.len(),
-                format_bytes(a.size_bytes as f64),
-                format_bytes(b.size_bytes as f64)
+                crate::units::bytes(a.size_bytes as f64),
+                crate::units::bytes(b.size_bytes as f64)
             ),
             _ => "no rows".into(),
         };
@@ -1243,22 +1243,6 @@ fn intersect(a: RankSet, b: RankSet) -> Option<RankSet> {
     }
 }
 
-/// Sizes as nccl-tests users read them: 8 B, 512 KiB, 8 GiB.
-pub fn format_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{} {}", v.round(), UNITS[unit])
-    } else {
-        format!("{v:.3} {}", UNITS[unit]).replace(".000", "")
-    }
-}
-
 /// Works out the test, the rank and node counts from everything the run printed, and notes
 /// what is missing.
 fn infer(run: &mut NcclRun) {
@@ -1543,14 +1527,5 @@ mod tests {
         assert_eq!(NcclOp::from_name("send_recv"), Some(NcclOp::SendRecv));
         assert_eq!(NcclOp::from_name("broadcast"), Some(NcclOp::Broadcast));
         assert_eq!(NcclOp::from_name("allreduce"), None);
-    }
-
-    #[test]
-    fn bytes_are_formatted_in_binary_units() {
-        assert_eq!(format_bytes(8.0), "8 B");
-        assert_eq!(format_bytes(524288.0), "512 KiB");
-        assert_eq!(format_bytes(8589934592.0), "8 GiB");
-        assert_eq!(format_bytes(3221225472.0), "3 GiB");
-        assert_eq!(format_bytes(1.5e9), "1.397 GiB");
     }
 }

@@ -4,7 +4,7 @@
 //! point with its fitted value for the report.
 
 use super::fit::{self, EnvelopeFit, Holdout, Point};
-use super::measurements::{MeasuredKind, Measurement};
+use crate::formats::measurements::{MeasuredKind, Measurement};
 use super::nccl_tests::{NcclLog, NcclOp, NcclRun, OpFinding};
 use super::plural;
 use crate::cluster::{
@@ -520,7 +520,8 @@ fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
                 lines.len(),
                 line_list(&lines)
             ),
-            points: sizes.into_iter().map(|(size, mut tflops)| (size as f64, fit::median(&mut tflops))).collect(),
+            // Every size holds at least the row that created it.
+            points: sizes.into_iter().filter_map(|(size, tflops)| Some((size as f64, crate::stats::median(&tflops)?))).collect(),
         })
         .collect())
 }
@@ -572,21 +573,18 @@ fn overlap_fits(files: &[MeasurementFile]) -> Vec<OverlapFit> {
     pairs
         .into_iter()
         .filter_map(|(op, shapes)| {
-            let mut ratios: Vec<f64> = shapes
+            let ratios: Vec<f64> = shapes
                 .into_values()
-                .filter(|p| !p.alone.is_empty() && !p.overlapped.is_empty())
-                .map(|mut p| fit::median(&mut p.alone) / fit::median(&mut p.overlapped))
+                .filter_map(|p| Some(crate::stats::median(&p.alone)? / crate::stats::median(&p.overlapped)?))
                 .collect();
-            if ratios.is_empty() {
-                return None;
-            }
+            let efficiency = crate::stats::median(&ratios)?;
             let n = ratios.len();
             Some(OverlapFit {
                 provenance: format!(
                     "{}: {n} shapes measured alone and overlapped, median of time alone / time overlapped",
                     sources.get(&op).map(|s| s.join("; ")).unwrap_or_default()
                 ),
-                efficiency: fit::median(&mut ratios),
+                efficiency,
                 pairs: n as u32,
                 op,
             })

@@ -8,7 +8,7 @@ use super::flops::{megatron_model_flops_per_token, narayanan_hardware_flops_per_
 use super::pipeline::PpSchedule;
 use super::scenario::{self, BatchSpec, ClusterSpec, ModelSpec, Passes, Prediction, Scenario, StackSpec, StrategySpec};
 use super::{Checkpointing, Dtype, Scope};
-use crate::calibrate::fit::median;
+use crate::stats::{median, quantile};
 use crate::cluster::{Arch, Cluster};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, ModelShape};
@@ -147,13 +147,13 @@ pub struct Summary {
 
 impl Summary {
     pub fn of<'a>(group: impl Into<String>, errors: impl Iterator<Item = f64>) -> Summary {
-        let mut errors: Vec<f64> = errors.collect();
-        let mut abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
+        let errors: Vec<f64> = errors.collect();
+        let abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
         Summary {
             group: group.into(),
             rows: errors.len(),
-            median_abs_error: median(&mut abs),
-            signed_median_error: median(&mut errors),
+            median_abs_error: median(&abs).unwrap_or(f64::NAN),
+            signed_median_error: median(&errors).unwrap_or(f64::NAN),
         }
     }
 }
@@ -441,16 +441,16 @@ fn check(row: &E2eRow, run: Run) -> Result<DevCheck> {
 pub fn fit_stack_terms(checks: &[DevCheck], exclude: Option<&str>) -> BTreeMap<String, Fitted> {
     let kept: Vec<&DevCheck> = checks.iter().filter(|c| Some(c.source_id.as_str()) != exclude).collect();
     let log_ratio = |c: &&DevCheck| (c.measured_step_s / c.priced_step_s).ln();
-    let pooled = median(&mut kept.iter().map(log_ratio).collect::<Vec<_>>());
+    let pooled = median(&kept.iter().map(log_ratio).collect::<Vec<_>>()).unwrap_or(0.0);
     let mut stacks: Vec<&str> = checks.iter().map(|c| c.stack.as_str()).collect();
     stacks.sort_unstable();
     stacks.dedup();
     stacks
         .into_iter()
         .map(|stack| {
-            let mut mine: Vec<f64> = kept.iter().filter(|c| c.stack == stack).map(log_ratio).collect();
+            let mine: Vec<f64> = kept.iter().filter(|c| c.stack == stack).map(log_ratio).collect();
             let rows = mine.len() as u32;
-            let log_factor = if mine.is_empty() { pooled } else { median(&mut mine) };
+            let log_factor = median(&mine).unwrap_or(pooled);
             (stack.to_string(), Fitted { time_factor: log_factor.exp(), residual_low: 0.0, residual_high: 0.0, rows })
         })
         .collect()
@@ -488,22 +488,10 @@ pub fn fitted_with_bars(checks: &[DevCheck]) -> BTreeMap<String, Fitted> {
     for (stack, fitted) in terms.iter_mut() {
         let mine: Vec<f64> = cv.iter().filter(|c| &c.stack == stack).map(|c| c.error).collect();
         let residuals = if mine.len() >= 5 { mine } else { all.clone() };
-        fitted.residual_low = quantile(&residuals, 0.1);
-        fitted.residual_high = quantile(&residuals, 0.9);
+        fitted.residual_low = quantile(&residuals, 0.1).unwrap_or(0.0);
+        fitted.residual_high = quantile(&residuals, 0.9).unwrap_or(0.0);
     }
     terms
-}
-
-/// The q-quantile of `values` by linear interpolation between order statistics.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v: Vec<f64> = values.to_vec();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (pos - lo as f64) * (v[hi] - v[lo])
 }
 
 #[cfg(test)]
@@ -533,15 +521,6 @@ mod tests {
         let Reading::Scenario(run) = read_row(gpt, &rules).unwrap() else { panic!("skipped") };
         let per_token = narayanan_hardware_flops_per_token(&run.model, 2048);
         assert!((measured_tokens_per_s_per_gpu(gpt, &run.model, &run.cluster) - 0.44 * 312e12 / per_token).abs() < 1e-6);
-    }
-
-    #[test]
-    fn quantiles_interpolate_between_order_statistics() {
-        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
-        assert_eq!(quantile(&v, 0.5), 3.0);
-        assert_eq!(quantile(&v, 0.0), 1.0);
-        assert!((quantile(&v, 0.1) - 1.4).abs() < 1e-12);
-        assert!((quantile(&v, 0.9) - 4.6).abs() < 1e-12);
     }
 
     #[test]
