@@ -63,10 +63,15 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         "scenario     {} {} {} | {} on {} ({} GPUs, {} node{})",
         s.scope.name(), s.passes.name(), s.dtype.name(), s.model, s.cluster, s.gpus, s.nodes, if s.nodes == 1 { "" } else { "s" }
     )?;
+    let pipeline = if s.pp > 1 {
+        format!(" x pp {} ({}, {} chunk{})", s.pp, s.pp_schedule.name(), s.pp_virtual, if s.pp_virtual == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "strategy     {} x tp {} x dp {} | ZeRO {} | checkpointing {} | {}",
-        s.group, s.tp, s.dp, s.zero, s.checkpointing.name(), s.attention_kernel.name()
+        "strategy     {} x tp {}{pipeline} x dp {} | ZeRO {} | checkpointing {} | {} | stack {}",
+        s.group, s.tp, s.dp, s.zero, s.checkpointing.name(), s.attention_kernel.name(), s.stack
     )?;
     writeln!(
         out,
@@ -77,8 +82,23 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         s.microbatches,
         if s.microbatches == 1 { "" } else { "es" }
     )?;
-    writeln!(out, "time         {}", ms(p.time_s))?;
-    writeln!(out, "throughput   {:.1} TFLOP/s per GPU, MFU {:.1}%", p.tflops_per_gpu, 100.0 * p.mfu)?;
+    match (p.time_s_low, p.time_s_high) {
+        (Some(low), Some(high)) => writeln!(
+            out,
+            "time         {} ({} to {}: the stack's development-set error bar)",
+            ms(p.time_s),
+            ms(low),
+            ms(high)
+        )?,
+        _ => writeln!(out, "time         {}", ms(p.time_s))?,
+    }
+    writeln!(
+        out,
+        "throughput   {:.1} TFLOP/s per GPU executed, {:.1} model TFLOP/s per GPU (Megatron's count), MFU {:.1}%",
+        p.tflops_per_gpu,
+        p.model_tflops_per_gpu,
+        100.0 * p.mfu
+    )?;
     let fit = if p.fits_in_memory {
         "fits".to_string()
     } else {
@@ -106,6 +126,12 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "  {:<22} {:<12} {}", "optimizer", ms(b.optimizer_s), ms(b.optimizer_s))?;
     }
     writeln!(out, "  {:<22} {:<12} {}", "idle (imbalance)", ms(b.idle_s), ms(b.idle_s))?;
+    if b.pipeline_bubble_s > 0.0 || b.pipeline_p2p_s > 0.0 {
+        writeln!(out, "  {:<22} {:<12} (in idle; stage transfers {})", "pipeline bubble", ms(b.pipeline_bubble_s), ms(b.pipeline_p2p_s))?;
+    }
+    if b.stack_fitted_s != 0.0 {
+        writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
+    }
     writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))
 }
 

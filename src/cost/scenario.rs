@@ -255,16 +255,28 @@ impl Located<'_> {
     }
 }
 
-/// The line of `key = ...` (TOML) or `"key":` (JSON) for the last segment of a dotted field name.
+/// The line of `key = ...` (TOML) or `"key":` (JSON) for the last segment of a dotted field name,
+/// looked for after its section's header (`[section]` or `"section":`) when the file has one.
 pub fn line_of_field(text: &str, field: &str) -> usize {
     let key = field.rsplit('.').next().unwrap_or(field);
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start();
-            let json = format!("\"{key}\"");
-            (t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')) || t.contains(&format!("{json}:")) || t.contains(&format!("{json} :"))
+    let json = format!("\"{key}\"");
+    let is_key = |l: &str| {
+        let t = l.trim_start();
+        (t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')) || t.contains(&format!("{json}:")) || t.contains(&format!("{json} :"))
+    };
+    let section = field.split_once('.').map(|(s, _)| s);
+    let start = section
+        .and_then(|s| {
+            let (toml, json) = (format!("[{s}]"), format!("\"{s}\""));
+            text.lines().position(|l| l.trim() == toml || l.trim_start().starts_with(&json))
         })
-        .map_or(0, |i| i + 1)
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| is_key(l))
+        .or_else(|| text.lines().enumerate().find(|(_, l)| is_key(l)))
+        .map_or(0, |(i, _)| i + 1)
 }
 
 /// Prices a scenario read from `path` (relative paths inside it are taken from its folder).
@@ -820,5 +832,9 @@ mod tests {
         let json = "{\n  \"strategy\": {\n    \"ulysses\": 3\n  }\n}";
         assert_eq!(line_of_field(json, "strategy.ulysses"), 3);
         assert_eq!(line_of_field(json, "missing"), 0);
+        // A key that several sections share is found in the named section.
+        let both = "[model]\npreset = \"llama3-8b\"\n[stack]\npreset = \"nemo\"\n";
+        assert_eq!(line_of_field(both, "stack.preset"), 4);
+        assert_eq!(line_of_field(both, "model.preset"), 2);
     }
 }
