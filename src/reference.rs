@@ -16,6 +16,11 @@ const USP_8XA100: &str = include_str!("../reference/usp_8xA100_nvlink_fwd_iters_
 const FLEXSP_ALLTOALL: &str = include_str!("../reference/flexsp_alltoall_bandwidth.csv");
 const HARDWARE_FACTS: &str = include_str!("../reference/hardware_facts.csv");
 const E2E_RUNS: &str = include_str!("../reference/e2e/e2e_training_runs.csv");
+const SDPA: &str = include_str!("../reference/sdpa_blackwell_hopper_tflops.csv");
+
+/// cuDNN's SDPA benchmark (and the FlashAttention-2 and PyTorch backends beside it) on B200,
+/// GB200 and H200 (reference/README.md).
+pub const SDPA_FILE: &str = "reference/sdpa_blackwell_hopper_tflops.csv";
 
 /// The development set of published end-to-end training runs (reference/e2e/README.md).
 pub const E2E_FILE: &str = "reference/e2e/e2e_training_runs.csv";
@@ -257,6 +262,31 @@ pub struct E2eRow {
     pub notes: String,
 }
 
+/// One measured cell of cuDNN's SDPA training benchmark (NVIDIA/cudnn-frontend
+/// benchmark/sdpa_benchmark_training): one kernel, pass and shape on one GPU. TFLOP/s under
+/// FlashAttention's convention (forward 4 b s^2 h d, halved when causal; backward 2.5x).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SdpaRow {
+    pub line: usize,
+    pub gpu: String,
+    /// `cudnn_bf16`, `flash_attention`, `pyt_cudnn`, ... as the benchmark names its backends.
+    pub kernel: String,
+    pub dtype: String,
+    pub causal: bool,
+    pub batch: u32,
+    pub seqlen: u32,
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    /// `fwd` or `bwd`.
+    pub pass: String,
+    /// Empty when the benchmark did not say; `True` rows ran the deterministic backward.
+    pub deterministic: String,
+    pub tflops: f64,
+    /// The benchmark's result file and commit.
+    pub source: String,
+}
+
 /// Every table, parsed once.
 #[derive(Debug)]
 pub struct Reference {
@@ -265,6 +295,7 @@ pub struct Reference {
     pub alltoall: Vec<AlltoallRow>,
     pub facts: Vec<Fact>,
     pub e2e: Vec<E2eRow>,
+    pub sdpa: Vec<SdpaRow>,
 }
 
 impl Reference {
@@ -307,6 +338,7 @@ fn parse_all() -> Result<Reference> {
         alltoall: parse_alltoall()?,
         facts: parse_facts()?,
         e2e: parse_e2e()?,
+        sdpa: parse_sdpa()?,
     })
 }
 
@@ -467,6 +499,42 @@ fn parse_facts() -> Result<Vec<Fact>> {
         .collect()
 }
 
+fn parse_sdpa() -> Result<Vec<SdpaRow>> {
+    let file = SDPA_FILE;
+    let header = [
+        "gpu", "kernel", "dtype", "causal", "batch", "seqlen_q", "seqlen_kv", "q_heads", "kv_heads", "head_dim_qk", "head_dim_v",
+        "pass", "deterministic_bwd", "time_ms", "tflops", "flop_convention", "software", "source",
+    ];
+    records(file, SDPA, &header)?
+        .into_iter()
+        .map(|(line, r)| {
+            let text = |i: usize| field(file, line, &r, i, header[i]).map(str::to_string);
+            let int = |i: usize| -> Result<u32> { number(file, line, field(file, line, &r, i, header[i])?, header[i]) };
+            let causal = match text(3)?.as_str() {
+                "True" => true,
+                "False" => false,
+                other => return Err(Error::input(file, line, format!("field 'causal' = '{other}'"), "use True or False")),
+            };
+            Ok(SdpaRow {
+                line,
+                gpu: text(0)?,
+                kernel: text(1)?,
+                dtype: text(2)?,
+                causal,
+                batch: int(4)?,
+                seqlen: int(5)?,
+                q_heads: int(7)?,
+                kv_heads: int(8)?,
+                head_dim: int(9)?,
+                pass: text(11)?,
+                deterministic: text(12)?,
+                tflops: number(file, line, field(file, line, &r, 14, "tflops")?, "tflops")?,
+                source: text(17)?,
+            })
+        })
+        .collect()
+}
+
 fn parse_e2e() -> Result<Vec<E2eRow>> {
     let file = E2E_FILE;
     let header = [
@@ -557,6 +625,7 @@ mod tests {
         assert_eq!(t.alltoall.len(), 6);
         assert!(t.facts.len() >= 40);
         assert_eq!(t.e2e.len(), 150);
+        assert_eq!(t.sdpa.len(), 468);
     }
 
     #[test]

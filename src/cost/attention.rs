@@ -39,9 +39,11 @@
 //!   A100 table's "PyTorch" rows split with Hopper's forward share. The FlashAttention repo's
 //!   Triton kernel (FA-Triton): the A100 table's rows split as FlashAttention-2's; on Hopper
 //!   (uncalibrated) times FlashAttention-2's H100/A100 ratio at the same point.
-//! - Blackwell (uncalibrated, no per-length table here): Hopper curves scaled to the
-//!   FlashAttention-4 paper's B200 peaks (cuDNN, Triton), by SM count (FlashAttention-2) or by
-//!   the dense BF16 peak (unfused).
+//! - Blackwell: cuDNN and FlashAttention-2 from cuDNN's SDPA benchmark on B200 (causal, head dim
+//!   128; non-causal by the kernel's measured non-causal/causal ratio on GB200 or H100). Triton,
+//!   FA-Triton and unfused attention (uncalibrated) from Hopper curves scaled to the
+//!   FlashAttention-4 paper's B200 peak for Triton, FlashAttention-2's B200/H100 ratio and the
+//!   dense BF16 peak.
 //!
 //! A cluster's calibration `KernelFit` curves (attention_fwd / attention_bwd) replace the table
 //! points of their head dim and causality before fitting.
@@ -425,11 +427,45 @@ fn backward_from(fwd_bwd: f64, fwd: f64) -> Option<f64> {
 /// The FlashAttention-4 paper's peak on B200 (Zadouri et al. 2026, arXiv:2603.05451, abstract):
 /// 1613 TFLOP/s forward in BF16, 1.3x cuDNN 9.13's and 2.7x Triton's best.
 const FA4_B200_PEAK_TFLOPS: f64 = 1613.0;
-const FA4_OVER_CUDNN_B200: f64 = 1.3;
 const FA4_OVER_TRITON_B200: f64 = 2.7;
 
 /// The GPU whose tables the Blackwell curves are scaled from.
 const HOPPER_REFERENCE_PRESET: &str = "dgx-h100";
+
+/// The measured bf16 points of one kernel and pass on one GPU from cuDNN's SDPA benchmark
+/// (reference/sdpa_blackwell_hopper_tflops.csv), head dim 128, the newest B200 run (NGC 25.09,
+/// artifacts @0b1577c8c834) and the non-deterministic backward.
+fn sdpa_points(gpu: &str, kernel: &str, pass: Pass) -> Result<Vec<Point>> {
+    let t = reference::tables()?;
+    let name = match pass {
+        Pass::Fwd => "fwd",
+        Pass::Bwd => "bwd",
+    };
+    let points: Vec<Point> = t
+        .sdpa
+        .iter()
+        .filter(|r| r.gpu == gpu && r.kernel == kernel && r.pass == name && r.dtype == "bf16" && r.head_dim == 128)
+        .filter(|r| r.deterministic != "True" && (r.gpu != "B200" || r.source.ends_with("@0b1577c8c834")))
+        .map(|r| Point { causal: r.causal, head_dim: r.head_dim, seqlen: r.seqlen, tflops: r.tflops })
+        .collect();
+    if points.is_empty() {
+        return Err(Error::invalid(format!("no {kernel} {name} points for {gpu} in {}", reference::SDPA_FILE), "the embedded table must hold them"));
+    }
+    Ok(points)
+}
+
+/// Causal points and the non-causal ones `ratios` (non-causal over causal, by length) give.
+fn with_non_causal(causal: Vec<Point>, ratios: &[Point]) -> Vec<Point> {
+    let derived: Vec<Point> = causal
+        .iter()
+        .filter(|p| p.causal)
+        .filter_map(|p| {
+            let r = ratios.iter().find(|r| r.seqlen == p.seqlen && r.head_dim == p.head_dim)?;
+            Some(Point { causal: false, tflops: p.tflops * r.tflops, ..*p })
+        })
+        .collect();
+    causal.into_iter().filter(|p| p.causal).chain(derived).collect()
+}
 
 /// Points scaled by one factor (a kernel on another GPU with the same curve shape).
 fn scaled(points: &[Point], factor: f64) -> Vec<Point> {
@@ -514,7 +550,7 @@ pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, V
         (Arch::Hopper, AttentionKernel::Unfused) => hopper_unfused(),
         // An Ampere-era kernel on Hopper (uncalibrated): its A100 curve times FlashAttention-2's
         // H100/A100 ratio at the same point, both being mma.sync kernels of the same design.
-        (Arch::Hopper | Arch::Blackwell, AttentionKernel::FaTriton) => {
+        (Arch::Hopper, AttentionKernel::FaTriton) => {
             let a100 = published(FaTable::Fa2A100FwdBwd, "FlashAttention-2")?;
             let ratio = |p: &Point| Some(find(&h100_fa2_fb, p)? / find(&a100, p)?);
             let on_hopper: Vec<Point> = published(FaTable::Fa2A100FwdBwd, "FA-Triton")?
@@ -523,28 +559,41 @@ pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, V
                 .collect();
             Ok(split(&on_hopper, &h100_fa2_fwd, &h100_fa2_fb))
         }
-        // Blackwell: no per-length table is published here. cuDNN and Triton keep their Hopper
-        // curves' shapes, scaled to the peaks the FlashAttention-4 paper implies for B200
-        // (FA4's 1613 TFLOP/s over its speedups); FlashAttention-2's Ampere-style kernels scale
-        // with the SM count (same rate per SM); unfused attention with the dense BF16 peak (its
-        // GEMMs), both against the H100 preset's figures. Uncalibrated.
+        // Blackwell: cuDNN and FlashAttention-2 are measured on B200 for causal calls at head dim
+        // 128 (cuDNN's SDPA benchmark); their non-causal curves follow the same kernel's
+        // non-causal/causal ratio where that is measured (cuDNN on GB200, FlashAttention-2 on
+        // H100). The other kernels are scaled from Hopper, uncalibrated: Triton to the peak the
+        // FlashAttention-4 paper implies (FA4's 1613 TFLOP/s over its 2.7x), unfused attention
+        // by the dense BF16 peak (its GEMMs), FA-Triton as FlashAttention-2.
         (Arch::Blackwell, AttentionKernel::Cudnn) => {
-            let (fwd, bwd) = hopper_forward_only("cuDNN")?;
-            let factor = FA4_B200_PEAK_TFLOPS / FA4_OVER_CUDNN_B200 / peak_at_128(&fwd);
-            Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
+            let (fwd, bwd) = (sdpa_points("B200", "cudnn_bf16", Pass::Fwd)?, sdpa_points("B200", "cudnn_bf16", Pass::Bwd)?);
+            let ratio = |pass| -> Result<Vec<Point>> {
+                let gb200 = sdpa_points("GB200", "cudnn", pass)?;
+                Ok(gb200.iter().filter(|p| !p.causal).filter_map(|p| {
+                    let causal = gb200.iter().find(|q| q.causal && q.seqlen == p.seqlen && q.head_dim == p.head_dim)?;
+                    Some(Point { tflops: p.tflops / causal.tflops, ..*p })
+                }).collect())
+            };
+            Ok((with_non_causal(fwd, &ratio(Pass::Fwd)?), with_non_causal(bwd, &ratio(Pass::Bwd)?)))
+        }
+        (Arch::Blackwell, AttentionKernel::Fa2) => {
+            let h100_ratio = |points: &[Point]| -> Vec<Point> {
+                points.iter().filter(|p| !p.causal).filter_map(|p| Some(Point { tflops: p.tflops / find(points, &Point { causal: true, ..*p })?, ..*p })).collect()
+            };
+            let fwd = sdpa_points("B200", "flash_attention", Pass::Fwd)?;
+            let bwd = sdpa_points("B200", "flash_attention", Pass::Bwd)?;
+            Ok((with_non_causal(fwd, &h100_ratio(&h100_fa2_fwd)), with_non_causal(bwd, &h100_ratio(&h100_fa2_bwd))))
         }
         (Arch::Blackwell, AttentionKernel::Triton) => {
             let (fwd, bwd) = hopper_forward_only("Triton")?;
             let factor = FA4_B200_PEAK_TFLOPS / FA4_OVER_TRITON_B200 / peak_at_128(&fwd);
             Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
         }
-        (Arch::Blackwell, AttentionKernel::Fa2) => {
+        (Arch::Blackwell, AttentionKernel::FaTriton) => {
             let hopper = Cluster::resolve(HOPPER_REFERENCE_PRESET)?.gpu;
-            let factor = f64::from(gpu.sms.unwrap_or(0)) / f64::from(hopper.sms.unwrap_or(1).max(1));
-            if !(factor > 0.0) {
-                return no_table("the GPU's SM count is needed to scale FlashAttention-2's Hopper curve");
-            }
-            Ok((scaled(&h100_fa2_fwd, factor), scaled(&h100_fa2_bwd, factor)))
+            let factor = peak_at_128(&table_points(gpu, AttentionKernel::Fa2)?.0) / peak_at_128(&table_points(&hopper, AttentionKernel::Fa2)?.0);
+            let (fwd, bwd) = table_points(&hopper, AttentionKernel::FaTriton)?;
+            Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
         }
         (Arch::Blackwell, AttentionKernel::Unfused) => {
             let (fwd, bwd) = hopper_unfused()?;
@@ -669,11 +718,18 @@ mod tests {
     }
 
     #[test]
-    fn blackwell_cudnn_is_scaled_to_the_fa4_papers_peak() {
-        // cuDNN's H100 forward peak at head dim 128 (617 TFLOP/s) scaled to 1613 / 1.3 = 1240.8.
+    fn blackwell_kernels_fit_their_measured_b200_points() {
+        // cuDNN's SDPA benchmark on B200 (NGC 25.09): causal bf16 at head dim 128 (128 query, 8
+        // KV heads), cuDNN forward 1384 TFLOP/s at 8K, backward 995; FlashAttention-2 400 and 318.
         let b200 = Cluster::resolve("dgx-b200").unwrap();
-        let (fwd, _) = table_points(&b200.gpu, AttentionKernel::Cudnn).unwrap();
-        assert!((peak_at_128(&fwd) - 1613.0 / 1.3).abs() < 1e-9);
+        for (kernel, fwd, bwd) in [(AttentionKernel::Cudnn, 1384.231, 994.850), (AttentionKernel::Fa2, 399.925, 318.004)] {
+            let m = AttentionModel::for_cluster(&b200, Some(kernel)).unwrap();
+            let (f, b) = (m.fwd.benchmark_tflops(128.0, 8192, true), m.bwd.benchmark_tflops(128.0, 8192, true));
+            assert!((f / fwd - 1.0).abs() < 0.1 && (b / bwd - 1.0).abs() < 0.1, "{kernel:?}: {f} vs {fwd}, {b} vs {bwd}");
+        }
+        // Triton stays scaled to the FA4 paper: its H100 peak times 1613 / 2.7 over it.
+        let (fwd, _) = table_points(&b200.gpu, AttentionKernel::Triton).unwrap();
+        assert!((peak_at_128(&fwd) - 1613.0 / 2.7).abs() < 1e-9);
         assert!(table_points(&b200.gpu, AttentionKernel::Fa3).is_err());
     }
 }
