@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
 use crate::formats::run::{
-    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
+    strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
     PLAN_JSON, SUMMARY_FORMAT_VERSION,
 };
 use crate::report::ReportFiles;
@@ -303,6 +303,11 @@ fn run_data(
         best_static: best_static.unwrap_or_default(),
         solve_ms: SolveMs::of(&hsap.solve_ms),
         command: opts.command.clone(),
+        stack: ctx.cm.train.stack.name.clone(),
+        error_bar: {
+            let f = ctx.cm.train.stack.fitted;
+            (f.rows > 0).then_some(ErrorBar { low: f.residual_low, high: f.residual_high })
+        },
         planner: PlannerDetails {
             documents: batches.batches.iter().map(|b| b.docs.len()).sum(),
             dropped: batches.dropped,

@@ -134,6 +134,11 @@ fn tune_plans_with_the_training_flags_and_simulate_replays_another_stack() {
         .arg(dir.path())
         .assert()
         .success();
+    // The run carries the stack's error bar, which the report draws and compares with.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stack"], "megatron-core");
+    let bar = &summary["error_bar"];
+    assert!(bar["low"].as_f64().unwrap() < 0.0 && bar["high"].as_f64().unwrap() > bar["low"].as_f64().unwrap(), "{bar}");
     let plan_path = dir.path().join("plan.json");
     let plan: Value = serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
     let train = &plan["train"];
