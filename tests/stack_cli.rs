@@ -175,3 +175,32 @@ fn tune_plans_with_the_training_flags_and_simulate_replays_another_stack() {
             .stderr(predicate::str::contains(what));
     }
 }
+
+#[test]
+fn a_stack_whose_host_is_slower_than_the_gpu_sets_the_pace() {
+    // A tiny model (2 layers of width 256, 16 tokens): the GPU work is microseconds, the host's
+    // 40 kernels per layer at 25 us each, over forward, recomputation and twice for the backward
+    // (full checkpointing: 4 passes), take 2 x 4 x 40 x 25 us = 8 ms; 0.1 s more per step.
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/stacks/torchtitan.toml")).unwrap();
+    let base = &base[..base.find("[fitted]").unwrap()];
+    let stack = |name: &str, host: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{base}\n[host]\n{host}\n")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let gpu_only = stack("gpu.toml", "issue_us_per_kernel = 0.0");
+    let host_bound = stack("host.toml", "issue_us_per_kernel = 25.0\nkernels_per_layer = 40.0");
+    let with_step = stack("step.toml", "issue_us_per_kernel = 25.0\nkernels_per_layer = 40.0\nstep_s = 0.1");
+    let scenario = dir.path().join("tiny.toml");
+    std::fs::write(
+        &scenario,
+        "[model]\nheads = 4\nhead_dim = 64\nhidden = 256\nffn = 1024\nlayers = 2\nvocab = 1000\n\n[cluster]\npreset = \"dgx-h100\"\n\n[strategy]\nscheme = \"ulysses\"\nzero = 0\n\n[batch]\nsequences = [16]\n",
+    )
+    .unwrap();
+    let run = |stack: &str| time(&json(&["predict", "--scenario", scenario.to_str().unwrap(), "--stack", stack, "--json"]));
+    let (gpu, host, step) = (run(&gpu_only), run(&host_bound), run(&with_step));
+    assert!(gpu < 0.008, "{gpu}");
+    assert!(host >= 0.008 && host < 0.008 + gpu, "{host} vs {gpu}");
+    assert!((step - host - 0.1).abs() < 1e-12, "{step} vs {host}");
+}
