@@ -146,7 +146,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of<'a>(group: impl Into<String>, errors: impl Iterator<Item = f64>) -> Summary {
+    pub fn of(group: impl Into<String>, errors: impl Iterator<Item = f64>) -> Summary {
         let errors: Vec<f64> = errors.collect();
         let abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
         Summary {
