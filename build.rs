@@ -8,7 +8,11 @@ fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let mut code = String::new();
-    for (constant, folder) in [("MODEL_PRESETS", "models/transformers"), ("CLUSTER_PRESETS", "models/clusters")] {
+    for (constant, folder) in [
+        ("MODEL_PRESETS", "models/transformers"),
+        ("CLUSTER_PRESETS", "models/clusters"),
+        ("STACK_PRESETS", "models/stacks"),
+    ] {
         let dir = Path::new(&root).join(folder);
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut files: Vec<_> = std::fs::read_dir(&dir)

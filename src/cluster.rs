@@ -45,6 +45,9 @@ pub struct Gpu {
     /// Fraction of the dense peak a large, well-shaped GEMM sustains (1 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gemm_efficiency: Option<f64>,
+    /// The same for FP8 GEMMs, as a fraction of the FP8 dense peak (`gemm_efficiency` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8_gemm_efficiency: Option<f64>,
     /// Shortest time the GPU spends on one kernel: the launch overhead of a kernel that does
     /// nothing, microseconds (0 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +59,7 @@ pub struct Gpu {
 pub enum Arch {
     Ampere,
     Hopper,
+    Blackwell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +369,7 @@ impl Cluster {
             ("gpu.sms", self.gpu.sms.map(f64::from)),
             ("gpu.hbm_efficiency", self.gpu.hbm_efficiency),
             ("gpu.gemm_efficiency", self.gpu.gemm_efficiency),
+            ("gpu.fp8_gemm_efficiency", self.gpu.fp8_gemm_efficiency),
             ("intra.p2p_gb_per_s", self.intra.p2p_gb_per_s),
             ("nccl.ll.efficiency", self.nccl.ll.as_ref().map(|p| p.efficiency)),
             ("nccl.ll128.efficiency", self.nccl.ll128.as_ref().map(|p| p.efficiency)),
@@ -372,6 +377,7 @@ impl Cluster {
         let fractions = [
             ("gpu.hbm_efficiency", self.gpu.hbm_efficiency),
             ("gpu.gemm_efficiency", self.gpu.gemm_efficiency),
+            ("gpu.fp8_gemm_efficiency", self.gpu.fp8_gemm_efficiency),
             ("nccl.ll.efficiency", self.nccl.ll.as_ref().map(|p| p.efficiency)),
             ("nccl.ll128.efficiency", self.nccl.ll128.as_ref().map(|p| p.efficiency)),
         ];

@@ -17,6 +17,7 @@ pub mod scheme;
 pub mod sim;
 pub mod stats;
 pub mod solver;
+pub mod stack;
 pub mod trace;
 pub mod tune;
 pub mod units;

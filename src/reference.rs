@@ -15,6 +15,15 @@ const FA3_H100_FWD: &str = include_str!("../reference/fa3_h100_fwd_tflops.csv");
 const USP_8XA100: &str = include_str!("../reference/usp_8xA100_nvlink_fwd_iters_per_s.csv");
 const FLEXSP_ALLTOALL: &str = include_str!("../reference/flexsp_alltoall_bandwidth.csv");
 const HARDWARE_FACTS: &str = include_str!("../reference/hardware_facts.csv");
+const E2E_RUNS: &str = include_str!("../reference/e2e/e2e_training_runs.csv");
+const SDPA: &str = include_str!("../reference/sdpa_blackwell_hopper_tflops.csv");
+
+/// cuDNN's SDPA benchmark (and the FlashAttention-2 and PyTorch backends beside it) on B200,
+/// GB200 and H200 (reference/README.md).
+pub const SDPA_FILE: &str = "reference/sdpa_blackwell_hopper_tflops.csv";
+
+/// The development set of published end-to-end training runs (reference/e2e/README.md).
+pub const E2E_FILE: &str = "reference/e2e/e2e_training_runs.csv";
 
 /// Sequence lengths of the FlashAttention tables' columns.
 pub const FA_SEQLENS: [u32; 6] = [512, 1024, 2048, 4096, 8192, 16384];
@@ -169,6 +178,115 @@ pub struct Fact {
     pub source: String,
 }
 
+/// What a published end-to-end run reports (reference/e2e/README.md, "Columns").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum E2eMetric {
+    /// Tokens per second per GPU.
+    TokensPerSPerGpu,
+    /// Model TFLOP/s per GPU under the source's FLOP convention.
+    TflopsPerGpuModel,
+    /// Model FLOPs utilisation, percent of the source's peak.
+    Mfu,
+    /// Hardware FLOPs utilisation (recomputation counted), percent of the source's peak.
+    Hfu,
+    /// Seconds per training step (global batch).
+    StepTimeS,
+}
+
+impl E2eMetric {
+    fn parse(text: &str) -> Option<E2eMetric> {
+        Some(match text {
+            "tokens_per_s_per_gpu" => E2eMetric::TokensPerSPerGpu,
+            "tflops_per_gpu_model" => E2eMetric::TflopsPerGpuModel,
+            "mfu" => E2eMetric::Mfu,
+            "hfu" => E2eMetric::Hfu,
+            "step_time_s" => E2eMetric::StepTimeS,
+            _ => return None,
+        })
+    }
+}
+
+/// The class of a run's GEMM precision: the first word of the `dtype` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum E2eDtype {
+    Bf16,
+    Fp8,
+    /// MX block-scaled FP8 (Blackwell).
+    Mxfp8,
+    /// fp16 or bf16, not said which (both run at the same tensor-core rate).
+    Half,
+}
+
+/// One published end-to-end training run (a row of reference/e2e/e2e_training_runs.csv). Empty
+/// cells are `None`: the source did not give them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct E2eRow {
+    /// 1-based line in the CSV file.
+    pub line: usize,
+    pub source_id: String,
+    pub source: String,
+    pub commit: String,
+    pub framework: String,
+    pub framework_version: String,
+    pub model: String,
+    pub layers: Option<u32>,
+    pub hidden: Option<u32>,
+    pub heads: Option<u32>,
+    pub kv_heads: Option<u32>,
+    pub ffn: Option<u32>,
+    pub vocab: Option<u32>,
+    pub gpu: String,
+    pub gpus: u32,
+    pub gpus_per_node: Option<u32>,
+    pub interconnect: String,
+    pub dtype: E2eDtype,
+    /// The `dtype` column as written (which FP8 recipe, which library).
+    pub dtype_detail: String,
+    pub seq_len: u32,
+    pub global_batch: u32,
+    pub micro_batch: Option<u32>,
+    pub tp: Option<u32>,
+    pub pp: Option<u32>,
+    pub vp: Option<u32>,
+    pub cp: Option<u32>,
+    pub dp: Option<u32>,
+    /// Optimizer and parameter sharding as written (FSDP flavour, ZeRO stage, distributed optimizer).
+    pub sharding: String,
+    pub sequence_parallel: String,
+    pub recompute: String,
+    pub metric: E2eMetric,
+    pub value: f64,
+    pub flop_convention: String,
+    pub notes: String,
+}
+
+/// One measured cell of cuDNN's SDPA training benchmark (NVIDIA/cudnn-frontend
+/// benchmark/sdpa_benchmark_training): one kernel, pass and shape on one GPU. TFLOP/s under
+/// FlashAttention's convention (forward 4 b s^2 h d, halved when causal; backward 2.5x).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SdpaRow {
+    pub line: usize,
+    pub gpu: String,
+    /// `cudnn_bf16`, `flash_attention`, `pyt_cudnn`, ... as the benchmark names its backends.
+    pub kernel: String,
+    pub dtype: String,
+    pub causal: bool,
+    pub batch: u32,
+    pub seqlen: u32,
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    /// `fwd` or `bwd`.
+    pub pass: String,
+    /// Empty when the benchmark did not say; `True` rows ran the deterministic backward.
+    pub deterministic: String,
+    pub tflops: f64,
+    /// The benchmark's result file and commit.
+    pub source: String,
+}
+
 /// Every table, parsed once.
 #[derive(Debug)]
 pub struct Reference {
@@ -176,6 +294,8 @@ pub struct Reference {
     pub usp: Vec<UspRow>,
     pub alltoall: Vec<AlltoallRow>,
     pub facts: Vec<Fact>,
+    pub e2e: Vec<E2eRow>,
+    pub sdpa: Vec<SdpaRow>,
 }
 
 impl Reference {
@@ -217,6 +337,8 @@ fn parse_all() -> Result<Reference> {
         usp: parse_usp()?,
         alltoall: parse_alltoall()?,
         facts: parse_facts()?,
+        e2e: parse_e2e()?,
+        sdpa: parse_sdpa()?,
     })
 }
 
@@ -377,6 +499,119 @@ fn parse_facts() -> Result<Vec<Fact>> {
         .collect()
 }
 
+fn parse_sdpa() -> Result<Vec<SdpaRow>> {
+    let file = SDPA_FILE;
+    let header = [
+        "gpu", "kernel", "dtype", "causal", "batch", "seqlen_q", "seqlen_kv", "q_heads", "kv_heads", "head_dim_qk", "head_dim_v",
+        "pass", "deterministic_bwd", "time_ms", "tflops", "flop_convention", "software", "source",
+    ];
+    records(file, SDPA, &header)?
+        .into_iter()
+        .map(|(line, r)| {
+            let text = |i: usize| field(file, line, &r, i, header[i]).map(str::to_string);
+            let int = |i: usize| -> Result<u32> { number(file, line, field(file, line, &r, i, header[i])?, header[i]) };
+            let causal = match text(3)?.as_str() {
+                "True" => true,
+                "False" => false,
+                other => return Err(Error::input(file, line, format!("field 'causal' = '{other}'"), "use True or False")),
+            };
+            Ok(SdpaRow {
+                line,
+                gpu: text(0)?,
+                kernel: text(1)?,
+                dtype: text(2)?,
+                causal,
+                batch: int(4)?,
+                seqlen: int(5)?,
+                q_heads: int(7)?,
+                kv_heads: int(8)?,
+                head_dim: int(9)?,
+                pass: text(11)?,
+                deterministic: text(12)?,
+                tflops: number(file, line, field(file, line, &r, 14, "tflops")?, "tflops")?,
+                source: text(17)?,
+            })
+        })
+        .collect()
+}
+
+fn parse_e2e() -> Result<Vec<E2eRow>> {
+    let file = E2E_FILE;
+    let header = [
+        "source_id", "source_url_or_repo_path", "source_commit_or_date", "framework", "framework_version", "model", "params_b",
+        "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "gpu", "gpus", "gpus_per_node", "interconnect", "dtype",
+        "seq_len", "global_batch_seqs", "micro_batch", "tp", "pp", "vp", "cp", "dp", "ep", "zero_or_fsdp", "sequence_parallel",
+        "recompute", "metric", "value", "flop_convention", "notes",
+    ];
+    records(file, E2E_RUNS, &header)?
+        .into_iter()
+        .map(|(line, r)| {
+            let text = |name: &str| -> Result<String> {
+                let i = header.iter().position(|h| *h == name).unwrap_or(header.len());
+                field(file, line, &r, i, name).map(str::to_string)
+            };
+            let optional = |name: &str| -> Result<Option<u32>> {
+                let t = text(name)?;
+                if t.is_empty() {
+                    return Ok(None);
+                }
+                number(file, line, &t, name).map(Some)
+            };
+            let required = |name: &str| -> Result<u32> {
+                optional(name)?.ok_or_else(|| Error::input(file, line, format!("field '{name}' is empty"), "every run needs it"))
+            };
+            let dtype_detail = text("dtype")?;
+            let dtype = match dtype_detail.split_whitespace().next().unwrap_or("") {
+                "bf16" => E2eDtype::Bf16,
+                "fp8" => E2eDtype::Fp8,
+                "mxfp8" => E2eDtype::Mxfp8,
+                "half" => E2eDtype::Half,
+                other => return Err(Error::input(file, line, format!("field 'dtype' starts with '{other}'"), "use bf16, fp8, mxfp8 or half")),
+            };
+            let metric_text = text("metric")?;
+            let metric = E2eMetric::parse(&metric_text).ok_or_else(|| {
+                Error::input(file, line, format!("field 'metric' = '{metric_text}'"), "use tokens_per_s_per_gpu, tflops_per_gpu_model, mfu, hfu or step_time_s")
+            })?;
+            Ok(E2eRow {
+                line,
+                source_id: text("source_id")?,
+                source: text("source_url_or_repo_path")?,
+                commit: text("source_commit_or_date")?,
+                framework: text("framework")?,
+                framework_version: text("framework_version")?,
+                model: text("model")?,
+                layers: optional("layers")?,
+                hidden: optional("hidden")?,
+                heads: optional("heads")?,
+                kv_heads: optional("kv_heads")?,
+                ffn: optional("ffn_hidden")?,
+                vocab: optional("vocab")?,
+                gpu: text("gpu")?,
+                gpus: required("gpus")?,
+                gpus_per_node: optional("gpus_per_node")?,
+                interconnect: text("interconnect")?,
+                dtype,
+                dtype_detail,
+                seq_len: required("seq_len")?,
+                global_batch: required("global_batch_seqs")?,
+                micro_batch: optional("micro_batch")?,
+                tp: optional("tp")?,
+                pp: optional("pp")?,
+                vp: optional("vp")?,
+                cp: optional("cp")?,
+                dp: optional("dp")?,
+                sharding: text("zero_or_fsdp")?,
+                sequence_parallel: text("sequence_parallel")?,
+                recompute: text("recompute")?,
+                metric,
+                value: number(file, line, &text("value")?, "value")?,
+                flop_convention: text("flop_convention")?,
+                notes: text("notes")?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +624,23 @@ mod tests {
         assert_eq!(t.usp.len(), 30);
         assert_eq!(t.alltoall.len(), 6);
         assert!(t.facts.len() >= 40);
+        assert_eq!(t.e2e.len(), 150);
+        assert_eq!(t.sdpa.len(), 468);
+    }
+
+    #[test]
+    fn e2e_rows_keep_empty_cells_and_their_metric() {
+        let t = tables().unwrap();
+        let first = &t.e2e[0];
+        assert_eq!((first.line, first.source_id.as_str(), first.model.as_str()), (2, "torchtitan_a100_2024_04", "Llama-3-8B"));
+        assert_eq!((first.layers, first.heads, first.kv_heads, first.vocab), (Some(32), Some(32), Some(8), Some(128_256)));
+        assert_eq!((first.gpus, first.seq_len, first.global_batch, first.micro_batch), (64, 8192, 64, Some(1)));
+        assert_eq!((first.metric, first.value, first.dtype), (E2eMetric::TokensPerSPerGpu, 2904.0, E2eDtype::Bf16));
+        assert_eq!(first.vp, None);
+        let bloom = t.e2e.iter().find(|r| r.source_id == "bloom_176b_2022_03").unwrap();
+        assert_eq!((bloom.metric, bloom.value, bloom.tp, bloom.pp), (E2eMetric::StepTimeS, 105.22, Some(4), Some(12)));
+        let megatron_2021 = t.e2e.iter().find(|r| r.source_id == "megatron_lm_a100_2021_04").unwrap();
+        assert_eq!((megatron_2021.metric, megatron_2021.tp, megatron_2021.heads, megatron_2021.dtype), (E2eMetric::Hfu, None, None, E2eDtype::Half));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
 use crate::formats::run::{
-    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
+    strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
     PLAN_JSON, SUMMARY_FORMAT_VERSION,
 };
 use crate::report::ReportFiles;
@@ -38,6 +38,9 @@ pub struct TuneInputs {
     pub limit_batches: Option<usize>,
     pub model: ModelShape,
     pub cluster: Cluster,
+    /// How training runs (ZeRO, checkpointing, tp, the software stack), as in `predict`'s
+    /// scenarios; `model` and `cluster` are already one pipeline stage's when pp > 1.
+    pub train: TrainConfig,
     /// A measurements CSV (docs/measurements.md) copied into the run to show predicted against
     /// measured in the report.
     pub measurements: Option<PathBuf>,
@@ -154,7 +157,7 @@ pub fn tune(
     if batches.dropped > 0 {
         notice(&Notice::Dropped { documents: batches.dropped, tokens: batches.dropped_tokens, max_seq })?;
     }
-    let cm = CostModel::new(inputs.model.clone(), inputs.cluster.clone(), TrainConfig::default())?;
+    let cm = CostModel::new(inputs.model.clone(), inputs.cluster.clone(), inputs.train.clone())?;
     let max_len = batches.batches.iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap_or(1);
     let ctx = Ctx::new(cm, max_len)?;
     check_holdable(&ctx, max_len)?;
@@ -300,6 +303,11 @@ fn run_data(
         best_static: best_static.unwrap_or_default(),
         solve_ms: SolveMs::of(&hsap.solve_ms),
         command: opts.command.clone(),
+        stack: ctx.cm.train.stack.name.clone(),
+        error_bar: {
+            let f = ctx.cm.train.stack.fitted;
+            (f.rows > 0).then_some(ErrorBar { low: f.residual_low, high: f.residual_high })
+        },
         planner: PlannerDetails {
             documents: batches.batches.iter().map(|b| b.docs.len()).sum(),
             dropped: batches.dropped,

@@ -141,3 +141,64 @@ impl ClusterArgs {
         }
     }
 }
+
+/// How training runs, in the terms of `predict`'s scenarios: the planner prices the same setup.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// ZeRO stage of the data-parallel sharding (0-3).
+    #[arg(long, value_name = "STAGE", default_value_t = 3)]
+    pub zero: u8,
+    /// Activation checkpointing.
+    #[arg(long, value_name = "POLICY", default_value = "full", value_parser = clap::builder::PossibleValuesParser::new(["none", "selective", "full"]))]
+    pub checkpointing: String,
+    /// Tensor-parallel degree inside each SP rank (may cross nodes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub tp: u32,
+    /// Pipeline stages: the planner plans the SP groups of one stage, which holds nodes / pp
+    /// nodes and ceil(layers / pp) layers (the pipeline bubble is common to every strategy and
+    /// left out of the comparison).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub pp: u32,
+    /// The software stack: a preset of models/stacks/ or a stack TOML (default: the GPU kernels
+    /// alone).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub stack: Option<String>,
+}
+
+impl TrainArgs {
+    /// The training configuration, the stage's model and the stage's cluster for `model` on
+    /// `cluster`.
+    pub fn apply(
+        &self,
+        mut model: crate::model::ModelShape,
+        cluster: crate::cluster::Cluster,
+    ) -> Result<(crate::model::ModelShape, crate::cluster::Cluster, crate::cost::TrainConfig)> {
+        use crate::cost::{Checkpointing, TrainConfig};
+        let checkpointing = match self.checkpointing.as_str() {
+            "none" => Checkpointing::None,
+            "selective" => Checkpointing::Selective,
+            _ => Checkpointing::Full,
+        };
+        if self.pp == 0 || self.pp > model.layers {
+            return Err(Error::invalid(
+                format!("--pp {} must be between 1 and the model's {} layers", self.pp, model.layers),
+                "use --pp 1 for no pipeline parallelism",
+            ));
+        }
+        if cluster.nodes % self.pp != 0 {
+            return Err(Error::invalid(
+                format!("--pp {} does not divide the {} nodes", self.pp, cluster.nodes),
+                "each pipeline stage holds whole nodes: choose --nodes a multiple of --pp",
+            ));
+        }
+        let nodes = cluster.nodes / self.pp;
+        let cluster = cluster.with_nodes(nodes)?;
+        model.layers = model.layers.div_ceil(self.pp);
+        let stack = match &self.stack {
+            Some(name) => crate::stack::Stack::resolve(name)?,
+            None => crate::stack::Stack::default(),
+        };
+        let train = TrainConfig { zero: self.zero, checkpointing, tp: self.tp, stack, ..TrainConfig::default() };
+        Ok((model, cluster, train))
+    }
+}

@@ -10,7 +10,7 @@ mod predict;
 mod tune;
 mod validate;
 
-pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs};
+pub use args::{Cli, Command, ClusterArgs, ModelArgs, TraceArgs, TrainArgs};
 pub use calibrate::{calibrate, CalibrateArgs};
 pub use inspect::{inspect, InspectArgs};
 pub use report::{report, ReportArgs};

@@ -3,7 +3,7 @@
 //! published measurements it is validated against.
 
 use super::io_out;
-use crate::cost::scenario::{predict_file, Prediction};
+use crate::cost::scenario::{predict_file_with_stack, Prediction};
 use crate::cost::validate;
 use crate::error::Result;
 use crate::units::{gib, ms, percent};
@@ -20,6 +20,10 @@ pub struct PredictArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The software stack, in place of the scenario's [stack]: a preset of models/stacks/ or a
+    /// stack TOML.
+    #[arg(long, value_name = "NAME|FILE", conflicts_with = "reference")]
+    pub stack: Option<String>,
     /// Instead of a scenario, compare the model with a published measurement table.
     #[arg(long, value_enum, value_name = "TABLE")]
     pub reference: Option<ReferenceTable>,
@@ -44,7 +48,7 @@ pub fn predict(args: &PredictArgs, out: &mut dyn Write, _err: &mut dyn Write) ->
     let Some(path) = &args.scenario else {
         return Err(crate::error::Error::invalid("predict needs --scenario FILE or --reference TABLE", "see hsap-tune predict --help"));
     };
-    let prediction = predict_file(path)?;
+    let prediction = predict_file_with_stack(path, args.stack.as_deref())?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &prediction).map_err(|e| io_out(e.into()))?;
         return writeln!(out).map_err(io_out);
@@ -59,10 +63,15 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         "scenario     {} {} {} | {} on {} ({} GPUs, {} node{})",
         s.scope.name(), s.passes.name(), s.dtype.name(), s.model, s.cluster, s.gpus, s.nodes, if s.nodes == 1 { "" } else { "s" }
     )?;
+    let pipeline = if s.pp > 1 {
+        format!(" x pp {} ({}, {} chunk{})", s.pp, s.pp_schedule.name(), s.pp_virtual, if s.pp_virtual == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "strategy     {} x tp {} x dp {} | ZeRO {} | checkpointing {} | {}",
-        s.group, s.tp, s.dp, s.zero, s.checkpointing.name(), s.attention_kernel.name()
+        "strategy     {} x tp {}{pipeline} x dp {} | ZeRO {} | checkpointing {} | {} | stack {}",
+        s.group, s.tp, s.dp, s.zero, s.checkpointing.name(), s.attention_kernel.name(), s.stack
     )?;
     writeln!(
         out,
@@ -73,8 +82,23 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         s.microbatches,
         if s.microbatches == 1 { "" } else { "es" }
     )?;
-    writeln!(out, "time         {}", ms(p.time_s))?;
-    writeln!(out, "throughput   {:.1} TFLOP/s per GPU, MFU {:.1}%", p.tflops_per_gpu, 100.0 * p.mfu)?;
+    match (p.time_s_low, p.time_s_high) {
+        (Some(low), Some(high)) => writeln!(
+            out,
+            "time         {} ({} to {}: the stack's development-set error bar)",
+            ms(p.time_s),
+            ms(low),
+            ms(high)
+        )?,
+        _ => writeln!(out, "time         {}", ms(p.time_s))?,
+    }
+    writeln!(
+        out,
+        "throughput   {:.1} TFLOP/s per GPU executed, {:.1} model TFLOP/s per GPU (Megatron's count), MFU {:.1}%",
+        p.tflops_per_gpu,
+        p.model_tflops_per_gpu,
+        100.0 * p.mfu
+    )?;
     let fit = if p.fits_in_memory {
         "fits".to_string()
     } else {
@@ -102,6 +126,12 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "  {:<22} {:<12} {}", "optimizer", ms(b.optimizer_s), ms(b.optimizer_s))?;
     }
     writeln!(out, "  {:<22} {:<12} {}", "idle (imbalance)", ms(b.idle_s), ms(b.idle_s))?;
+    if b.pipeline_bubble_s > 0.0 || b.pipeline_p2p_s > 0.0 {
+        writeln!(out, "  {:<22} {:<12} (in idle; stage transfers {})", "pipeline bubble", ms(b.pipeline_bubble_s), ms(b.pipeline_p2p_s))?;
+    }
+    if b.stack_fitted_s != 0.0 {
+        writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
+    }
     writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))
 }
 

@@ -6,6 +6,7 @@ use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::sim::{simulate_batch, BatchSim, SimOptions};
+use crate::stack::Stack;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,11 +25,19 @@ pub struct SimulateArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Replay with this software stack instead of the plan's: a preset of models/stacks/ or a
+    /// stack TOML.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub stack: Option<String>,
 }
 
 pub fn simulate(args: &SimulateArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
     let plan = Plan::read(&args.plan)?;
-    let cm = CostModel::new(plan.model.clone(), plan.cluster.clone(), plan.train.clone())?;
+    let mut train = plan.train.clone();
+    if let Some(stack) = &args.stack {
+        train.stack = Stack::resolve(stack)?;
+    }
+    let cm = CostModel::new(plan.model.clone(), plan.cluster.clone(), train)?;
     let options = SimOptions {
         timeline: args.timeline.is_some(),
     };

@@ -1,7 +1,7 @@
 //! `hsap-tune` (the default command) and `hsap-tune tune`: plan every batch of a trace with hsap
 //! and the baselines, print the comparison, and write the plans and per-batch data.
 
-use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs};
+use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs, TrainArgs};
 use crate::error::Result;
 use crate::formats::run::Summary;
 use crate::solver::Strategy;
@@ -23,6 +23,8 @@ pub struct TuneArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
     /// Write the run here: plan.json, batches.csv, groups.csv, trace.json, summary.json and
     /// report/index.html (docs/report.md).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
@@ -86,12 +88,14 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     opts.baselines = parse_baselines(&args.baselines)?;
     let trace = args.trace.load()?;
     super::inspect::warn_skipped(&trace, err)?;
+    let (model, cluster, train) = args.train.apply(args.model.load()?, args.cluster.load()?)?;
     let inputs = TuneInputs {
         trace,
         batching: args.trace.batch_spec(),
         limit_batches: args.limit_batches,
-        model: args.model.load()?,
-        cluster: args.cluster.load()?,
+        model,
+        cluster,
+        train,
         measurements: args.measurements.clone(),
     };
     let outcome = crate::tune::tune(&inputs, &opts, &mut |n| writeln!(err, "note: {n}").map_err(io_out))?;
@@ -153,19 +157,33 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         s.gpus(),
         d.memory_limit_bytes / crate::units::GIB
     )?;
+    if let Some(bar) = s.error_bar {
+        writeln!(
+            out,
+            "stack     {}: error bar {:+.0}% to {:+.0}% (development set); 'overlaps' marks a total whose interval meets hsap's",
+            s.stack,
+            100.0 * bar.low,
+            100.0 * bar.high
+        )?;
+    }
     writeln!(out)?;
     writeln!(
         out,
         "{:<16} {:<18} {:>12} {:>14} {:>10} {:>16} {:>14}",
         "strategy", "configuration", "total (s)", "mean step (s)", "speedup", "hsap's per batch", "simulated (s)"
     )?;
+    let hsap_total = s.strategies.first().map(|st| st.total_time_s);
     for st in &s.strategies {
         let speedup = st.speedup_vs_best_static.map_or("-".into(), |x| format!("{x:.3}x"));
         let per_batch = st.hsap_speedup_per_batch.map_or("-".into(), |x| format!("{x:.3}x"));
         let simulated = st.simulated_total_s.map_or("-".into(), |x| format!("{x:.2}"));
+        let overlaps = match (s.error_bar, hsap_total) {
+            (Some(bar), Some(h)) if st.name != "hsap" && bar.overlap(h, st.total_time_s) => "  overlaps",
+            _ => "",
+        };
         writeln!(
             out,
-            "{:<16} {:<18} {:>12.2} {:>14.4} {:>10} {:>16} {:>14}",
+            "{:<16} {:<18} {:>12.2} {:>14.4} {:>10} {:>16} {:>14}{overlaps}",
             st.name, st.detail, st.total_time_s, st.mean_step_s, speedup, per_batch, simulated
         )?;
     }

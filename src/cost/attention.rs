@@ -33,33 +33,57 @@
 //!   the backward from the identity above.
 //! - Hopper, FlashAttention-3: forward from its table; backward = FA2's H100 backward times FA3's
 //!   forward speedup over FA2 at the same point (no FA3 backward table is published here).
+//! - Hopper, cuDNN and Triton: forward from the FA3 figure's rows, backward as FlashAttention-3's.
+//! - Unfused attention: Hopper forward from the FA3 figure's "Standard" rows and the backward
+//!   from the H100 forward+backward table's "PyTorch" rows (the identity above); Ampere from the
+//!   A100 table's "PyTorch" rows split with Hopper's forward share. The FlashAttention repo's
+//!   Triton kernel (FA-Triton): the A100 table's rows split as FlashAttention-2's; on Hopper
+//!   (uncalibrated) times FlashAttention-2's H100/A100 ratio at the same point.
+//! - Blackwell: cuDNN and FlashAttention-2 from cuDNN's SDPA benchmark on B200 (causal, head dim
+//!   128; non-causal by the kernel's measured non-causal/causal ratio on GB200 or H100). Triton,
+//!   FA-Triton and unfused attention (uncalibrated) from Hopper curves scaled to the
+//!   FlashAttention-4 paper's B200 peak for Triton, FlashAttention-2's B200/H100 ratio and the
+//!   dense BF16 peak.
 //!
 //! A cluster's calibration `KernelFit` curves (attention_fwd / attention_bwd) replace the table
 //! points of their head dim and causality before fitting.
 
 use super::pairs::ATTENTION_TILE_TOKENS;
 use super::Pass;
-use crate::cluster::{Arch, Cluster, KernelKind};
+use crate::cluster::{Arch, Cluster, Gpu, KernelKind};
 use crate::error::{Error, Result};
 use crate::reference::{self, FaTable, FA_SEQLENS};
 use crate::stats::LeastSquares2;
 use serde::{Deserialize, Serialize};
 
-/// Which FlashAttention generation runs the attention.
+/// Which attention kernel runs the attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttentionKernel {
     Fa2,
     /// Hopper only.
     Fa3,
+    /// cuDNN's fused attention (Transformer Engine's FusedAttention on Hopper and Blackwell).
+    Cudnn,
+    /// Triton's FlashAttention-2 tutorial kernel (the FA3 figure's "Triton" rows, Hopper).
+    Triton,
+    /// The FlashAttention repository's Triton kernel (flash_attn_triton.py, written for Ampere;
+    /// llm-foundry's `attn_impl: triton`): the A100 table's "FA-Triton" rows.
+    FaTriton,
+    /// Unfused attention: Q K^T and P V as batched GEMMs around a softmax over the materialised
+    /// score matrix, causal masks computed in full (Megatron-LM before FlashAttention, PyTorch's
+    /// reference implementation).
+    Unfused,
 }
 
 impl AttentionKernel {
-    /// What the published tables cover best on `arch`: FlashAttention-3 on Hopper, 2 on Ampere.
+    /// What the published tables cover best on `arch`: FlashAttention-3 on Hopper, 2 on Ampere,
+    /// cuDNN on Blackwell.
     pub fn default_for(arch: Arch) -> AttentionKernel {
         match arch {
             Arch::Ampere => AttentionKernel::Fa2,
             Arch::Hopper => AttentionKernel::Fa3,
+            Arch::Blackwell => AttentionKernel::Cudnn,
         }
     }
 
@@ -67,6 +91,10 @@ impl AttentionKernel {
         match self {
             AttentionKernel::Fa2 => "FlashAttention-2",
             AttentionKernel::Fa3 => "FlashAttention-3",
+            AttentionKernel::Cudnn => "cuDNN",
+            AttentionKernel::Triton => "Triton",
+            AttentionKernel::FaTriton => "FA-Triton",
+            AttentionKernel::Unfused => "unfused",
         }
     }
 }
@@ -313,13 +341,7 @@ impl AttentionModel {
     /// from the published tables with the cluster's calibrated curves in place of theirs.
     pub fn for_cluster(cluster: &Cluster, kernel: Option<AttentionKernel>) -> Result<AttentionModel> {
         let kernel = kernel.unwrap_or_else(|| AttentionKernel::default_for(cluster.gpu.arch));
-        if kernel == AttentionKernel::Fa3 && cluster.gpu.arch != Arch::Hopper {
-            return Err(Error::invalid(
-                format!("FlashAttention-3 does not run on {} ({:?})", cluster.gpu.name, cluster.gpu.arch),
-                "use attention_kernel = \"fa2\" on Ampere GPUs",
-            ));
-        }
-        let (mut fwd, mut bwd) = table_points(cluster.gpu.arch, kernel)?;
+        let (mut fwd, mut bwd) = table_points(&cluster.gpu, kernel)?;
         if let Some(cal) = &cluster.calibration {
             for fit in &cal.kernels {
                 let target = match fit.kind {
@@ -402,8 +424,72 @@ fn backward_from(fwd_bwd: f64, fwd: f64) -> Option<f64> {
     (rest > 0.0).then(|| 2.5 / rest)
 }
 
-/// Forward and backward points for an architecture and kernel, derived as the module explains.
-pub fn table_points(arch: Arch, kernel: AttentionKernel) -> Result<(Vec<Point>, Vec<Point>)> {
+/// The FlashAttention-4 paper's peak on B200 (Zadouri et al. 2026, arXiv:2603.05451, abstract):
+/// 1613 TFLOP/s forward in BF16, 1.3x cuDNN 9.13's and 2.7x Triton's best.
+const FA4_B200_PEAK_TFLOPS: f64 = 1613.0;
+const FA4_OVER_TRITON_B200: f64 = 2.7;
+
+/// The GPU whose tables the Blackwell curves are scaled from.
+const HOPPER_REFERENCE_PRESET: &str = "dgx-h100";
+
+/// The measured bf16 points of one kernel and pass on one GPU from cuDNN's SDPA benchmark
+/// (reference/sdpa_blackwell_hopper_tflops.csv), head dim 128, the newest B200 run (NGC 25.09,
+/// artifacts @0b1577c8c834) and the non-deterministic backward.
+fn sdpa_points(gpu: &str, kernel: &str, pass: Pass) -> Result<Vec<Point>> {
+    let t = reference::tables()?;
+    let name = match pass {
+        Pass::Fwd => "fwd",
+        Pass::Bwd => "bwd",
+    };
+    let points: Vec<Point> = t
+        .sdpa
+        .iter()
+        .filter(|r| r.gpu == gpu && r.kernel == kernel && r.pass == name && r.dtype == "bf16" && r.head_dim == 128)
+        .filter(|r| r.deterministic != "True" && (r.gpu != "B200" || r.source.ends_with("@0b1577c8c834")))
+        .map(|r| Point { causal: r.causal, head_dim: r.head_dim, seqlen: r.seqlen, tflops: r.tflops })
+        .collect();
+    if points.is_empty() {
+        return Err(Error::invalid(format!("no {kernel} {name} points for {gpu} in {}", reference::SDPA_FILE), "the embedded table must hold them"));
+    }
+    Ok(points)
+}
+
+/// Causal points and the non-causal ones `ratios` (non-causal over causal, by length) give.
+fn with_non_causal(causal: Vec<Point>, ratios: &[Point]) -> Vec<Point> {
+    let derived: Vec<Point> = causal
+        .iter()
+        .filter(|p| p.causal)
+        .filter_map(|p| {
+            let r = ratios.iter().find(|r| r.seqlen == p.seqlen && r.head_dim == p.head_dim)?;
+            Some(Point { causal: false, tflops: p.tflops * r.tflops, ..*p })
+        })
+        .collect();
+    causal.into_iter().filter(|p| p.causal).chain(derived).collect()
+}
+
+/// Points scaled by one factor (a kernel on another GPU with the same curve shape).
+fn scaled(points: &[Point], factor: f64) -> Vec<Point> {
+    points.iter().map(|p| Point { tflops: p.tflops * factor, ..*p }).collect()
+}
+
+/// The largest published forward throughput at head dim 128.
+fn peak_at_128(points: &[Point]) -> f64 {
+    points.iter().filter(|p| p.head_dim == 128).map(|p| p.tflops).fold(0.0, f64::max)
+}
+
+/// A kernel's backward on Hopper where only its forward is published: FlashAttention-2's H100
+/// backward times the kernel's forward speedup over FlashAttention-2 at the same point
+/// (assumption: the backward keeps the forward's advantage; no backward table is published here).
+fn backward_like_fa2(fwd: &[Point], fa2_fwd: &[Point], fa2_bwd: &[Point]) -> Vec<Point> {
+    fa2_bwd
+        .iter()
+        .filter_map(|p| Some(Point { tflops: p.tflops * find(fwd, p)? / find(fa2_fwd, p)?, ..*p }))
+        .collect()
+}
+
+/// Forward and backward points for a GPU and kernel, derived as the module explains.
+pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, Vec<Point>)> {
+    let arch = gpu.arch;
     let h100_fa2_fwd = published(FaTable::Fa3H100Fwd, "FlashAttention-2")?;
     let h100_fa2_fb = published(FaTable::Fa2H100FwdBwd, "FlashAttention-2")?;
     let h100_fa2_bwd: Vec<Point> = h100_fa2_fb
@@ -413,30 +499,108 @@ pub fn table_points(arch: Arch, kernel: AttentionKernel) -> Result<(Vec<Point>, 
             backward_from(p.tflops, fwd).map(|tflops| Point { tflops, ..*p })
         })
         .collect();
-    match (arch, kernel) {
-        (Arch::Ampere, _) => {
-            let fb = published(FaTable::Fa2A100FwdBwd, "FlashAttention-2")?;
-            let mut fwd = Vec::new();
-            let mut bwd = Vec::new();
-            for p in &fb {
-                let (Some(f), Some(h_fb)) = (find(&h100_fa2_fwd, p), find(&h100_fa2_fb, p)) else { continue };
-                let forward = p.tflops * f / h_fb;
-                fwd.push(Point { tflops: forward, ..*p });
-                if let Some(backward) = backward_from(p.tflops, forward) {
-                    bwd.push(Point { tflops: backward, ..*p });
-                }
+    // Split a forward+backward table into passes with the forward's share of a reference kernel
+    // whose passes are both known at the same point.
+    let split = |fb: &[Point], ref_fwd: &[Point], ref_fb: &[Point]| -> (Vec<Point>, Vec<Point>) {
+        let mut fwd = Vec::new();
+        let mut bwd = Vec::new();
+        for p in fb {
+            let (Some(f), Some(r_fb)) = (find(ref_fwd, p), find(ref_fb, p)) else { continue };
+            let forward = p.tflops * f / r_fb;
+            fwd.push(Point { tflops: forward, ..*p });
+            if let Some(backward) = backward_from(p.tflops, forward) {
+                bwd.push(Point { tflops: backward, ..*p });
             }
-            Ok((fwd, bwd))
         }
+        (fwd, bwd)
+    };
+    let hopper_unfused = || -> Result<(Vec<Point>, Vec<Point>)> {
+        let fwd = published(FaTable::Fa3H100Fwd, "Standard")?;
+        let fb = published(FaTable::Fa2H100FwdBwd, "PyTorch")?;
+        let bwd = fb.iter().filter_map(|p| Some(Point { tflops: backward_from(p.tflops, find(&fwd, p)?)?, ..*p })).collect();
+        Ok((fwd, bwd))
+    };
+    let hopper_forward_only = |name: &str| -> Result<(Vec<Point>, Vec<Point>)> {
+        let fwd = published(FaTable::Fa3H100Fwd, name)?;
+        let bwd = backward_like_fa2(&fwd, &h100_fa2_fwd, &h100_fa2_bwd);
+        Ok((fwd, bwd))
+    };
+    let no_table = |why: &str| {
+        Err(Error::invalid(
+            format!("no published {} attention throughput for {arch:?} GPUs: {why}", kernel.name()),
+            "choose another attention_kernel (fa2 runs everywhere)",
+        ))
+    };
+    match (arch, kernel) {
+        (Arch::Ampere, AttentionKernel::Fa2) => {
+            Ok(split(&published(FaTable::Fa2A100FwdBwd, "FlashAttention-2")?, &h100_fa2_fwd, &h100_fa2_fb))
+        }
+        // Only forward+backward is published for A100; its split follows FlashAttention-2's.
+        (Arch::Ampere, AttentionKernel::FaTriton) => Ok(split(&published(FaTable::Fa2A100FwdBwd, "FA-Triton")?, &h100_fa2_fwd, &h100_fa2_fb)),
+        (Arch::Ampere, AttentionKernel::Triton) => no_table("the FA3 figure's Triton kernel is measured on H100 only"),
+        (Arch::Ampere, AttentionKernel::Unfused) => {
+            let (h_fwd, _) = hopper_unfused()?;
+            Ok(split(&published(FaTable::Fa2A100FwdBwd, "PyTorch")?, &h_fwd, &published(FaTable::Fa2H100FwdBwd, "PyTorch")?))
+        }
+        (Arch::Ampere, AttentionKernel::Fa3 | AttentionKernel::Cudnn) => no_table("FlashAttention-3 and the cuDNN table are Hopper's"),
         (Arch::Hopper, AttentionKernel::Fa2) => Ok((h100_fa2_fwd, h100_fa2_bwd)),
-        (Arch::Hopper, AttentionKernel::Fa3) => {
-            let fa3_fwd = published(FaTable::Fa3H100Fwd, "FlashAttention-3")?;
-            let bwd = h100_fa2_bwd
+        (Arch::Hopper, AttentionKernel::Fa3) => hopper_forward_only("FlashAttention-3"),
+        (Arch::Hopper, AttentionKernel::Cudnn) => hopper_forward_only("cuDNN"),
+        (Arch::Hopper, AttentionKernel::Triton) => hopper_forward_only("Triton"),
+        (Arch::Hopper, AttentionKernel::Unfused) => hopper_unfused(),
+        // An Ampere-era kernel on Hopper (uncalibrated): its A100 curve times FlashAttention-2's
+        // H100/A100 ratio at the same point, both being mma.sync kernels of the same design.
+        (Arch::Hopper, AttentionKernel::FaTriton) => {
+            let a100 = published(FaTable::Fa2A100FwdBwd, "FlashAttention-2")?;
+            let ratio = |p: &Point| Some(find(&h100_fa2_fb, p)? / find(&a100, p)?);
+            let on_hopper: Vec<Point> = published(FaTable::Fa2A100FwdBwd, "FA-Triton")?
                 .iter()
-                .filter_map(|p| Some(Point { tflops: p.tflops * find(&fa3_fwd, p)? / find(&h100_fa2_fwd, p)?, ..*p }))
+                .filter_map(|p| Some(Point { tflops: p.tflops * ratio(p)?, ..*p }))
                 .collect();
-            Ok((fa3_fwd, bwd))
+            Ok(split(&on_hopper, &h100_fa2_fwd, &h100_fa2_fb))
         }
+        // Blackwell: cuDNN and FlashAttention-2 are measured on B200 for causal calls at head dim
+        // 128 (cuDNN's SDPA benchmark); their non-causal curves follow the same kernel's
+        // non-causal/causal ratio where that is measured (cuDNN on GB200, FlashAttention-2 on
+        // H100). The other kernels are scaled from Hopper, uncalibrated: Triton to the peak the
+        // FlashAttention-4 paper implies (FA4's 1613 TFLOP/s over its 2.7x), unfused attention
+        // by the dense BF16 peak (its GEMMs), FA-Triton as FlashAttention-2.
+        (Arch::Blackwell, AttentionKernel::Cudnn) => {
+            let (fwd, bwd) = (sdpa_points("B200", "cudnn_bf16", Pass::Fwd)?, sdpa_points("B200", "cudnn_bf16", Pass::Bwd)?);
+            let ratio = |pass| -> Result<Vec<Point>> {
+                let gb200 = sdpa_points("GB200", "cudnn", pass)?;
+                Ok(gb200.iter().filter(|p| !p.causal).filter_map(|p| {
+                    let causal = gb200.iter().find(|q| q.causal && q.seqlen == p.seqlen && q.head_dim == p.head_dim)?;
+                    Some(Point { tflops: p.tflops / causal.tflops, ..*p })
+                }).collect())
+            };
+            Ok((with_non_causal(fwd, &ratio(Pass::Fwd)?), with_non_causal(bwd, &ratio(Pass::Bwd)?)))
+        }
+        (Arch::Blackwell, AttentionKernel::Fa2) => {
+            let h100_ratio = |points: &[Point]| -> Vec<Point> {
+                points.iter().filter(|p| !p.causal).filter_map(|p| Some(Point { tflops: p.tflops / find(points, &Point { causal: true, ..*p })?, ..*p })).collect()
+            };
+            let fwd = sdpa_points("B200", "flash_attention", Pass::Fwd)?;
+            let bwd = sdpa_points("B200", "flash_attention", Pass::Bwd)?;
+            Ok((with_non_causal(fwd, &h100_ratio(&h100_fa2_fwd)), with_non_causal(bwd, &h100_ratio(&h100_fa2_bwd))))
+        }
+        (Arch::Blackwell, AttentionKernel::Triton) => {
+            let (fwd, bwd) = hopper_forward_only("Triton")?;
+            let factor = FA4_B200_PEAK_TFLOPS / FA4_OVER_TRITON_B200 / peak_at_128(&fwd);
+            Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
+        }
+        (Arch::Blackwell, AttentionKernel::FaTriton) => {
+            let hopper = Cluster::resolve(HOPPER_REFERENCE_PRESET)?.gpu;
+            let factor = peak_at_128(&table_points(gpu, AttentionKernel::Fa2)?.0) / peak_at_128(&table_points(&hopper, AttentionKernel::Fa2)?.0);
+            let (fwd, bwd) = table_points(&hopper, AttentionKernel::FaTriton)?;
+            Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
+        }
+        (Arch::Blackwell, AttentionKernel::Unfused) => {
+            let (fwd, bwd) = hopper_unfused()?;
+            let factor = gpu.bf16_dense_tflops / Cluster::resolve(HOPPER_REFERENCE_PRESET)?.gpu.bf16_dense_tflops;
+            Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
+        }
+        (Arch::Blackwell, AttentionKernel::Fa3) => no_table("FlashAttention-3 runs on Hopper only"),
     }
 }
 
@@ -483,7 +647,7 @@ mod tests {
     fn forward_and_backward_compose_to_the_published_total() {
         // H100 FA2, non-causal, head dim 128, 16K: forward 370, forward+backward 338, so the
         // backward is 2.5 / (3.5/338 - 1/370) = 326.7 TFLOP/s.
-        let (_, bwd) = table_points(Arch::Hopper, AttentionKernel::Fa2).unwrap();
+        let (_, bwd) = table_points(&Cluster::resolve("dgx-h100").unwrap().gpu, AttentionKernel::Fa2).unwrap();
         let p = bwd.iter().find(|p| !p.causal && p.head_dim == 128 && p.seqlen == 16384).unwrap();
         assert!((p.tflops - 2.5 / (3.5 / 338.0 - 1.0 / 370.0)).abs() < 1e-9);
         assert!((p.tflops - 326.7).abs() < 0.1);
@@ -522,6 +686,50 @@ mod tests {
     fn fa3_needs_hopper() {
         let a100 = Cluster::resolve("dgx-a100-80g").unwrap();
         let err = AttentionModel::for_cluster(&a100, Some(AttentionKernel::Fa3)).unwrap_err().to_string();
-        assert!(err.contains("FlashAttention-3 does not run"), "{err}");
+        assert!(err.contains("no published FlashAttention-3 attention throughput for Ampere"), "{err}");
+    }
+
+    #[test]
+    fn every_kernel_with_a_table_fits_on_its_gpus() {
+        use AttentionKernel::*;
+        for (preset, kernels) in [
+            ("dgx-a100-80g", vec![Fa2, FaTriton, Unfused]),
+            ("dgx-h100", vec![Fa2, Fa3, Cudnn, Triton, FaTriton, Unfused]),
+            ("dgx-b200", vec![Fa2, Cudnn, Triton, Unfused]),
+        ] {
+            let cluster = Cluster::resolve(preset).unwrap();
+            for k in kernels {
+                let m = AttentionModel::for_cluster(&cluster, Some(k)).unwrap_or_else(|e| panic!("{preset} {k:?}: {e}"));
+                assert!(m.fwd.peak_tflops(128.0, false) > 0.0 && m.bwd.peak_tflops(128.0, true) > 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn hopper_kernels_keep_their_published_order() {
+        // The FA3 figure (H100, head dim 128, 16K, non-causal forward): FlashAttention-3 648,
+        // cuDNN 595, Triton 395, FlashAttention-2 370, standard attention out of memory (139 at 8K).
+        let h100 = Cluster::resolve("dgx-h100").unwrap();
+        let at = |k| AttentionModel::for_cluster(&h100, Some(k)).unwrap().fwd.benchmark_tflops(128.0, 8192, false);
+        let (fa3, cudnn, triton, fa2, unfused) =
+            (at(AttentionKernel::Fa3), at(AttentionKernel::Cudnn), at(AttentionKernel::Triton), at(AttentionKernel::Fa2), at(AttentionKernel::Unfused));
+        assert!(fa3 > cudnn && cudnn > triton && triton > fa2 && fa2 > 2.0 * unfused, "{fa3} {cudnn} {triton} {fa2} {unfused}");
+        assert!((unfused / 139.0 - 1.0).abs() < 0.1, "{unfused}");
+    }
+
+    #[test]
+    fn blackwell_kernels_fit_their_measured_b200_points() {
+        // cuDNN's SDPA benchmark on B200 (NGC 25.09): causal bf16 at head dim 128 (128 query, 8
+        // KV heads), cuDNN forward 1384 TFLOP/s at 8K, backward 995; FlashAttention-2 400 and 318.
+        let b200 = Cluster::resolve("dgx-b200").unwrap();
+        for (kernel, fwd, bwd) in [(AttentionKernel::Cudnn, 1384.231, 994.850), (AttentionKernel::Fa2, 399.925, 318.004)] {
+            let m = AttentionModel::for_cluster(&b200, Some(kernel)).unwrap();
+            let (f, b) = (m.fwd.benchmark_tflops(128.0, 8192, true), m.bwd.benchmark_tflops(128.0, 8192, true));
+            assert!((f / fwd - 1.0).abs() < 0.1 && (b / bwd - 1.0).abs() < 0.1, "{kernel:?}: {f} vs {fwd}, {b} vs {bwd}");
+        }
+        // Triton stays scaled to the FA4 paper: its H100 peak times 1613 / 2.7 over it.
+        let (fwd, _) = table_points(&b200.gpu, AttentionKernel::Triton).unwrap();
+        assert!((peak_at_128(&fwd) - 1613.0 / 2.7).abs() < 1e-9);
+        assert!(table_points(&b200.gpu, AttentionKernel::Fa3).is_err());
     }
 }

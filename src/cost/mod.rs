@@ -8,8 +8,11 @@
 pub mod attention;
 pub mod comm;
 pub mod compute;
+pub mod devset;
+pub mod flops;
 pub mod memory;
 pub mod pairs;
+pub mod pipeline;
 pub mod scenario;
 mod program;
 pub mod validate;
@@ -24,6 +27,7 @@ use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::scheme::{GroupShape, HsapParams};
+use crate::stack::Stack;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -45,11 +49,18 @@ pub struct TrainConfig {
     /// Q, K and V cross the Ulysses all-to-all as one packed tensor (one collective) rather than
     /// three (DeepSpeed-Ulysses and USP's default).
     pub qkv_packed: bool,
-    /// The attention kernel; None: FlashAttention-3 on Hopper, FlashAttention-2 on Ampere.
+    /// The attention kernel; None: the stack's for the GPU's architecture.
     pub attention_kernel: Option<AttentionKernel>,
     /// GPUs that hold the model states: ZeRO shards over them (divided by tp) and the per-layer
     /// ZeRO collectives span them. None: every GPU of the cluster.
     pub data_parallel_gpus: Option<u32>,
+    /// Megatron sequence parallelism in the tensor-parallel group: norms and elementwise work
+    /// split over tp, all-gather and reduce-scatter around each block; false: all-reduce and
+    /// the elementwise work repeated on every tp rank.
+    pub sequence_parallel: bool,
+    /// The software stack: attention kernel, elementwise traffic, overlaps, precision costs and
+    /// host time (`stack::Stack`; the default prices the kernels alone).
+    pub stack: Stack,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +75,8 @@ impl Default for TrainConfig {
             qkv_packed: false,
             attention_kernel: None,
             data_parallel_gpus: None,
+            sequence_parallel: true,
+            stack: Stack::default(),
         }
     }
 }
@@ -150,6 +163,11 @@ pub struct CostModel {
 /// (12) and the bf16 gradient (2), writes the three fp32 states (12) and the bf16 weight (2).
 pub const ADAM_BYTES_PER_PARAM: f64 = 28.0;
 
+/// Bytes gradient-norm clipping moves per parameter of a shard (every stack of the development
+/// set clips at norm 1.0): the norm reads each fp32 gradient (4), the scaling reads and writes
+/// it (8) (torch.nn.utils.clip_grad_norm_, Megatron's clip_grad_norm_fp32).
+pub const GRAD_CLIP_BYTES_PER_PARAM: f64 = 12.0;
+
 /// Tokens per GPU of the homogeneous batches `doc_linear` is measured on: enough that GEMM tiles
 /// and collective latencies are amortised as in a real micro-batch.
 pub const DOC_TIME_REFERENCE_TOKENS_PER_GPU: u32 = 4096;
@@ -190,13 +208,14 @@ impl CostModel {
                 "choose a tp that divides the number of heads",
             ));
         }
-        if train.tp > cluster.gpus_per_node {
+        if train.tp > cluster.gpus_per_node && train.tp % cluster.gpus_per_node != 0 {
             return Err(Error::invalid(
-                format!("tensor-parallel degree {} exceeds the {} GPUs of a node", train.tp, cluster.gpus_per_node),
-                "keep tensor parallelism inside a node",
+                format!("tensor-parallel degree {} spans part of a node of {} GPUs", train.tp, cluster.gpus_per_node),
+                "tensor parallelism across nodes must span whole nodes",
             ));
         }
-        let attention = Arc::new(AttentionModel::for_cluster(&cluster, train.attention_kernel)?);
+        let kernel = train.attention_kernel.unwrap_or_else(|| train.stack.attention.kernel(cluster.gpu.arch));
+        let attention = Arc::new(AttentionModel::for_cluster(&cluster, Some(kernel))?);
         Ok(CostModel { model, cluster, train, attention })
     }
 
@@ -317,22 +336,25 @@ impl CostModel {
         let tp = self.train.tp;
         let ranks = (gpus / tp).max(1);
         let nodes = gpus.div_ceil(self.cluster.gpus_per_node);
-        let bytes = 2.0 * self.model.params() as f64 / f64::from(tp);
-        let t = |collective| Some(Transfer::new(collective, ranks, nodes, bytes));
+        let params = self.model.params() as f64 / f64::from(tp);
+        let grads = params * self.train.stack.precision.grad_reduce_bytes;
+        let weights = params * 2.0;
+        let t = |collective, bytes| Some(Transfer::new(collective, ranks, nodes, bytes));
         match self.train.zero {
-            0 => (t(Collective::AllReduce), None),
-            1 => (t(Collective::ReduceScatter), t(Collective::AllGather)),
-            2 => (None, t(Collective::AllGather)),
+            0 => (t(Collective::AllReduce, grads), None),
+            1 => (t(Collective::ReduceScatter, grads), t(Collective::AllGather, weights)),
+            2 => (None, t(Collective::AllGather, weights)),
             _ => (None, None),
         }
     }
 
-    /// The optimizer step over this GPU's shard of the weights (memory-bound).
+    /// The optimizer step over this GPU's shard of the weights, gradient clipping included
+    /// (memory-bound).
     pub fn optimizer_s(&self, gpus: u32) -> f64 {
         let tp = self.train.tp;
         let shard = if self.train.zero >= 1 { f64::from((gpus / tp).max(1)) } else { 1.0 };
         let params = self.model.params() as f64 / f64::from(tp) / shard;
-        compute::memory_time_s(&self.cluster, params * ADAM_BYTES_PER_PARAM)
+        compute::memory_time_s(&self.cluster, params * (ADAM_BYTES_PER_PARAM + GRAD_CLIP_BYTES_PER_PARAM))
     }
 
     /// The step-level synchronisation and optimizer step after the last micro-batch, whose
@@ -340,11 +362,13 @@ impl CostModel {
     pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
         let (overlapped, after) = self.sync_transfers(gpus);
         let time = |t: Option<Transfer>| t.map_or(0.0, |t| comm::time_s(&self.cluster, &t));
-        let (overlappable, exposed) = (time(overlapped), time(after));
-        let hidden = if self.train.overlap_grad_sync { last_backward_s } else { 0.0 };
+        let (overlappable, gather) = (time(overlapped), time(after));
+        // The weights' all-gather after the optimizer can run during the next step's forward.
+        let exposed = if self.train.stack.overlap.param_gather { 0.0 } else { gather };
+        let hidden = if self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce { last_backward_s } else { 0.0 };
         let optimizer_s = self.optimizer_s(gpus);
         SyncCost {
-            time_s: overlappable + exposed,
+            time_s: overlappable + gather,
             exposed_s: (overlappable - hidden).max(0.0) + exposed + optimizer_s,
             optimizer_s,
         }

@@ -366,7 +366,8 @@ impl Ctx<'_> {
 
     /// Bytes the memory-bound operations of one layer's forward move per token (per GPU): two
     /// norms (read and write h), two residual adds (read 2h, write h), rotary on Q and K (read and
-    /// write), and the MLP activation (gated: read 2f, write f; plain: read and write f).
+    /// write), and the MLP activation (gated: read 2f, write f; plain: read and write f), each as
+    /// one fused kernel would move it times the stack's traffic for that operation.
     fn elementwise_ops(&self) -> [f64; 6] {
         let m = self.model();
         let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
@@ -375,13 +376,36 @@ impl Ctx<'_> {
             Mlp::Gated => 3.0 * f,
             Mlp::Plain => 2.0 * f,
         };
-        let b = 2.0 / self.tp();
-        [2.0 * h * b, 2.0 * h * b, 3.0 * h * b, 3.0 * h * b, 2.0 * qk * b, act * b]
+        // Under sequence parallelism each tp rank holds 1/tp of the tokens outside the GEMMs;
+        // without it every tp rank repeats the elementwise work on all of them.
+        let b = if self.cm.train.sequence_parallel { 2.0 / self.tp() } else { 2.0 };
+        let e = &self.cm.train.stack.elementwise;
+        let norm = 2.0 * h * b * e.norm;
+        [norm, norm, 3.0 * h * b, 3.0 * h * b, 2.0 * qk * b * e.rotary, act * b * e.activation]
+    }
+
+    /// The FP8 recipe's scaling and casts for one layer's pass: every GEMM operand it quantises
+    /// (forward: the input and the weight; backward: the output gradient, the forward's casts
+    /// being kept), times the stack's bytes per element.
+    fn fp8_cast_s(&self, pass: Pass) -> f64 {
+        if self.cm.train.dtype != super::Dtype::Fp8 {
+            return 0.0;
+        }
+        let elements: f64 = self
+            .gemms()
+            .iter()
+            .map(|&(m, n, k)| match pass {
+                Pass::Fwd => m * k + n * k,
+                Pass::Bwd => m * n,
+            })
+            .sum();
+        memory_time_s(self.cluster(), elements * self.cm.train.stack.precision.fp8_cast_bytes_per_element)
     }
 
     fn linear(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let (c, dtype) = (self.cluster(), self.cm.train.dtype);
-        let gemm_s: f64 = self.gemms().iter().map(|&(m, n, k)| gemm_time_s(c, dtype, m, n, k)).sum();
+        let gemm_times: Vec<f64> = self.gemms().iter().map(|&(m, n, k)| gemm_time_s(c, dtype, m, n, k)).collect();
+        let gemm_s: f64 = gemm_times.iter().sum();
         let gemm_flops: f64 = self.gemms().iter().map(|&(m, n, k)| 2.0 * m * n * k).sum();
         // Backward elementwise kernels read the gradient and the saved input and write one
         // gradient: about twice the forward's bytes.
@@ -389,31 +413,38 @@ impl Ctx<'_> {
             .elementwise_ops()
             .iter()
             .map(|&bytes| memory_time_s(c, bytes * self.tokens * pass_factor(pass)))
-            .sum();
+            .sum::<f64>()
+            + self.fp8_cast_s(pass);
         self.flops += f64::from(layers) * gemm_flops * pass_factor(pass);
+        // With tensor-parallel communication overlap, each TP collective runs inside the GEMM
+        // next to it (forward: QKV, output, MLP up, down; backward: their input-gradient GEMMs),
+        // so those GEMMs leave the linear stage for the collectives' stages.
+        let tp_overlap = self.cm.train.tp > 1 && self.cm.train.stack.overlap.tp_comm;
+        let inner_gemm_s = if tp_overlap { 0.0 } else { gemm_s };
+        let prefetch = self.cm.train.stack.overlap.zero3_prefetch;
         let p = pass_name(pass);
         match pass {
             Pass::Fwd => {
-                let time = gemm_s + elementwise_s;
+                let time = inner_gemm_s + elementwise_s;
                 // ZeRO-3 gathers the layer's weights before each use (prefetched during the layer
                 // before); with full checkpointing the recomputation's gather serves the backward.
                 let gather = self.zero3_transfer(Collective::AllGather);
-                self.stage(format!("{prefix}linear {p}"), Part::Linear, pass, layers, time, time, gather.map(|t| (t, true)));
+                self.stage(format!("{prefix}linear {p}"), Part::Linear, pass, layers, time, time, gather.map(|t| (t, prefetch)));
             }
             Pass::Bwd => {
-                let dgrad = gemm_s + elementwise_s;
+                let dgrad = inner_gemm_s + elementwise_s;
                 let gather = if self.cm.train.checkpointing == Checkpointing::Full {
                     None
                 } else {
                     self.zero3_transfer(Collective::AllGather)
                 };
-                self.stage(format!("linear {p} dgrad"), Part::Linear, pass, layers, dgrad, dgrad, gather.map(|t| (t, true)));
+                self.stage(format!("linear {p} dgrad"), Part::Linear, pass, layers, dgrad, dgrad, gather.map(|t| (t, prefetch)));
                 // Gradients are reduce-scattered as they are produced under ZeRO 2 and 3.
                 let reduce = self.zero_grad_transfer();
                 self.stage(format!("linear {p} wgrad"), Part::Linear, pass, layers, gemm_s, gemm_s, reduce.map(|t| (t, true)));
             }
         }
-        self.tensor_parallel(layers, pass, prefix);
+        self.tensor_parallel(layers, pass, prefix, tp_overlap.then_some(&gemm_times[..]));
     }
 
     /// The selective policy recomputes the MLP activation in the backward pass.
@@ -424,13 +455,18 @@ impl Ctx<'_> {
     }
 
     /// A collective over every data-parallel rank of the cluster (ZeRO's parameter and gradient
-    /// traffic), `bytes` being one layer's weights in bf16.
+    /// traffic) of one layer's weights: in bf16 (gathers), or gradients at the stack's reduction
+    /// precision (reduce-scatters).
     fn data_parallel_transfer(&self, collective: Collective) -> Transfer {
         let c = self.cluster();
         let tp = self.cm.train.tp;
         let gpus = self.cm.data_parallel_gpus();
         let ranks = (gpus / tp).max(1);
-        let bytes = 2.0 * self.model().layer_params() as f64 / f64::from(tp);
+        let bytes_per_param = match collective {
+            Collective::ReduceScatter | Collective::AllReduce => self.cm.train.stack.precision.grad_reduce_bytes,
+            _ => 2.0,
+        };
+        let bytes = bytes_per_param * self.model().layer_params() as f64 / f64::from(tp);
         Transfer::new(collective, ranks, gpus.div_ceil(c.gpus_per_node), bytes)
     }
 
@@ -443,16 +479,47 @@ impl Ctx<'_> {
     }
 
     /// Megatron sequence parallelism inside a TP group: all-gather before and reduce-scatter
-    /// after the attention and the MLP blocks (two of each per layer and pass), exposed.
-    fn tensor_parallel(&mut self, layers: u32, pass: Pass, prefix: &str) {
+    /// after the attention and the MLP blocks (two of each per layer and pass); without sequence
+    /// parallelism, one all-reduce after each block (two per layer and pass). Exposed, unless
+    /// `overlap_gemms` gives the GEMMs (QKV, output, MLP up, down) the collectives run inside:
+    /// then each collective's stage takes its GEMM as compute.
+    fn tensor_parallel(&mut self, layers: u32, pass: Pass, prefix: &str, overlap_gemms: Option<&[f64]>) {
         let tp = self.cm.train.tp;
         if tp <= 1 {
             return;
         }
         let bytes = self.tokens * f64::from(self.model().hidden) * 2.0;
-        for collective in [Collective::AllGather, Collective::ReduceScatter] {
-            let t = Transfer::new(collective, tp, 1, bytes);
-            let label = format!("{prefix}tp {} {}", collective.name(), pass_name(pass));
+        // Tensor parallelism may cross nodes (whole nodes): its collectives then use the network.
+        let tp_nodes = tp.div_ceil(self.cluster().gpus_per_node);
+        let p = pass_name(pass);
+        if let Some(gemms) = overlap_gemms {
+            // Per block: the all-gather beside the block's first GEMM, the reduce-scatter beside
+            // its last (without sequence parallelism, the all-reduce beside the last).
+            let pairs: Vec<(Collective, f64)> = if self.cm.train.sequence_parallel {
+                vec![
+                    (Collective::AllGather, gemms[0]),
+                    (Collective::ReduceScatter, gemms[1]),
+                    (Collective::AllGather, gemms[2]),
+                    (Collective::ReduceScatter, gemms[3]),
+                ]
+            } else {
+                vec![(Collective::AllReduce, gemms[0] + gemms[1]), (Collective::AllReduce, gemms[2] + gemms[3])]
+            };
+            for (collective, gemm_s) in pairs {
+                let t = Transfer::new(collective, tp, tp_nodes, bytes);
+                let label = format!("{prefix}tp {} {p} overlapped", collective.name());
+                self.stage(label, Part::Linear, pass, layers, gemm_s, gemm_s, Some((t, true)));
+            }
+            return;
+        }
+        let collectives: &[Collective] = if self.cm.train.sequence_parallel {
+            &[Collective::AllGather, Collective::ReduceScatter]
+        } else {
+            &[Collective::AllReduce]
+        };
+        for &collective in collectives {
+            let t = Transfer::new(collective, tp, tp_nodes, bytes);
+            let label = format!("{prefix}tp {} {p}", collective.name());
             self.stage(label, Part::Linear, pass, 2 * layers, 0.0, 0.0, Some((t, false)));
         }
     }
@@ -749,13 +816,13 @@ impl Ctx<'_> {
     }
 
     /// Output projection and loss, once per micro-batch: the LM head GEMM and the cross-entropy
-    /// over fp32 logits (memory-bound: 6 bytes per logit each way).
+    /// over the logits (memory-bound: the stack's bytes per logit, each pass).
     fn head(&mut self) {
         let cm = self.cm;
         let m = &cm.model;
         let (t, h, v) = (self.tokens, f64::from(m.hidden), f64::from(m.vocab) / self.tp());
         let (c, dtype) = (&cm.cluster, cm.train.dtype);
-        let loss_s = memory_time_s(c, t * v * 6.0);
+        let loss_s = memory_time_s(c, t * v * cm.train.stack.elementwise.loss_bytes_per_logit);
         let fwd = gemm_time_s(c, dtype, t, v, h) + loss_s;
         self.flops += 2.0 * t * v * h;
         self.stage("lm head fwd".into(), Part::Head, Pass::Fwd, 1, fwd, fwd, None);

@@ -1,12 +1,15 @@
 //! Scenarios for `hsap-tune predict`: a model, a cluster, a strategy and a batch, in TOML or
 //! JSON (docs/cost-model.md, "Scenarios"), priced by the cost model.
 
-use super::{Checkpointing, CostModel, Dtype, MemoryBreakdown, Program, Scope, TrainConfig};
+use super::flops::megatron_model_flops_per_token;
+use super::pipeline::{Pipeline, PpSchedule, StageMicrobatch};
+use super::{comm, Checkpointing, CostModel, Dtype, MemoryBreakdown, Part, Program, Scope, TrainConfig, Transfer};
 use super::{AttentionKernel, Pass};
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, ModelShape};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
+use crate::stack::Stack;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +44,19 @@ pub struct Scenario {
     pub cluster: ClusterSpec,
     pub strategy: StrategySpec,
     pub batch: BatchSpec,
+    /// The software stack (default: the GPU kernels alone, `stack::Stack::default`).
+    #[serde(default)]
+    pub stack: Option<StackSpec>,
+}
+
+/// `[stack] preset = "megatron-core"` (a name or a stack TOML), with per-run overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    pub preset: String,
+    /// Overrides the stack's tensor-parallel communication overlap (Megatron's
+    /// `--tp-comm-overlap`, PyTorch's async TP).
+    pub tp_comm_overlap: Option<bool>,
 }
 
 /// `preset = "llama3-8b"` (a name or a preset-style TOML), `config = "config.json"` (Hugging
@@ -95,6 +111,17 @@ pub struct StrategySpec {
     pub attention_kernel: Option<AttentionKernel>,
     /// Whether the data-parallel gradient reduction overlaps the backward pass (default true).
     pub overlap_grad_sync: Option<bool>,
+    /// Pipeline stages (1: no pipeline parallelism).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Model chunks per pipeline stage (interleaved schedule only).
+    #[serde(default = "one")]
+    pub pp_virtual: u32,
+    /// `1f1b` (default) or `interleaved` (default when pp_virtual > 1).
+    pub pp_schedule: Option<PpSchedule>,
+    /// Megatron sequence parallelism inside the tensor-parallel group (default true): norms and
+    /// elementwise work split over tp, all-gather and reduce-scatter instead of all-reduce.
+    pub sequence_parallel: Option<bool>,
 }
 
 fn one() -> u32 {
@@ -118,8 +145,15 @@ pub struct Prediction {
     pub scenario: ScenarioSummary,
     /// Time of the scope: one attention layer, one layer, or a training step.
     pub time_s: f64,
+    /// The error bar from the development set's cross-validated residuals for the stack
+    /// (10th and 90th percentiles); absent when the stack has none fitted.
+    pub time_s_low: Option<f64>,
+    pub time_s_high: Option<f64>,
     /// FLOPs the average GPU executes (padding and recomputation included) per second.
     pub tflops_per_gpu: f64,
+    /// Model TFLOP/s per GPU as Megatron-LM and NeMo count them (`cost::flops`: non-causal
+    /// attention, logits included, no recomputation), for the sequences' lengths.
+    pub model_tflops_per_gpu: f64,
     /// Model FLOPs of the real tokens per GPU and second, over the GPU's dense peak.
     pub mfu: f64,
     /// Peak memory of the most loaded GPU.
@@ -145,10 +179,15 @@ pub struct ScenarioSummary {
     pub gpus: u32,
     pub group: String,
     pub tp: u32,
+    pub pp: u32,
+    pub pp_virtual: u32,
+    pub pp_schedule: PpSchedule,
+    pub sequence_parallel: bool,
     pub dp: u32,
     pub zero: u8,
     pub checkpointing: Checkpointing,
     pub attention_kernel: AttentionKernel,
+    pub stack: String,
     pub sequences: usize,
     pub tokens: u64,
     pub microbatches: u32,
@@ -168,6 +207,14 @@ pub struct Breakdown {
     /// Waiting: load imbalance inside a group and between replicas (a replica waits for the
     /// slowest at every micro-batch boundary).
     pub idle_s: f64,
+    /// Pipeline fill and drain (pp > 1), included in `idle_s`.
+    pub pipeline_bubble_s: f64,
+    /// Stage-to-stage transfers on the critical path (pp > 1), included in `idle_s`.
+    pub pipeline_p2p_s: f64,
+    /// The stack's host time per step outside the micro-batches, included in `idle_s`.
+    pub host_step_s: f64,
+    /// What the stack's fitted time factor adds (development set, `stack::Fitted`).
+    pub stack_fitted_s: f64,
     /// The step's data-parallel synchronisation after the micro-batches (step scope).
     pub data_parallel_total_s: f64,
     pub data_parallel_exposed_s: f64,
@@ -208,21 +255,43 @@ impl Located<'_> {
     }
 }
 
-/// The line of `key = ...` (TOML) or `"key":` (JSON) for the last segment of a dotted field name.
+/// The line of `key = ...` (TOML) or `"key":` (JSON) for the last segment of a dotted field name,
+/// looked for after its section's header (`[section]` or `"section":`) when the file has one.
 pub fn line_of_field(text: &str, field: &str) -> usize {
     let key = field.rsplit('.').next().unwrap_or(field);
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start();
-            let json = format!("\"{key}\"");
-            (t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')) || t.contains(&format!("{json}:")) || t.contains(&format!("{json} :"))
+    let json = format!("\"{key}\"");
+    let is_key = |l: &str| {
+        let t = l.trim_start();
+        (t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')) || t.contains(&format!("{json}:")) || t.contains(&format!("{json} :"))
+    };
+    let section = field.split_once('.').map(|(s, _)| s);
+    let start = section
+        .and_then(|s| {
+            let (toml, json) = (format!("[{s}]"), format!("\"{s}\""));
+            text.lines().position(|l| l.trim() == toml || l.trim_start().starts_with(&json))
         })
-        .map_or(0, |i| i + 1)
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| is_key(l))
+        .or_else(|| text.lines().enumerate().find(|(_, l)| is_key(l)))
+        .map_or(0, |(i, _)| i + 1)
 }
 
 /// Prices a scenario read from `path` (relative paths inside it are taken from its folder).
 pub fn predict_file(path: &Path) -> Result<Prediction> {
-    let scenario = Scenario::read(path)?;
+    predict_file_with_stack(path, None)
+}
+
+/// [`predict_file`] with the scenario's `[stack]` replaced by `stack` (a preset name or a stack
+/// TOML), as `--stack` does.
+pub fn predict_file_with_stack(path: &Path, stack: Option<&str>) -> Result<Prediction> {
+    let mut scenario = Scenario::read(path)?;
+    if let Some(preset) = stack {
+        let overrides = scenario.stack.take().and_then(|s| s.tp_comm_overlap);
+        scenario.stack = Some(StackSpec { preset: preset.to_string(), tp_comm_overlap: overrides });
+    }
     predict_at(&scenario, &Located { path, text: None })
 }
 
@@ -238,7 +307,8 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
     let model = resolve_model(&scenario.model, scenario.scope, base, at)?;
     let s = &scenario.strategy;
     let mut cluster = Cluster::resolve(&resolve_path(base, &scenario.cluster.preset))?;
-    let group_gpus = s.ulysses * s.ring * s.tp;
+    let pipeline = resolve_pipeline(s, scenario.scope, &model, at)?;
+    let group_gpus = s.ulysses * s.ring * s.tp * s.pp;
     if group_gpus == 0 {
         return Err(at.error("strategy.ulysses", "degrees must be at least 1", "use 1 for an unused dimension"));
     }
@@ -248,14 +318,14 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         (None, None) => 1,
     };
     if dp == 0 {
-        return Err(at.error("strategy.dp", "no data-parallel replica fits", "gpus must be at least ulysses x ring x tp"));
+        return Err(at.error("strategy.dp", "no data-parallel replica fits", "gpus must be at least ulysses x ring x tp x pp"));
     }
     let gpus = dp * group_gpus;
     if let Some(given) = scenario.cluster.gpus {
         if given != gpus {
             return Err(at.error(
                 "cluster.gpus",
-                format!("{given} GPUs, but dp x ulysses x ring x tp = {dp} x {} x {} x {} = {gpus}", s.ulysses, s.ring, s.tp),
+                format!("{given} GPUs, but dp x ulysses x ring x tp x pp = {dp} x {} x {} x {} x {} = {gpus}", s.ulysses, s.ring, s.tp, s.pp),
                 "make gpus equal the product of the degrees, or leave one of them out",
             ));
         }
@@ -280,8 +350,10 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         backward: scenario.passes == Passes::FwdBwd,
         qkv_packed: s.qkv_packed,
         attention_kernel: s.attention_kernel,
-        // ZeRO and the gradient synchronisation span exactly the GPUs in use.
-        data_parallel_gpus: Some(gpus),
+        // ZeRO and the gradient synchronisation span the GPUs that hold one pipeline stage.
+        data_parallel_gpus: Some(gpus / pipeline.stages),
+        sequence_parallel: s.sequence_parallel.unwrap_or(true),
+        stack: resolve_stack(scenario.stack.as_ref(), base, at)?,
     };
     if train.zero > 3 {
         return Err(at.error("strategy.zero", format!("ZeRO stage {} does not exist", train.zero), "use 0, 1, 2 or 3"));
@@ -293,6 +365,7 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
         Error::Invalid { what, hint } => at.error("strategy", what, hint),
         other => other,
     })?;
+    let stage = StageModels::new(&cm, pipeline)?;
     let sequences = batch_sequences(&scenario.batch, at)?;
     let microbatches = scenario.batch.microbatches.unwrap_or(1);
     if microbatches == 0 {
@@ -302,7 +375,67 @@ fn predict_at(scenario: &Scenario, at: &Located) -> Result<Prediction> {
     if plan.iter().flatten().all(|mb| mb.is_empty()) {
         return Err(at.error("batch", "no tokens to run", "give sequences or packed documents"));
     }
-    Ok(evaluate(&cm, &shape, scenario, &plan, gpus, nodes, dp, microbatches, &sequences))
+    Ok(evaluate(&stage, &shape, scenario, &plan, gpus, nodes, dp, microbatches, &sequences))
+}
+
+/// The stack of `[stack]` with its overrides; the kernels-only default without one.
+fn resolve_stack(spec: Option<&StackSpec>, base: &Path, at: &Located) -> Result<Stack> {
+    let Some(spec) = spec else { return Ok(Stack::default()) };
+    let mut stack = Stack::resolve(&resolve_path(base, &spec.preset)).map_err(|e| match e {
+        Error::Unknown { .. } => at.error("stack.preset", e.to_string(), "name a preset of models/stacks/ or a stack TOML"),
+        other => other,
+    })?;
+    if let Some(overlap) = spec.tp_comm_overlap {
+        stack.overlap.tp_comm = overlap;
+    }
+    Ok(stack)
+}
+
+/// The pipeline of `[strategy]`: pp stages, pp_virtual chunks each, and the schedule.
+fn resolve_pipeline(s: &StrategySpec, scope: Scope, model: &ModelShape, at: &Located) -> Result<Pipeline> {
+    let schedule = s.pp_schedule.unwrap_or(if s.pp_virtual > 1 { PpSchedule::Interleaved } else { PpSchedule::OneFOneB });
+    if s.pp == 0 || s.pp_virtual == 0 {
+        return Err(at.error("strategy.pp", "pp and pp_virtual must be at least 1", "use pp = 1 for no pipeline parallelism"));
+    }
+    if s.pp_virtual > 1 && schedule != PpSchedule::Interleaved {
+        return Err(at.error(
+            "strategy.pp_virtual",
+            format!("pp_virtual = {} needs the interleaved schedule", s.pp_virtual),
+            "set pp_schedule = \"interleaved\" or pp_virtual = 1",
+        ));
+    }
+    if schedule == PpSchedule::Interleaved && s.pp_virtual < 2 {
+        return Err(at.error("strategy.pp_schedule", "the interleaved schedule needs pp_virtual >= 2", "set pp_virtual, or use pp_schedule = \"1f1b\""));
+    }
+    if s.pp > 1 && scope != Scope::Step {
+        return Err(at.error("strategy.pp", "pipeline parallelism splits the model's layers", "use scope = \"step\", or pp = 1"));
+    }
+    let chunks = s.pp.saturating_mul(s.pp_virtual);
+    if s.pp > 1 && chunks > model.layers {
+        return Err(at.error(
+            "strategy.pp",
+            format!("pp x pp_virtual = {chunks} chunks for {} layers", model.layers),
+            "each pipeline chunk needs at least one layer",
+        ));
+    }
+    Ok(Pipeline { stages: s.pp, virtual_stages: s.pp_virtual, schedule })
+}
+
+/// The cost models of a pipelined run: the whole model (FLOP counts) and its largest stage
+/// (`ceil(layers / pp)` layers, with the embedding and LM head; ZeRO over the GPUs of one stage).
+struct StageModels<'a> {
+    full: &'a CostModel,
+    stage: CostModel,
+    pipeline: Pipeline,
+}
+
+impl<'a> StageModels<'a> {
+    fn new(full: &'a CostModel, pipeline: Pipeline) -> Result<StageModels<'a>> {
+        let mut model = full.model.clone();
+        model.layers = pipeline.layers_per_stage(model.layers);
+        let stage = CostModel::new(model, full.cluster.clone(), full.train.clone())?;
+        Ok(StageModels { full, stage, pipeline })
+    }
 }
 
 fn resolve_path(base: &Path, name: &str) -> String {
@@ -401,8 +534,8 @@ fn check_shape(shape: &GroupShape, tp: u32, model: &ModelShape, cluster: &Cluste
         ));
     }
     let gpn = cluster.gpus_per_node;
-    if tp > gpn {
-        return Err(at.error("strategy.tp", format!("tp = {tp} exceeds the {gpn} GPUs of a node"), "keep tensor parallelism inside a node"));
+    if tp > gpn && tp % gpn != 0 {
+        return Err(at.error("strategy.tp", format!("tp = {tp} spans part of a node of {gpn} GPUs"), "tensor parallelism across nodes must span whole nodes"));
     }
     let span = shape.size() * tp;
     if span > gpn && span % gpn != 0 {
@@ -449,9 +582,48 @@ fn assign(sequences: &[Vec<u32>], dp: u32, microbatches: u32) -> Vec<Vec<Vec<Vec
     plan
 }
 
+fn exposed_total(collectives: &[CollectiveTime]) -> f64 {
+    collectives.iter().map(|c| c.exposed_s).sum()
+}
+
+/// The host's time to issue one micro-batch's kernels on one stage: the stack's kernels per
+/// layer (twice in the backward, once more for a full recomputation) times its issue time.
+fn host_bound_s(cm: &CostModel, scope: Scope) -> f64 {
+    let host = &cm.train.stack.host;
+    let layers = match scope {
+        Scope::Step => f64::from(cm.model.layers),
+        _ => 1.0,
+    };
+    let passes = if !cm.train.backward {
+        1.0
+    } else if cm.train.checkpointing == Checkpointing::Full {
+        4.0
+    } else {
+        3.0
+    };
+    layers * passes * host.kernels_per_layer * host.issue_us_per_kernel * 1e-6
+}
+
+/// The time of a stage program without its LM head: what a pipeline stage that does not hold
+/// the head runs.
+fn without_head_s(program: &Program) -> f64 {
+    program.stages.iter().filter(|s| s.part != Part::Head).map(|s| f64::from(s.repeat) * s.time_s()).sum()
+}
+
+/// One send/recv of the activations at a pipeline-stage boundary, per GPU: the micro-batch's
+/// tokens on the rank times the hidden size in bf16 (divided by tp under sequence parallelism).
+/// Adjacent stages sit on different nodes when one stage fills a node or more.
+fn stage_boundary_transfer(cm: &CostModel, program: &Program, gpus_per_stage: u32) -> Transfer {
+    let tokens_per_rank = program.tokens_per_gpu * f64::from(cm.train.tp);
+    let tp_split = if cm.train.sequence_parallel { f64::from(cm.train.tp) } else { 1.0 };
+    let bytes = tokens_per_rank * f64::from(cm.model.hidden) * 2.0 / tp_split;
+    let nodes = if gpus_per_stage >= cm.cluster.gpus_per_node { 2 } else { 1 };
+    Transfer::new(super::Collective::SendRecv, 2, nodes, bytes)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
-    cm: &CostModel,
+    st: &StageModels,
     shape: &GroupShape,
     scenario: &Scenario,
     plan: &[Vec<Vec<Vec<u32>>>],
@@ -461,6 +633,9 @@ fn evaluate(
     microbatches: u32,
     sequences: &[Vec<u32>],
 ) -> Prediction {
+    let cm = &st.stage;
+    let pipeline = st.pipeline;
+    let pp = f64::from(pipeline.stages);
     let mut time_s = 0.0;
     let (mut flops, mut model_flops) = (0.0, 0.0);
     let mut memory = MemoryBreakdown::default();
@@ -468,27 +643,55 @@ fn evaluate(
     let mut compute_s = 0.0;
     let mut collectives: Vec<CollectiveTime> = Vec::new();
     let mut last_backward_s = 0.0;
+    let mut stage_microbatches: Vec<StageMicrobatch> = Vec::new();
     let replicas = f64::from(dp);
+    // Replicas and micro-batches often repeat the same sequences: price each once.
+    let mut cache: std::collections::HashMap<&[Vec<u32>], (Program, Option<Program>)> = std::collections::HashMap::new();
     for m in 0..microbatches as usize {
-        let programs: Vec<Program> = plan
-            .iter()
-            .filter(|replica| !replica[m].is_empty())
-            .map(|replica| cm.program_batch(shape, &replica[m], scenario.scope))
-            .collect();
-        let Some(slowest) = programs.iter().max_by(|a, b| a.time_s().total_cmp(&b.time_s())) else { continue };
-        time_s += slowest.time_s();
+        let mut programs: Vec<(&Program, Option<&Program>)> = Vec::new();
+        for replica in plan.iter().filter(|replica| !replica[m].is_empty()) {
+            let key: &[Vec<u32>] = &replica[m];
+            if !cache.contains_key(key) {
+                let stage = cm.program_batch(shape, key, scenario.scope);
+                let full = pipeline.is_pipelined().then(|| st.full.program_batch(shape, key, scenario.scope));
+                cache.insert(key, (stage, full));
+            }
+        }
+        for replica in plan.iter().filter(|replica| !replica[m].is_empty()) {
+            let (stage, full) = &cache[&replica[m][..]];
+            programs.push((stage, full.as_ref()));
+        }
+        let Some(&(slowest, _)) = programs.iter().max_by(|a, b| a.0.time_s().total_cmp(&b.0.time_s())) else { continue };
+        // A stage whose GPU work is shorter than the host's time to issue it runs at the host's pace.
+        let host = host_bound_s(cm, scenario.scope);
+        // A pipeline stage without the head runs this share of the last stage's time.
+        let mean_share = if pipeline.is_pipelined() {
+            let last = slowest.time_s().max(host);
+            let first = without_head_s(slowest).max(host);
+            stage_microbatches.push(StageMicrobatch {
+                slowest_s: last.max(first),
+                mean_s: (first * (pp - 1.0) + last) / pp,
+                p2p_s: comm::time_s(&cm.cluster, &stage_boundary_transfer(cm, slowest, gpus / pipeline.stages)),
+            });
+            if last > 0.0 { (first * (pp - 1.0) + last) / pp / last } else { 1.0 }
+        } else {
+            time_s += slowest.time_s().max(host);
+            1.0
+        };
         // Averages over every GPU: a replica with nothing to do adds only idle time.
-        flops += programs.iter().map(|p| p.flops_per_gpu).sum::<f64>() / replicas;
-        model_flops += programs.iter().map(|p| p.model_flops_per_gpu).sum::<f64>() / replicas;
-        for p in &programs {
-            if p.memory_bytes > memory.total_bytes() {
-                memory = p.memory;
+        for &(p, full) in &programs {
+            let counted = full.unwrap_or(p);
+            flops += counted.flops_per_gpu / pp / replicas;
+            model_flops += counted.model_flops_per_gpu / pp / replicas;
+            let peak = stage_memory(p, pipeline, microbatches);
+            if peak.total_bytes() > memory.total_bytes() {
+                memory = peak;
             }
             tokens_per_gpu = tokens_per_gpu.max(p.tokens_per_gpu);
             let cost = p.cost(&cm.cluster);
-            compute_s += cost.compute_s / replicas;
+            compute_s += cost.compute_s * mean_share / replicas;
             for c in &cost.comm {
-                let (total, exposed) = (c.total_s / replicas, c.exposed_s / replicas);
+                let (total, exposed) = (c.total_s * mean_share / replicas, c.exposed_s * mean_share / replicas);
                 match collectives.iter_mut().find(|x| x.collective == c.collective) {
                     Some(x) => {
                         x.total_s += total;
@@ -505,9 +708,32 @@ fn evaluate(
             .map(|s| f64::from(s.repeat) * s.time_s())
             .sum();
     }
-    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus, last_backward_s));
+    let piped = pipeline.step_time(&stage_microbatches, cm.train.stack.overlap.pp_p2p);
+    time_s += piped.time_s;
+    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus / pipeline.stages, last_backward_s));
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
+    let host_step_s = if scenario.scope == Scope::Step { cm.train.stack.host.step_s } else { 0.0 };
+    time_s += host_step_s;
+    let idle_s = (time_s - compute_s - exposed_total(&collectives) - sync_exposed).max(0.0);
+    // The stack's fitted factor covers what the priced terms leave out (a whole step only).
+    let fitted = &cm.train.stack.fitted;
+    let factor = if scenario.scope == Scope::Step { fitted.time_factor } else { 1.0 };
+    let stack_fitted_s = time_s * (factor - 1.0);
+    time_s *= factor;
+    let bar = (fitted.rows > 0 && scenario.scope == Scope::Step).then_some((fitted.residual_low, fitted.residual_high));
+    // Megatron counts a whole training step (forward and backward, 3x the forward) with each
+    // sequence's full length, documents packed in it or not.
+    let passes = if cm.train.backward { 1.0 } else { 1.0 / 3.0 };
+    let megatron_flops: f64 = if scenario.scope == Scope::Step {
+        let per_sequence = |seq: &Vec<u32>| {
+            let len: u32 = seq.iter().sum();
+            f64::from(len) * megatron_model_flops_per_token(&st.full.model, len)
+        };
+        passes * sequences.iter().map(per_sequence).sum::<f64>()
+    } else {
+        0.0
+    };
     let exposed: f64 = collectives.iter().map(|c| c.exposed_s).sum();
     let total: f64 = collectives.iter().map(|c| c.total_s).sum();
     let limit = cm.memory_limit_bytes();
@@ -519,22 +745,30 @@ fn evaluate(
             scope: scenario.scope,
             passes: scenario.passes,
             dtype: scenario.dtype,
-            model: cm.model.name.clone(),
+            model: st.full.model.name.clone(),
             cluster: cm.cluster.name.clone(),
             nodes,
             gpus,
             group,
             tp: cm.train.tp,
+            pp: pipeline.stages,
+            pp_virtual: pipeline.virtual_stages,
+            pp_schedule: pipeline.schedule,
+            sequence_parallel: cm.train.sequence_parallel,
             dp,
             zero: cm.train.zero,
             checkpointing: cm.train.checkpointing,
             attention_kernel,
+            stack: cm.train.stack.name.clone(),
             sequences: sequences.len(),
             tokens: sequences.iter().flatten().map(|&d| u64::from(d)).sum(),
             microbatches,
         },
         time_s,
+        time_s_low: bar.map(|(low, _)| time_s * (1.0 + low)),
+        time_s_high: bar.map(|(_, high)| time_s * (1.0 + high)),
         tflops_per_gpu: if time_s > 0.0 { flops / time_s / 1e12 } else { 0.0 },
+        model_tflops_per_gpu: if time_s > 0.0 { megatron_flops / f64::from(gpus) / time_s / 1e12 } else { 0.0 },
         mfu: if time_s > 0.0 { model_flops / time_s / super::compute::peak_flops(&cm.cluster, cm.train.dtype) } else { 0.0 },
         memory_bytes_per_gpu: peak,
         memory_limit_bytes: limit,
@@ -545,12 +779,36 @@ fn evaluate(
             compute_s,
             collectives,
             overlap_s: (total - exposed) + (sync_total - (sync_exposed - optimizer_s)).max(0.0),
-            idle_s: (time_s - compute_s - exposed - sync_exposed).max(0.0),
+            idle_s,
+            pipeline_bubble_s: piped.bubble_s,
+            pipeline_p2p_s: piped.p2p_exposed_s,
+            host_step_s,
+            stack_fitted_s,
             data_parallel_total_s: sync_total,
             data_parallel_exposed_s: sync_exposed,
             optimizer_s,
         },
         tokens_per_gpu,
+    }
+}
+
+/// The peak memory of a pipeline's most loaded stage for a micro-batch priced as `program` (the
+/// largest stage, with the LM head): the first stage keeps the activations of the micro-batches
+/// in flight and no logits, the last stage one micro-batch's activations and the logits.
+fn stage_memory(program: &Program, pipeline: Pipeline, microbatches: u32) -> MemoryBreakdown {
+    let m = program.memory;
+    if !pipeline.is_pipelined() {
+        return m;
+    }
+    let first = MemoryBreakdown {
+        activations_bytes: m.activations_bytes * pipeline.in_flight_microbatches(microbatches),
+        logits_bytes: 0.0,
+        ..m
+    };
+    if first.total_bytes() > m.total_bytes() {
+        first
+    } else {
+        m
     }
 }
 
@@ -574,5 +832,9 @@ mod tests {
         let json = "{\n  \"strategy\": {\n    \"ulysses\": 3\n  }\n}";
         assert_eq!(line_of_field(json, "strategy.ulysses"), 3);
         assert_eq!(line_of_field(json, "missing"), 0);
+        // A key that several sections share is found in the named section.
+        let both = "[model]\npreset = \"llama3-8b\"\n[stack]\npreset = \"nemo\"\n";
+        assert_eq!(line_of_field(both, "stack.preset"), 4);
+        assert_eq!(line_of_field(both, "model.preset"), 2);
     }
 }

@@ -149,6 +149,28 @@ pub struct Summary {
     /// The planner's details (absent from hand-made run directories).
     #[serde(default, flatten)]
     pub planner: PlannerDetails,
+    /// The software stack the plans were priced with.
+    #[serde(default)]
+    pub stack: String,
+    /// The stack's development-set error bar (docs/cost-model.md section 12), when it has one.
+    #[serde(default)]
+    pub error_bar: Option<ErrorBar>,
+}
+
+/// A prediction's relative error bar: the true time lies in `[t (1 + low), t (1 + high)]` for 80%
+/// of the development set's runs of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBar {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl ErrorBar {
+    /// Whether two predicted times' intervals overlap: then the comparison cannot tell them apart.
+    pub fn overlap(&self, a: f64, b: f64) -> bool {
+        let (fast, slow) = if a <= b { (a, b) } else { (b, a) };
+        fast * (1.0 + self.high) >= slow * (1.0 + self.low)
+    }
 }
 
 /// What the planner adds to `summary.json` beyond the headline numbers.
@@ -201,6 +223,20 @@ pub struct StrategySummary {
     /// Solve time per batch (ms), for strategies that solve batch by batch.
     #[serde(default)]
     pub solve_ms: Option<SolveMs>,
+}
+
+#[cfg(test)]
+mod error_bar_tests {
+    use super::ErrorBar;
+
+    #[test]
+    fn intervals_overlap_when_the_faster_ones_top_reaches_the_slower_ones_bottom() {
+        // -10% / +20%: 100 s reaches 120 s, 130 s comes down to 117 s: overlap; 140 s to 126 s: apart.
+        let bar = ErrorBar { low: -0.1, high: 0.2 };
+        assert!(bar.overlap(100.0, 130.0));
+        assert!(bar.overlap(130.0, 100.0));
+        assert!(!bar.overlap(100.0, 140.0));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! the theme's scale, so the PNG can be drawn sharper than the SVG's nominal size.
 
 use crate::formats::fit_points::FitPoint;
-use crate::formats::run::{TraceInfo, HSAP};
+use crate::formats::run::{ErrorBar, TraceInfo, HSAP};
 use super::font::FAMILY;
 use super::palette::{series_colour, shape_colour, strategy_colour, PART_COLOURS};
 use super::tables::{
@@ -95,6 +95,8 @@ pub enum Plot<'a> {
     StepTime {
         rows: &'a [StepRow],
         strategies: &'a [String],
+        /// The stack's error bar: each strategy's band is shaded.
+        error_bar: Option<ErrorBar>,
     },
     Speedup {
         rows: &'a [SpeedupRow],
@@ -144,7 +146,7 @@ impl Plot<'_> {
     {
         match *self {
             Plot::Trace { rows, info } => trace(root, t, rows, info),
-            Plot::StepTime { rows, strategies } => step_time(root, t, rows, strategies),
+            Plot::StepTime { rows, strategies, error_bar } => step_time(root, t, rows, strategies, error_bar),
             Plot::Speedup { rows, stats } => speedup(root, t, rows, stats),
             Plot::Breakdown { rows } => breakdown(root, t, rows),
             Plot::Plans { rows, strategies, gpus } => plans(root, t, rows, strategies, gpus),
@@ -370,6 +372,7 @@ fn step_time<DB: DrawingBackend>(
     t: Theme,
     rows: &[StepRow],
     strategies: &[String],
+    error_bar: Option<ErrorBar>,
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
@@ -401,11 +404,13 @@ where
             (s, bins.reduce(&predicted, mean), bins.reduce(&sim, mean))
         })
         .collect();
+    let band_top = 1.0 + error_bar.map_or(0.0, |b| b.high.max(0.0));
     let top = lines
         .iter()
         .flat_map(|(_, p, s)| p.iter().chain(s))
         .map(|p| p.1)
-        .fold(0.0, f64::max);
+        .fold(0.0, f64::max)
+        * band_top;
     let mut chart = builder(&area, t).build_cartesian_2d(bins.x_range(), 0.0..nice_top(top))?;
     mesh!(chart, t)
         .x_desc("batch")
@@ -413,6 +418,14 @@ where
         .x_label_formatter(&fmt_batch)
         .y_label_formatter(&|v| significant(*v))
         .draw()?;
+    // The stack's error bar around each strategy's prediction, under the lines.
+    if let Some(bar) = error_bar {
+        for (s, predicted, _) in &lines {
+            let mut band: Vec<(f64, f64)> = predicted.iter().map(|&(x, y)| (x, y * (1.0 + bar.high))).collect();
+            band.extend(predicted.iter().rev().map(|&(x, y)| (x, y * (1.0 + bar.low))));
+            chart.draw_series(std::iter::once(Polygon::new(band, strategy_colour(s).mix(0.12).filled())))?;
+        }
+    }
     for (s, predicted, sim) in lines {
         let c = strategy_colour(s);
         // Dashes along a long zig-zag line would fill the SVG with thousands of paths.

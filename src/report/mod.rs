@@ -143,9 +143,9 @@ pub fn build(data: &RunData) -> Result<Report> {
             2,
             "step_time",
             "Step time per batch",
-            "The cost model's step time of every batch under each strategy (dashed: the simulator's, where simulated). Lower is better.",
+            "The cost model's step time of every batch under each strategy (dashed: the simulator's, where simulated; shaded: the stack's development-set error bar, when it has one). Lower is better.",
             to_csv(&step_rows)?,
-            Plot::StepTime { rows: &step_rows, strategies: &strategies },
+            Plot::StepTime { rows: &step_rows, strategies: &strategies, error_bar: data.summary.error_bar },
         )?,
         figure(
             3,

@@ -11,6 +11,17 @@ use std::fmt::Write;
 const LARGE_MESSAGE_BYTES: f64 = 1024.0 * 1024.0;
 
 /// The markdown summary: run, headline table, speedup distributions, model accuracy, figures.
+/// Whether a strategy's total lies apart from hsap's or within its error bar ("-" without a bar).
+fn interval_text(s: &crate::formats::run::Summary, st: &crate::formats::run::StrategySummary) -> &'static str {
+    let hsap = s.strategies.iter().find(|x| x.name == "hsap").map(|x| x.total_time_s);
+    match (s.error_bar, hsap) {
+        (Some(_), _) if st.name == "hsap" => "-",
+        (Some(bar), Some(h)) if bar.overlap(h, st.total_time_s) => "overlaps",
+        (Some(_), Some(_)) => "apart",
+        _ => "-",
+    }
+}
+
 pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[AccuracyRow], figures: &[Figure]) -> String {
     let s = &data.summary;
     let mut md = String::new();
@@ -22,18 +33,28 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
     let _ = writeln!(md, "## Headline\n");
     let _ = writeln!(
         md,
-        "| strategy | total time (s) | mean step (s) | speedup vs best static ({}) |",
+        "| strategy | total time (s) | mean step (s) | speedup vs best static ({}) | interval vs hsap's |",
         s.best_static
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
     for st in &s.strategies {
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.4} | {} |",
+            "| {} | {:.3} | {:.4} | {} | {} |",
             st.name,
             st.total_time_s,
             st.mean_step_s,
-            speedup_text(st.speedup_vs_best_static)
+            speedup_text(st.speedup_vs_best_static),
+            interval_text(s, st)
+        );
+    }
+    if let Some(bar) = s.error_bar {
+        let _ = writeln!(
+            md,
+            "\nTimes carry the {} stack's development-set error bar, {:+.0}% to {:+.0}% (docs/cost-model.md section 12): where two strategies' intervals overlap, the model cannot tell them apart.",
+            s.stack,
+            100.0 * bar.low,
+            100.0 * bar.high
         );
     }
     let _ = writeln!(md, "\n{}\n", solve_line(s));
@@ -218,20 +239,30 @@ nav a {{ margin-right: 1em; }}
     let _ = writeln!(h, "<h2>Headline</h2>\n<table id=\"headline\">");
     let _ = writeln!(
         h,
-        "<tr><th>strategy</th><th>total time (s)</th><th>mean step (s)</th><th>speedup vs best static ({})</th></tr>",
+        "<tr><th>strategy</th><th>total time (s)</th><th>mean step (s)</th><th>speedup vs best static ({})</th><th>interval vs hsap's</th></tr>",
         esc(&s.best_static)
     );
     for st in &s.strategies {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{:.3}</td><td>{:.4}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.4}</td><td>{}</td><td>{}</td></tr>",
             swatch(&st.name),
             st.total_time_s,
             st.mean_step_s,
-            speedup_text(st.speedup_vs_best_static)
+            speedup_text(st.speedup_vs_best_static),
+            interval_text(s, st)
         );
     }
     let _ = writeln!(h, "</table>\n<p>{}</p>", esc(&solve_line(s)));
+    if let Some(bar) = s.error_bar {
+        let _ = writeln!(
+            h,
+            "<p>Times carry the {} stack's development-set error bar, {:+.0}% to {:+.0}%: where two strategies' intervals overlap, the model cannot tell them apart; the step-time figure shades each strategy's band.</p>",
+            esc(&s.stack),
+            100.0 * bar.low,
+            100.0 * bar.high
+        );
+    }
     let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>\n<table id=\"speedups\">");
     let _ = writeln!(
         h,
