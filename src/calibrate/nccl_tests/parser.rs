@@ -568,22 +568,99 @@ impl Parser {
     }
 }
 
-/// Strips what launchers and renderers put around nccl-tests' own text: `[1,0]<stdout>:` from
-/// `mpirun --tag-output`, a carriage return, the leading `#` of comment lines.
+/// Strips what launchers, loggers and renderers put around nccl-tests' own text, however they
+/// are stacked: `[1,0]<stdout>:` (mpirun --tag-output), `0: ` (srun --label), `[3]` (rank tags),
+/// `node17: ` (pdsh, clush), timestamps (`2024-05-01T12:00:00.123Z` from kubectl --timestamps,
+/// `[2024-05-01 12:00:00]`, `12:00:00`), a byte-order mark, a carriage return, and the leading
+/// `#` of comment lines.
 fn strip_prefixes(raw: &str) -> &str {
-    let mut s = raw.trim_end();
-    if let Some(rest) = s.strip_prefix('[') {
-        if let Some(close) = rest.find("]<") {
-            let tag = &rest[..close];
-            if tag.split(',').all(|p| p.trim().parse::<u32>().is_ok()) {
-                if let Some(colon) = rest[close..].find(">:") {
-                    s = &rest[close + colon + 2..];
-                }
-            }
+    let mut s = raw.trim_end().trim_start_matches('\u{feff}').trim_start();
+    while let Some(rest) = strip_one_prefix(s) {
+        s = rest.trim_start();
+    }
+    s.strip_prefix('#').unwrap_or(s).trim()
+}
+
+fn strip_one_prefix(s: &str) -> Option<&str> {
+    mpirun_tag(s).or_else(|| bracketed(s)).or_else(|| timestamp(s)).or_else(|| label(s))
+}
+
+/// `[1,0]<stdout>:` or `[1,0]<stderr>:`.
+fn mpirun_tag(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('[')?;
+    let close = rest.find("]<")?;
+    if !rest[..close].split(',').all(|p| p.trim().parse::<u32>().is_ok()) {
+        return None;
+    }
+    let colon = rest[close..].find(">:")?;
+    Some(&rest[close + colon + 2..])
+}
+
+/// `[3]`, `[0, 1]` or `[2024-05-01 12:00:00]` at the start, followed by a space, a colon or nothing.
+fn bracketed(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('[')?;
+    let close = rest.find(']')?;
+    let inner = rest[..close].trim();
+    let ranks = !inner.is_empty() && inner.split(',').all(|p| p.trim().parse::<u32>().is_ok());
+    let time = timestamp(inner).is_some_and(|after| after.trim().is_empty());
+    if !(ranks || time) {
+        return None;
+    }
+    end_of_prefix(&rest[close + 1..])
+}
+
+/// A date and time (`2024-05-01T12:00:00.123456Z`, `2024-05-01 12:00:00,123`), or a time alone.
+fn timestamp(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    let digits = |at: usize, n: usize| b.len() >= at + n && b[at..at + n].iter().all(u8::is_ascii_digit);
+    let mut at = 0;
+    if digits(0, 4) && b.get(4) == Some(&b'-') && digits(5, 2) && b.get(7) == Some(&b'-') && digits(8, 2) {
+        at = 10;
+        if matches!(b.get(at), Some(b'T' | b' ')) && digits(at + 1, 2) && b.get(at + 3) == Some(&b':') {
+            at += 1;
+        } else {
+            return end_of_prefix(&s[at..]);
         }
     }
-    let s = s.trim_start();
-    s.strip_prefix('#').unwrap_or(s).trim()
+    if !(digits(at, 2) && b.get(at + 2) == Some(&b':') && digits(at + 3, 2) && b.get(at + 5) == Some(&b':') && digits(at + 6, 2)) {
+        return None;
+    }
+    at += 8;
+    if matches!(b.get(at), Some(b'.' | b',')) && digits(at + 1, 1) {
+        at += 1;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+    }
+    if b.get(at) == Some(&b'Z') {
+        at += 1;
+    } else if matches!(b.get(at), Some(b'+' | b'-')) && digits(at + 1, 2) {
+        at += 3;
+        at += usize::from(b.get(at) == Some(&b':'));
+        if digits(at, 2) {
+            at += 2;
+        }
+    }
+    end_of_prefix(&s[at..])
+}
+
+/// `0: ` (srun --label) or `node17: ` (pdsh): a rank or a lower-case host name and a colon. Upper
+/// case is left alone so that `Warning: ...` stays a line of its own.
+fn label(s: &str) -> Option<&str> {
+    let (name, rest) = s.split_once(':')?;
+    let hostlike = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
+    if name.is_empty() || !name.chars().all(hostlike) {
+        return None;
+    }
+    (rest.is_empty() || rest.starts_with(char::is_whitespace)).then_some(rest)
+}
+
+/// What follows a prefix: nothing, or a space or a colon that ends it.
+fn end_of_prefix(rest: &str) -> Option<&str> {
+    if rest.is_empty() || rest.starts_with(char::is_whitespace) {
+        return Some(rest);
+    }
+    rest.strip_prefix(':')
 }
 
 /// A line that runs an nccl-tests binary, with what it says about the launch.
@@ -661,6 +738,35 @@ mod tests {
         assert_eq!(strip_prefixes("#       size  \r"), "size");
         assert_eq!(strip_prefixes("   8  2  float"), "8  2  float");
         assert_eq!(strip_prefixes("[x]<stdout>: 8"), "[x]<stdout>: 8");
+        assert_eq!(strip_prefixes("[1,0]<stderr>:  8  2 float"), "8  2 float");
+    }
+
+    #[test]
+    fn launcher_labels_and_timestamps_are_stripped() {
+        let line = "#  Rank  0 Group  0 Pid 1 on node17 device  0 [0x1b] NVIDIA H200";
+        let bare = "Rank  0 Group  0 Pid 1 on node17 device  0 [0x1b] NVIDIA H200";
+        for prefixed in [
+            format!("0: {line}"),
+            format!("12: {line}"),
+            format!("[3] {line}"),
+            format!("[0, 1]: {line}"),
+            format!("node17: {line}"),
+            format!("nid001234.hsn.cm: 0: {line}"),
+            format!("2024-05-01T12:00:00.123456789Z {line}"),
+            format!("2024-05-01 12:00:00,123 {line}"),
+            format!("[2024-05-01 12:00:00] {line}"),
+            format!("12:00:00: {line}"),
+            format!("2024-05-01T12:00:00+02:00 3: {line}"),
+            format!("\u{feff}{line}"),
+        ] {
+            assert_eq!(strip_prefixes(&prefixed), bare, "{prefixed}");
+        }
+        // A row keeps its first number; words with a colon, and unknown tags, stay.
+        assert_eq!(strip_prefixes("0:    1048576   262144  float  sum  -1"), "1048576   262144  float  sum  -1");
+        assert_eq!(strip_prefixes("   1048576   262144  float"), "1048576   262144  float");
+        assert_eq!(strip_prefixes("Warning: node down"), "Warning: node down");
+        assert_eq!(strip_prefixes("[node1] 8"), "[node1] 8");
+        assert_eq!(strip_prefixes("ip-10-0-0-1:1234:1234 [0] NCCL INFO x"), "ip-10-0-0-1:1234:1234 [0] NCCL INFO x");
     }
 
     #[test]
