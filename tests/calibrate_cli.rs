@@ -283,3 +283,52 @@ fn a_hand_written_profile_that_breaks_physics_is_refused_where_it_is_read() {
             .stderr(predicate::str::contains("hint: recalibrate"));
     }
 }
+
+/// An all-reduce log measures the network: every collective that crosses it is priced by that
+/// measurement, ZeRO-3's all-gathers and reduce-scatters included, and `predict` says so.
+#[test]
+fn an_all_reduce_fit_prices_every_collective_over_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("a3mega.toml");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("01_h100_a3mega_2node_allreduce.txt"))
+        .args(["--cluster", "dgx-h100", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    let scenario = |cluster: &str| {
+        let path = dir.path().join(format!("s{}.toml", cluster.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "scope = \"step\"\n[model]\npreset = \"llama3-8b\"\n[cluster]\npreset = {cluster:?}\nnodes = 2\n[strategy]\nscheme = \"usp\"\nulysses = 8\nring = 2\nzero = 3\n[batch]\nsequences = [65536]\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let predict = |path: &Path| -> serde_json::Value {
+        let out = cargo_bin_cmd!("hsap-tune").args(["predict", "--json", "--scenario"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let preset = predict(&scenario("dgx-h100"));
+    let calibrated = predict(&scenario(profile.to_str().unwrap()));
+    let gathers = |v: &serde_json::Value| {
+        v["breakdown"]["collectives"].as_array().unwrap().iter().find(|c| c["collective"] == "all_gather").unwrap()["total_s"].as_f64().unwrap()
+    };
+    // TCPXO's measured 343 GB/s against the preset's 8 x 48.5 GB/s of InfiniBand, and its
+    // latency far above the preset's: the ZeRO-3 all-gathers cost more on the measured cluster.
+    assert!(gathers(&calibrated) > 1.03 * gathers(&preset), "{} vs {}", gathers(&calibrated), gathers(&preset));
+    assert!(preset.get("priced_by").is_none(), "a preset prices with its own figures: {preset}");
+    let lines: Vec<&str> = calibrated["priced_by"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("all_gather inter: preset scaled to the all_reduce inter fit")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("all_to_all intra: preset (nothing measured at this level)")), "{lines:?}");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["predict", "--scenario"])
+        .arg(scenario(profile.to_str().unwrap()))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("priced by    all_"));
+}

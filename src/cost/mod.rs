@@ -12,6 +12,7 @@ pub mod memory;
 pub mod pairs;
 pub mod scenario;
 mod program;
+pub mod sources;
 pub mod validate;
 
 pub use attention::{AttentionKernel, AttentionModel};

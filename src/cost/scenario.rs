@@ -132,6 +132,10 @@ pub struct Prediction {
     pub breakdown: Breakdown,
     /// Tokens (padding included) per GPU in the largest micro-batch.
     pub tokens_per_gpu: f64,
+    /// On a calibrated cluster, which fitted figures priced the prediction and which came from
+    /// the preset (`cost::sources`); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priced_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -468,6 +472,7 @@ fn evaluate(
     let mut compute_s = 0.0;
     let mut collectives: Vec<CollectiveTime> = Vec::new();
     let mut last_backward_s = 0.0;
+    let mut transfers: Vec<super::Transfer> = Vec::new();
     let replicas = f64::from(dp);
     for m in 0..microbatches as usize {
         let programs: Vec<Program> = plan
@@ -481,6 +486,7 @@ fn evaluate(
         flops += programs.iter().map(|p| p.flops_per_gpu).sum::<f64>() / replicas;
         model_flops += programs.iter().map(|p| p.model_flops_per_gpu).sum::<f64>() / replicas;
         for p in &programs {
+            transfers.extend(p.stages.iter().filter_map(|s| s.transfer));
             if p.memory_bytes > memory.total_bytes() {
                 memory = p.memory;
             }
@@ -506,6 +512,10 @@ fn evaluate(
             .sum();
     }
     let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus, last_backward_s));
+    if sync.is_some() {
+        let (overlapped, after) = cm.sync_transfers(gpus);
+        transfers.extend(overlapped.into_iter().chain(after));
+    }
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
     let exposed: f64 = collectives.iter().map(|c| c.exposed_s).sum();
@@ -551,6 +561,7 @@ fn evaluate(
             optimizer_s,
         },
         tokens_per_gpu,
+        priced_by: super::sources::describe_transfers(&cm.cluster, &transfers),
     }
 }
 
