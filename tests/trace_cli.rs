@@ -146,3 +146,38 @@ fn truncated_megatron_index_is_refused() {
 fn a_missing_trace_file_is_named() {
     fails_with(&data("does_not_exist.csv"), &["does_not_exist.csv", "No such file", "hint: check the path"]);
 }
+
+#[test]
+fn a_byte_order_mark_is_accepted_in_every_text_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let bom = "\u{feff}";
+    for (name, text) in [
+        ("bom.txt", format!("{bom}100\n200\n300\n")),
+        ("bom.jsonl", format!("{bom}{{\"tokens\": 100}}\n{{\"tokens\": 200}}\n{{\"tokens\": 300}}\n")),
+        ("bom.csv", format!("{bom}tokens\n100\n200\n300\n")),
+        // Detected by content, not by extension.
+        ("bom.lengths", format!("{bom}{{\"length\": 100}}\n{{\"length\": 200}}\n{{\"length\": 300}}\n")),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let v = inspect_json(&["--trace", path.to_str().unwrap()]);
+        assert_eq!((v["count"].as_u64(), v["total_tokens"].as_u64()), (Some(3), Some(600)), "{name}: {v}");
+    }
+}
+
+#[test]
+fn lengths_past_the_largest_integers_are_too_large_not_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, line) in [
+        ("max.txt", "100\n18446744073709551615\n", ":2"),
+        ("beyond.txt", "100\n99999999999999999999999\n", ":2"),
+        ("max.csv", "tokens\n18446744073709551615\n", ":2"),
+        ("beyond.jsonl", "{\"tokens\": 1}\n{\"tokens\": 99999999999999999999999}\n", ":2"),
+        ("max.jsonl", "{\"tokens\": 18446744073709551615}\n", ":1"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        fails_with(p, &[&format!("{name}{line}"), "is larger than the supported maximum of 4294967295 tokens"]);
+    }
+}
