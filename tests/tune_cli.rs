@@ -240,3 +240,57 @@ fn a_hugging_face_config_plans() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["model"], "config");
 }
+
+#[test]
+fn a_mixture_of_experts_config_is_refused_not_planned_as_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    // Mixtral-8x7B's config.json fields, and Llama 4 Scout's experts inside its text_config.
+    let mixtral = r#"{"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+        "vocab_size": 32000, "hidden_act": "silu",
+        "num_local_experts": 8, "num_experts_per_tok": 2}"#;
+    let llama4 = r#"{"model_type": "llama4", "vision_config": {"hidden_size": 1408},
+        "text_config": {"model_type": "llama4_text", "hidden_size": 5120, "intermediate_size": 8192,
+        "num_attention_heads": 40, "num_key_value_heads": 8, "num_hidden_layers": 48, "vocab_size": 202048,
+        "num_local_experts": 16, "num_experts_per_tok": 1}}"#;
+    for (name, text, needle) in [
+        ("mixtral.json", mixtral, "mixtral.json:4: a mixture-of-experts model (8 experts, 2 per token), declared by 'num_local_experts'"),
+        ("llama4.json", llama4, "llama4.json:4: a mixture-of-experts model (16 experts, 1 per token), declared by 'text_config.num_local_experts'"),
+    ] {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        bin()
+            .arg("--model")
+            .arg(&config)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle))
+            .stderr(predicate::str::contains("hsap models dense transformers only"))
+            .stderr(predicate::str::contains("hint: plan a dense model"));
+    }
+}
+
+#[test]
+fn a_multimodal_config_is_read_through_its_text_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("llava.json");
+    // A LLaVA-style config: the language model (Llama-3-8B's shape) under text_config.
+    std::fs::write(
+        &config,
+        r#"{"model_type": "llava", "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24},
+            "text_config": {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256, "hidden_act": "silu"}}"#,
+    )
+    .unwrap();
+    let out = bin().arg("--model").arg(&config).args(QUICK).args(["--baselines", "none", "--json"]).assert().success().get_output().stdout.clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "llava");
+    // Without text_config, a multimodal config says where the shape should have been.
+    std::fs::write(&config, r#"{"model_type": "llava", "vision_config": {"hidden_size": 1024}}"#).unwrap();
+    bin()
+        .arg("--model")
+        .arg(&config)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing field 'hidden_size'").and(predicate::str::contains("keeps its language model's shape in text_config")));
+}
