@@ -294,3 +294,20 @@ fn a_multimodal_config_is_read_through_its_text_config() {
         .code(2)
         .stderr(predicate::str::contains("missing field 'hidden_size'").and(predicate::str::contains("keeps its language model's shape in text_config")));
 }
+
+#[test]
+fn a_gpu_that_cannot_hold_the_model_states_says_so() {
+    // One A100-40GB: gpt-7b's model states (16 bytes for each of its 6.85B parameters, and ZeRO's buffers) fill it before any token.
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/clusters/a100-40g-ib400.toml")).unwrap();
+    let one = dir.path().join("one-gpu.toml");
+    std::fs::write(&one, preset.replace("gpus_per_node = 8", "gpus_per_node = 1")).unwrap();
+    bin()
+        .args(["--trace", &format!("{}/tests/data/small_trace.csv", env!("CARGO_MANIFEST_DIR")), "--nodes", "1", "--baselines", "none", "--cluster"])
+        .arg(&one)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("gpt-7b's model states alone need 102.9 GiB per GPU"))
+        .stderr(predicate::str::contains("ZeRO-3 over 1 GPU), more than the 36.0 GiB usable on a A100-SXM4-40GB: no tokens fit"))
+        .stderr(predicate::str::contains("hint: raise --nodes"));
+}
