@@ -332,3 +332,20 @@ fn an_all_reduce_fit_prices_every_collective_over_its_link() {
         .success()
         .stdout(predicate::str::contains("priced by    all_"));
 }
+
+#[test]
+fn a_fit_with_nothing_held_out_has_no_held_out_legend() {
+    // Four sizes are too few to hold any out: the figure has measured points only.
+    let dir = tempfile::tempdir().unwrap();
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("05_a100_8gpu_sendrecv_truncated.txt"))
+        .args(["--cluster", "dgx-a100-80g", "--out"])
+        .arg(dir.path().join("p.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("skipped: 4 sizes"));
+    let svg = std::fs::read_to_string(dir.path().join("p-fit/calibration_fit.svg")).unwrap();
+    assert!(svg.contains("\nmeasured\n"), "the legend names the measured points");
+    assert!(!svg.contains("held out"), "nothing was held out, and the legend does not say otherwise");
+}

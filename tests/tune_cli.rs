@@ -311,3 +311,35 @@ fn a_gpu_that_cannot_hold_the_model_states_says_so() {
         .stderr(predicate::str::contains("ZeRO-3 over 1 GPU), more than the 36.0 GiB usable on a A100-SXM4-40GB: no tokens fit"))
         .stderr(predicate::str::contains("hint: raise --nodes"));
 }
+
+#[test]
+fn dropped_documents_and_a_run_without_baselines_are_said_in_the_report() {
+    // small_trace.csv: 4 of its 40 documents (57,687 of 122,965 tokens, 46.9%) are over 8192.
+    let dir = tempfile::tempdir().unwrap();
+    bin_at_root()
+        .args(["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--max-seq", "8192", "--baselines", "none", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note: dropped 4 documents (57,687 tokens) longer than --max-seq 8,192"));
+    let report = dir.path().join("report");
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    let dropped = "Dropped: 4 documents longer than --max-seq 8192 (46.9% of the trace's tokens) are in no plan";
+    assert!(summary.contains(dropped), "{summary}");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("<p class=\"warn\" id=\"dropped\"><strong>Dropped: 4 documents"), "the headline says it");
+    // The trace figure draws them apart and says so in its title; its data has the counts.
+    let svg = std::fs::read_to_string(report.join("trace.svg")).unwrap();
+    assert!(svg.contains("4 dropped (over --max-seq 8K, 46.9% of tokens)"), "trace.svg title");
+    assert!(svg.contains("longer than --max-seq: dropped, not planned"), "trace.svg legend");
+    let csv = std::fs::read_to_string(report.join("trace.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",over_max_seq_documents,over_max_seq_tokens"), "{csv}");
+    let over: u64 = csv.lines().skip(1).map(|l| l.rsplit(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(over, 4);
+    // No baseline: no speedup figure with made-up axis labels, and the page says why.
+    assert!(!report.join("speedup.svg").exists() && !report.join("speedup.csv").exists());
+    assert!(summary.contains("No baseline ran (`--baselines none`)"), "{summary}");
+    assert!(!html.contains("id=\"fig-speedup\""));
+    assert_eq!(html.matches("<svg").count(), 5, "trace, step time, breakdown, plans, memory");
+    assert!(summary.contains("3. **Step-time breakdown**"), "figures are numbered in order: {summary}");
+}
