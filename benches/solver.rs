@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hsap::cluster::Cluster;
 use hsap::cost::{CostModel, TrainConfig};
 use hsap::model::ModelShape;
+use hsap::stats::quantile_sorted;
 use hsap::solver::{hsap, Ctx, HsapOptions};
 use hsap::trace::{make_batches, Batch, BatchBy, BatchSpec, OverLong, Trace};
 use std::hint::black_box;
@@ -28,10 +29,6 @@ fn setup() -> (Ctx, Vec<Batch>) {
     (ctx, batches)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 /// One solve per batch, sequentially: the distribution the targets are stated in.
 fn recorded(ctx: &Ctx, batches: &[Batch], name: &str, opts: &HsapOptions) {
     let n: usize = std::env::var("HSAP_BENCH_BATCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
@@ -45,12 +42,13 @@ fn recorded(ctx: &Ctx, batches: &[Batch], name: &str, opts: &HsapOptions) {
         })
         .collect();
     ms.sort_by(f64::total_cmp);
+    let q = |q| quantile_sorted(&ms, q).unwrap_or(f64::NAN);
     println!(
         "recorded {name}: {} batches, per-batch solve median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms.len(),
-        percentile(&ms, 50.0),
-        percentile(&ms, 99.0),
-        ms[ms.len() - 1]
+        q(0.5),
+        q(0.99),
+        q(1.0)
     );
 }
 

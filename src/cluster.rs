@@ -538,12 +538,10 @@ impl Cluster {
     }
 
     pub fn hbm_bytes(&self) -> f64 {
-        self.gpu.hbm_gib * GIB
+        self.gpu.hbm_gib * crate::units::GIB
     }
 }
 
-/// Bytes in a GiB (HBM capacities are quoted in binary units).
-pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 /// Bytes in a GB (bandwidths are quoted in decimal units).
 pub const GB: f64 = 1e9;
 

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The exit code of an internal fault (EX_SOFTWARE).
+pub const EXIT_INTERNAL: i32 = 70;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be opened or read.
@@ -44,6 +47,11 @@ pub enum Error {
     /// A GPU-side failure: missing driver, CUDA or NCCL error.
     #[error("gpu: {what}\n  hint: {hint}")]
     Gpu { what: String, hint: String },
+
+    /// Something hsap itself got wrong (a value it made that it cannot encode, an invariant of
+    /// its own broken): never the user's input.
+    #[error("internal error: {what}\n  hint: this is a bug in hsap; please report it with the command line and its input files")]
+    Internal { what: String },
 }
 
 fn line_suffix(line: usize) -> String {
@@ -89,13 +97,33 @@ impl Error {
         }
     }
 
+    /// A fault of hsap's own: see [`Error::Internal`].
+    pub fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
+    }
+
     /// The process exit code the binary uses for this error: 2 for bad input or usage,
-    /// 3 for solver failures, 4 for GPU/driver problems, 1 otherwise.
+    /// 3 for solver failures, 4 for GPU/driver problems, 70 for hsap's own bugs (EX_SOFTWARE
+    /// of sysexits.h).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Io { .. } | Error::Input { .. } | Error::Unknown { .. } | Error::Invalid { .. } => 2,
             Error::Solver { .. } => 3,
             Error::Gpu { .. } => 4,
+            Error::Internal { .. } => EXIT_INTERNAL,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_faults_say_they_are_bugs_and_exit_apart_from_bad_input() {
+        let e = Error::internal("cannot encode the plan");
+        assert_eq!(e.exit_code(), EXIT_INTERNAL);
+        assert_ne!(e.exit_code(), Error::invalid("x", "y").exit_code());
+        assert!(e.to_string().contains("this is a bug"), "{e}");
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cost;
 pub mod error;
+pub mod formats;
 pub mod gpu;
 pub mod model;
 pub mod output;
@@ -14,8 +15,11 @@ pub mod report;
 pub mod reference;
 pub mod scheme;
 pub mod sim;
+pub mod stats;
 pub mod solver;
 pub mod trace;
+pub mod tune;
+pub mod units;
 
 mod toml_input;
 

@@ -1,5 +1,6 @@
-//! Plans: what to run, per global batch, on which GPUs. This is the format of `plan.json`
-//! (docs/plan-format.md), written by the planner and read by the simulator and the validator.
+//! Plans: what to run, per global batch, on which GPUs. These are the types of `plan.json`
+//! (docs/plan-format.md), written by the planner and read by the simulator and the validator
+//! through `formats::plan`.
 
 use crate::scheme::{GroupShape, RingVariant, Scheme};
 use crate::trace::Doc;
@@ -26,28 +27,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Reads a plan.json, checking its format version.
-    pub fn read(path: &std::path::Path) -> crate::Result<Plan> {
-        let text = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
-        let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
-            crate::Error::input(
-                path,
-                e.line(),
-                format!("not a plan: {e}"),
-                "pass the plan.json that `hsap-tune --out DIR` wrote (docs/plan-format.md)",
-            )
-        })?;
-        if plan.format_version != PLAN_FORMAT_VERSION {
-            return Err(crate::Error::input(
-                path,
-                0,
-                format!("plan format version {} is not {PLAN_FORMAT_VERSION}", plan.format_version),
-                "re-run the planner with this version of hsap-tune",
-            ));
-        }
-        Ok(plan)
-    }
-
     /// The batch with index `k`.
     pub fn batch(&self, k: usize) -> crate::Result<&BatchPlan> {
         self.batches.iter().find(|b| b.index == k).ok_or_else(|| {

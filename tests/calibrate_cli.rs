@@ -210,7 +210,7 @@ fn a_fit_whose_sizes_never_reach_the_bandwidth_regime_is_refused() {
         &[
             "all_reduce inter on 4 ranks",
             "slingshot_2x2_allreduce_srun_label_synthetic.txt run 1",
-            "the sizes measured (512 KiB .. 1.500 MiB) do not reach the bandwidth regime",
+            "the sizes measured (512 KiB .. 1.5 MiB) do not reach the bandwidth regime",
             "all_reduce_perf -b 8 -e 8G",
         ],
     );

@@ -3,7 +3,7 @@
 //! that name the input to fix.
 
 use hsap::calibrate::fit::Holdout;
-use hsap::calibrate::measurements;
+use hsap::formats::measurements;
 use hsap::calibrate::nccl_tests::{self, NcclLog, NcclOp};
 use hsap::calibrate::profile::{self, Hints, MeasurementFile, Outcome};
 use hsap::calibrate::report;
@@ -135,14 +135,14 @@ fn fit_points_carry_the_fit_and_the_hold_out() {
     for p in &ar {
         assert_eq!(p.held_out, p.holdout_predicted_s.is_some());
         assert!(close(p.rel_error, (p.fitted_s - p.measured_s) / p.measured_s, 1e-9));
-        assert_eq!((p.level, p.ranks, p.nodes), (LinkLevel::Inter, 16, 2));
+        assert_eq!((p.level, p.ranks, p.nodes), (LinkLevel::Inter, 16, Some(2)));
     }
     let fit = outcome.calibration.collectives.iter().find(|f| f.op == Collective::AllReduce).unwrap();
     assert_eq!(ar[30].fitted_s, fit.time_s(8_589_934_592.0, 16));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fit_points.csv");
-    report::write_points_csv(&path, &points).unwrap();
+    hsap::formats::fit_points::write(&path, &points).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
         text.starts_with("op,level,ranks,bytes,measured_s,fitted_s,rel_error,held_out,holdout_predicted_s,holdout_rel_error,nodes,source\n"),

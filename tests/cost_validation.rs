@@ -4,11 +4,11 @@
 //! `cargo nextest run --release --no-capture -E 'binary(cost_validation)'`
 //! (`hsap-tune predict --reference usp|fa|alltoall` prints the same tables).
 
-use hsap::calibrate::fit::median;
 use hsap::cost::attention::{published, AttentionKernel, PassModel, Point};
 use hsap::cost::validate::{self, median_abs};
 use hsap::cost::Pass;
 use hsap::reference::FaTable;
+use hsap::stats::median;
 
 /// Row groups whose iterations are dominated by the benchmark harness rather than the GPU work:
 /// the 512-token row of the same table does almost no work (about 0.1 ms predicted) and measures
@@ -28,17 +28,26 @@ fn usp_benchmark_every_cell() {
             c.measured_iters_per_s, c.predicted_iters_per_s, 100.0 * c.time_error, c.kernel_share, c.unexplained_ms
         );
     }
-    let all = median_abs(checks.iter().map(|c| c.time_error));
-    let long = median_abs(checks.iter().filter(|c| c.seqlen == 131_072).map(|c| c.time_error));
+    let all = median_abs(checks.iter().map(|c| c.time_error)).expect("cells");
+    let long = median_abs(checks.iter().filter(|c| c.seqlen == 131_072).map(|c| c.time_error)).expect("128K cells");
     let n_long = checks.iter().filter(|c| c.seqlen == 131_072).count();
     println!("cells {}: median |time error| {:.1}%; 128K cells {}: {:.1}%", checks.len(), 100.0 * all, n_long, 100.0 * long);
     // 167 measured cells (one OOM, twelve not run).
     assert_eq!(checks.len(), 167);
-    // The unexplained time is the time error in ms: positive where the model is fast.
-    for c in &checks {
-        let from_error = -1e3 * c.time_error / c.measured_iters_per_s;
-        assert!((c.unexplained_ms - from_error).abs() < 1e-9, "line {} {}: {} vs {}", c.line, c.variant, c.unexplained_ms, from_error);
-    }
+    // What the model leaves out at 128K is the benchmark's harness, measured independently by the
+    // 512-token row: it does almost no GPU work (about 0.05 ms predicted), so its iteration times
+    // are harness alone. The median time the model leaves unexplained at 128K must lie within
+    // them; a model 10% fast or slow at 128K would leave 6-10 ms more or less and fail.
+    let harness_ms: Vec<f64> = checks.iter().filter(|c| c.seqlen == 512).map(|c| 1e3 / c.measured_iters_per_s).collect();
+    let (harness_lo, harness_hi) = harness_ms.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    let unexplained_128k: Vec<f64> = checks.iter().filter(|c| c.seqlen == 131_072).map(|c| c.unexplained_ms).collect();
+    let unexplained = median(&unexplained_128k).expect("128K cells");
+    println!("128K: median unexplained {unexplained:.2} ms; harness at 512 tokens {harness_lo:.2}-{harness_hi:.2} ms over {} cells", harness_ms.len());
+    assert_eq!(harness_ms.len(), 6);
+    assert!(
+        (harness_lo..=harness_hi).contains(&unexplained),
+        "median unexplained time at 128K {unexplained:.2} ms is outside the harness time measured at 512 tokens ({harness_lo:.2}-{harness_hi:.2} ms)"
+    );
     // The brief's target is 15% over all cells; the model reaches it where the GPU work dominates
     // (128K) but not over all cells, because the benchmark's per-iteration harness time (see
     // HARNESS_DOMINATED_SEQLENS) is not part of the model. These bounds guard what it achieves.
@@ -70,11 +79,11 @@ fn usp_residual_is_one_per_iteration_constant() {
         println!(
             "{:>4} {:>6} {:>3}/{:<3} {:>3} {} {}  {:>6.2}",
             line, c.seqlen, c.heads, c.kv_heads, c.head_dim, c.ulysses, c.ring,
-            median(&mut row.iter().map(|c| c.unexplained_ms).collect::<Vec<_>>())
+            median(&row.iter().map(|c| c.unexplained_ms).collect::<Vec<_>>()).expect("a row has cells")
         );
     }
     let median_with = |extra_s: f64| {
-        median_abs(checks.iter().map(|c| (1.0 / c.predicted_iters_per_s + extra_s) * c.measured_iters_per_s - 1.0))
+        median_abs(checks.iter().map(|c| (1.0 / c.predicted_iters_per_s + extra_s) * c.measured_iters_per_s - 1.0)).expect("cells")
     };
     let (best_s, best) = (0..=2000)
         .map(|i| f64::from(i) * 1e-5)
@@ -121,7 +130,7 @@ fn flash_attention_tables_on_one_gpu() {
             c.table, c.implementation, c.causal, c.head_dim, c.seqlen, c.measured_tflops, c.predicted_tflops, 100.0 * c.error
         );
     }
-    let median = median_abs(checks.iter().map(|c| c.error));
+    let median = median_abs(checks.iter().map(|c| c.error)).expect("cells");
     let worst = checks.iter().map(|c| c.error.abs()).fold(0.0, f64::max);
     println!("cells {}: median |error| {:.1}%, worst {:.1}%", checks.len(), 100.0 * median, 100.0 * worst);
     // Every FlashAttention-2 and -3 cell of the three tables: 12 + 12 rows of 6 lengths.
@@ -148,8 +157,8 @@ fn head_dim_extrapolation_predicts_an_unseen_head_dim() {
         println!("d=256 causal={:<5} L={:<5} measured {:>4.0} predicted {:>5.1} error {:>+5.1}%", p.causal, p.seqlen, p.tflops, p.tflops * (1.0 + e), 100.0 * e);
     }
     assert_eq!(unseen.len(), 12);
-    let all = median_abs(unseen.iter().map(|(_, e)| *e));
-    let long_full = median_abs(unseen.iter().filter(|(p, _)| !p.causal && p.seqlen >= 2048).map(|(_, e)| *e));
+    let all = median_abs(unseen.iter().map(|(_, e)| *e)).expect("cells");
+    let long_full = median_abs(unseen.iter().filter(|(p, _)| !p.causal && p.seqlen >= 2048).map(|(_, e)| *e)).expect("long cells");
     println!("median |error| {:.1}% (non-causal, >= 2K: {:.1}%)", 100.0 * all, 100.0 * long_full);
     assert!(all <= 0.12, "median {:.1}%", 100.0 * all);
     assert!(long_full <= 0.05, "non-causal long-sequence median {:.1}%", 100.0 * long_full);

@@ -1,6 +1,6 @@
 //! The measured-against-predicted comparison `validate` prints, on rows like the ones it writes.
 
-use hsap::calibrate::measurements::{MeasuredKind, Measurement};
+use hsap::formats::measurements::{MeasuredKind, Measurement};
 use hsap::gpu::report::{compare, plot, source, write_table, MICRO_BATCH};
 
 fn row(kind: MeasuredKind, op: &str, time_s: f64, predicted_s: Option<f64>, tags: &[(&str, String)]) -> Measurement {
@@ -67,6 +67,8 @@ fn the_plot_is_an_svg_with_every_kind_measured() {
     let path = dir.path().join("measurements.svg");
     plot(&rows(), &path).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("measured vs predicted"), "{}", &svg[..200]);
-    assert!(svg.contains("collectives") && svg.contains("steps") && !svg.contains("GEMMs"));
+    // The report's figure: measured time on x, predicted on y, one series per kind of operation.
+    assert!(svg.starts_with("<svg") && svg.contains("Predicted against measured time"), "{}", &svg[..200]);
+    assert!(svg.contains("measured time (log scale)") && svg.contains("predicted time (log scale)"));
+    assert!(svg.contains("all_to_all") && svg.contains("step") && !svg.contains("GEMM"));
 }

@@ -3,7 +3,7 @@
 
 mod report_common;
 
-use hsap::report::data::{self, strategy_summaries, RunData, TraceInfo};
+use hsap::formats::run::{self as data, strategy_summaries, RunData, TraceInfo};
 use hsap::report::{self};
 use report_common::{edit, fixture, fixture_copy};
 

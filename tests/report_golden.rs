@@ -7,7 +7,8 @@
 mod report_common;
 
 use hsap::report::palette::{shape_colour, strategy_colour, PART_COLOURS};
-use hsap::report::{self, Report, RunData};
+use hsap::formats::run::RunData;
+use hsap::report::{self, Report};
 use report_common::{decode_png, fixture, rgb};
 use std::path::Path;
 

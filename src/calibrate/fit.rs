@@ -13,6 +13,7 @@
 //! squares on the log of time, their number chosen by the Bayesian information criterion.
 
 use super::nccl_tests::NcclRun;
+use crate::stats::LeastSquares2;
 use serde::Serialize;
 
 /// One measured size: bytes (nccl-tests' `size`) and seconds.
@@ -195,93 +196,27 @@ pub fn fit_envelope_max(points: &[Point], max_lines: usize) -> Option<EnvelopeFi
 /// sum((latency + bytes x s_per_byte) / time - 1)^2 with both terms non-negative. It is the
 /// linearisation of the log residual, used to start the log fit.
 fn segment_line(pts: &[Point]) -> Line {
-    let s = LineSums::of(pts);
-    s.best_line().0
+    best_line(&line_sums(pts)).0
 }
 
-struct LineSums {
-    uu: f64,
-    uv: f64,
-    vv: f64,
-    u: f64,
-    v: f64,
-    m: f64,
+/// The normal equations of sum((latency x 1/time + s_per_byte x bytes/time) - 1)^2.
+fn line_sums(pts: &[Point]) -> LeastSquares2 {
+    let mut s = LeastSquares2::default();
+    for p in pts {
+        s.add(1.0 / p.time_s, p.bytes / p.time_s, 1.0, 1.0);
+    }
+    s
 }
 
-impl LineSums {
-    const ZERO: LineSums = LineSums {
-        uu: 0.0,
-        uv: 0.0,
-        vv: 0.0,
-        u: 0.0,
-        v: 0.0,
-        m: 0.0,
+/// The best line with non-negative terms, held at the floors, and its objective (infinite when
+/// the sums admit no line).
+fn best_line(s: &LeastSquares2) -> (Line, f64) {
+    let ((a, b), objective) = s.solve_nonneg().unwrap_or(((0.0, 0.0), f64::INFINITY));
+    let line = Line {
+        latency_s: a.max(LATENCY_FLOOR_S),
+        s_per_byte: b.max(S_PER_BYTE_FLOOR),
     };
-
-    fn of(pts: &[Point]) -> LineSums {
-        let mut s = LineSums::ZERO;
-        for p in pts {
-            let (u, v) = (1.0 / p.time_s, p.bytes / p.time_s);
-            s.uu += u * u;
-            s.uv += u * v;
-            s.vv += v * v;
-            s.u += u;
-            s.v += v;
-            s.m += 1.0;
-        }
-        s
-    }
-
-    fn add(&mut self, o: &LineSums) {
-        self.uu += o.uu;
-        self.uv += o.uv;
-        self.vv += o.vv;
-        self.u += o.u;
-        self.v += o.v;
-        self.m += o.m;
-    }
-
-    fn objective(&self, a: f64, b: f64) -> f64 {
-        (a * a * self.uu + 2.0 * a * b * self.uv + b * b * self.vv - 2.0 * a * self.u - 2.0 * b * self.v + self.m).max(0.0)
-    }
-
-    /// Non-negative least squares in two unknowns: the unconstrained optimum if feasible,
-    /// else the better of the two one-variable optima.
-    fn best_line(&self) -> (Line, f64) {
-        let mut candidates = Vec::with_capacity(3);
-        let corr = self.uv / (self.uu * self.vv).sqrt();
-        if self.uu > 0.0 && self.vv > 0.0 && 1.0 - corr * corr > 1e-12 {
-            let det = self.uu * self.vv - self.uv * self.uv;
-            let a = (self.u * self.vv - self.v * self.uv) / det;
-            let b = (self.v * self.uu - self.u * self.uv) / det;
-            if a >= 0.0 && b >= 0.0 {
-                candidates.push((a, b));
-            }
-        }
-        if self.uu > 0.0 {
-            candidates.push((self.u / self.uu, 0.0));
-        }
-        if self.vv > 0.0 {
-            candidates.push((0.0, self.v / self.vv));
-        }
-        candidates
-            .into_iter()
-            .map(|(a, b)| {
-                let line = Line {
-                    latency_s: a.max(LATENCY_FLOOR_S),
-                    s_per_byte: b.max(S_PER_BYTE_FLOOR),
-                };
-                (line, self.objective(a, b))
-            })
-            .min_by(|x, y| x.1.total_cmp(&y.1))
-            .unwrap_or((
-                Line {
-                    latency_s: LATENCY_FLOOR_S,
-                    s_per_byte: S_PER_BYTE_FLOOR,
-                },
-                f64::INFINITY,
-            ))
-    }
+    (line, objective)
 }
 
 /// Segment boundaries fall between sizes, never inside one: the sorted points grouped by
@@ -317,14 +252,13 @@ struct SegmentCosts {
 impl SegmentCosts {
     fn new(pts: &[Point], bins: &[(usize, usize)]) -> SegmentCosts {
         let n = bins.len();
-        let sums: Vec<LineSums> = bins.iter().map(|&(a, b)| LineSums::of(&pts[a..b])).collect();
+        let sums: Vec<LeastSquares2> = bins.iter().map(|&(a, b)| line_sums(&pts[a..b])).collect();
         let mut cost = vec![vec![f64::INFINITY; n]; n];
         for i in 0..n {
-            let mut acc = LineSums::ZERO;
-            acc.add(&sums[i]);
+            let mut acc = sums[i];
             for j in i + 1..n {
-                acc.add(&sums[j]);
-                cost[i][j] = acc.best_line().1;
+                acc.merge(&sums[j]);
+                cost[i][j] = best_line(&acc).1;
             }
         }
         SegmentCosts { n, cost }
@@ -573,26 +507,15 @@ pub fn holdout_max(points: &[Point], max_lines: usize) -> Holdout {
             }
         })
         .collect();
-    let mut errors: Vec<f64> = held_out.iter().filter(|h| h.bytes >= HOLDOUT_MIN_BYTES).map(|h| h.rel_error).collect();
+    let errors: Vec<f64> = held_out.iter().filter(|h| h.bytes >= HOLDOUT_MIN_BYTES).map(|h| h.rel_error).collect();
+    let Some(median_rel_error) = crate::stats::median(&errors) else {
+        return Holdout::Skipped { reason: "no held-out size of 1 MB or more".into() };
+    };
     Holdout::Done {
         fit,
-        median_rel_error: median(&mut errors),
+        median_rel_error,
         judged,
         held_out,
-    }
-}
-
-/// Median of a non-empty slice (mean of the middle two for even lengths); NaN when empty.
-pub fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 
@@ -733,12 +656,5 @@ mod tests {
             time_s: 1e-5,
         };
         assert!(fit_envelope(&[p, p]).is_none());
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&mut []).is_nan());
     }
 }

@@ -4,8 +4,8 @@
 //! point with its fitted value for the report.
 
 use super::fit::{self, EnvelopeFit, Holdout, Point};
-use super::measurements::{MeasuredKind, Measurement};
-use super::nccl_tests::{format_bytes, NcclLog, NcclOp, NcclRun, OpFinding};
+use crate::formats::measurements::{MeasuredKind, Measurement};
+use super::nccl_tests::{NcclLog, NcclOp, NcclRun, OpFinding};
 use super::plural;
 use crate::cluster::{
     Calibration, Cluster, Collective, CollectiveFit, CollectiveRegime, KernelFit, KernelKind, LinkLevel, OverlapFit, GB,
@@ -354,15 +354,15 @@ fn trust(base: &Cluster, fit: &CollectiveFit, envelope: &EnvelopeFit, points: &[
     let (smallest, largest) = points
         .iter()
         .fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.bytes), hi.max(p.bytes)));
-    let sizes = format!("{} .. {}", format_bytes(smallest), format_bytes(largest));
+    let sizes = format!("{} .. {}", crate::units::bytes(smallest), crate::units::bytes(largest));
     let saturation = envelope.envelope.saturation_bytes();
     if largest < saturation {
         return Err(Error::invalid(
             format!(
                 "{what}: the sizes measured ({sizes}) do not reach the bandwidth regime: the fitted {:.1} us latency outweighs the bandwidth term up to {} (the fit would need {} to run at half its bus bandwidth), so its {} GB/s bus bandwidth was never measured",
                 fit.latency_us,
-                format_bytes(largest),
-                format_bytes(saturation),
+                crate::units::bytes(largest),
+                crate::units::bytes(saturation),
                 fit.busbw_gb_per_s
             ),
             "rerun the test up to large messages (e.g. all_reduce_perf -b 8 -e 8G -f 2), or leave this log out",
@@ -554,7 +554,8 @@ fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
                 lines.len(),
                 line_list(&lines)
             ),
-            points: sizes.into_iter().map(|(size, mut tflops)| (size as f64, fit::median(&mut tflops))).collect(),
+            // Every size holds at least the row that created it.
+            points: sizes.into_iter().filter_map(|(size, tflops)| Some((size as f64, crate::stats::median(&tflops)?))).collect(),
         })
         .collect())
 }
@@ -606,21 +607,18 @@ fn overlap_fits(files: &[MeasurementFile]) -> Vec<OverlapFit> {
     pairs
         .into_iter()
         .filter_map(|(op, shapes)| {
-            let mut ratios: Vec<f64> = shapes
+            let ratios: Vec<f64> = shapes
                 .into_values()
-                .filter(|p| !p.alone.is_empty() && !p.overlapped.is_empty())
-                .map(|mut p| fit::median(&mut p.alone) / fit::median(&mut p.overlapped))
+                .filter_map(|p| Some(crate::stats::median(&p.alone)? / crate::stats::median(&p.overlapped)?))
                 .collect();
-            if ratios.is_empty() {
-                return None;
-            }
+            let efficiency = crate::stats::median(&ratios)?;
             let n = ratios.len();
             Some(OverlapFit {
                 provenance: format!(
                     "{}: {n} shapes measured alone and overlapped, median of time alone / time overlapped",
                     sources.get(&op).map(|s| s.join("; ")).unwrap_or_default()
                 ),
-                efficiency: fit::median(&mut ratios),
+                efficiency,
                 pairs: n as u32,
                 op,
             })

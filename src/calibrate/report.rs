@@ -1,38 +1,13 @@
 //! The fit report: a table of the fits and of every point's error, printed and written as
-//! `fit_summary.md`, and the points as `fit_points.csv` (columns in docs/calibration.md) for the
-//! report module to plot.
+//! `fit_summary.md`, and the points (`formats::fit_points`) for `fit_points.csv` and the report
+//! module's figure.
 
 use super::fit::Holdout;
-use super::nccl_tests::format_bytes;
 use super::plural;
 use super::profile::Outcome;
-use crate::cluster::{Collective, LinkLevel};
-use crate::error::{Error, Result};
-use serde::Serialize;
+use crate::formats::fit_points::FitPoint;
+use crate::units::{self, percent, signed_percent, significant};
 use std::path::Path;
-
-/// One row of `fit_points.csv`. The first eight columns are the stable core the plot reads;
-/// later versions may add columns at the end, never reorder these.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FitPoint {
-    pub op: Collective,
-    pub level: LinkLevel,
-    pub ranks: u32,
-    pub bytes: f64,
-    pub measured_s: f64,
-    /// The calibrated profile's prediction (`CollectiveFit::time_s`).
-    pub fitted_s: f64,
-    /// (fitted - measured) / measured.
-    pub rel_error: f64,
-    /// Whether the hold-out check held this size out (index a multiple of 3 in its run).
-    pub held_out: bool,
-    /// For held-out sizes: the prediction of the fit on the run's other sizes.
-    pub holdout_predicted_s: Option<f64>,
-    pub holdout_rel_error: Option<f64>,
-    pub nodes: u32,
-    /// The log run or measurement file the point came from.
-    pub source: String,
-}
 
 /// Every measured collective point with its fitted value.
 pub fn fit_points(outcome: &Outcome) -> Vec<FitPoint> {
@@ -48,36 +23,17 @@ pub fn fit_points(outcome: &Outcome) -> Vec<FitPoint> {
                 let fitted_s = group.fit.time_s(p.bytes, series.ranks);
                 let h = held.iter().find(|h| h.bytes == p.bytes);
                 rows.push(FitPoint {
-                    op: series.op,
-                    level: series.level,
-                    ranks: series.ranks,
-                    bytes: p.bytes,
-                    measured_s: p.time_s,
-                    fitted_s,
-                    rel_error: (fitted_s - p.time_s) / p.time_s,
                     held_out: h.is_some(),
                     holdout_predicted_s: h.map(|h| h.predicted_s),
                     holdout_rel_error: h.map(|h| (h.predicted_s - h.measured_s) / h.measured_s),
-                    nodes: series.nodes,
+                    nodes: Some(series.nodes),
                     source: series.source.clone(),
+                    ..FitPoint::new(series.op, series.level, series.ranks, p.bytes, p.time_s, fitted_s)
                 });
             }
         }
     }
     rows
-}
-
-pub fn write_points_csv(path: &Path, rows: &[FitPoint]) -> Result<()> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in rows {
-        writer
-            .serialize(row)
-            .map_err(|e| Error::invalid(format!("cannot encode a fit point: {e}"), "report this as a bug"))?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::invalid(format!("cannot encode fit points: {e}"), "report this as a bug"))?;
-    crate::output::write_atomic(path, &bytes)
 }
 
 /// A table rendered as aligned text or as Markdown.
@@ -126,23 +82,9 @@ impl Table {
     }
 }
 
+/// Seconds as a number of microseconds, for the `_us` columns.
 fn us(seconds: f64) -> String {
-    let v = seconds * 1e6;
-    if v >= 1000.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
-}
-
-fn signed_pct(x: f64) -> String {
-    format!("{:+.1}%", x * 100.0)
+    significant(seconds * 1e6)
 }
 
 fn gbps(x: f64) -> String {
@@ -168,9 +110,9 @@ fn fits_table(outcome: &Outcome) -> Table {
             f.regimes.len().to_string(),
             format!("{:.1}", f.latency_us),
             gbps(f.busbw_gb_per_s),
-            format_bytes(f.saturation_bytes.round()),
+            units::bytes(f.saturation_bytes.round()),
             format!("{:.4}", f.rms_log_residual),
-            pct(f.max_rel_error),
+            percent(f.max_rel_error),
         ]);
     }
     t
@@ -185,7 +127,7 @@ fn regime_lines(outcome: &Outcome) -> Vec<String> {
             let parts: Vec<String> = f
                 .regimes
                 .iter()
-                .map(|r| format!("{:.1} us + busbw {} GB/s from {}", r.latency_us, gbps(r.busbw_gb_per_s), format_bytes(r.from_bytes.round())))
+                .map(|r| format!("{:.1} us + busbw {} GB/s from {}", r.latency_us, gbps(r.busbw_gb_per_s), units::bytes(r.from_bytes.round())))
                 .collect();
             format!("{} {} {} ranks: {}", f.op.name(), f.level.name(), f.ranks, parts.join("; "))
         })
@@ -208,8 +150,8 @@ fn holdout_table(outcome: &Outcome) -> Table {
                     s.op.name().to_string(),
                     s.points.len().to_string(),
                     judged.to_string(),
-                    pct(*median_rel_error),
-                    pct(worst),
+                    percent(*median_rel_error),
+                    percent(worst),
                     String::new(),
                 ]
             }
@@ -236,12 +178,12 @@ fn point_tables(outcome: &Outcome, points: &[FitPoint]) -> Vec<(String, Table)> 
             let mut t = Table::new(vec!["bytes", "measured_us", "fitted_us", "error", "held_out_pred_us", "held_out_error"]);
             for p in points.iter().filter(|p| p.source == s.source && p.op == s.op && p.ranks == s.ranks) {
                 t.rows.push(vec![
-                    format_bytes(p.bytes),
+                    units::bytes(p.bytes),
                     us(p.measured_s),
                     us(p.fitted_s),
-                    signed_pct(p.rel_error),
+                    signed_percent(p.rel_error),
                     p.holdout_predicted_s.map_or(String::new(), us),
-                    p.holdout_rel_error.map_or(String::new(), signed_pct),
+                    p.holdout_rel_error.map_or(String::new(), signed_percent),
                 ]);
             }
             out.push((format!("{} {} {} ranks, {}", s.op.name(), s.level.name(), s.ranks, s.label), t));

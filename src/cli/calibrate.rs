@@ -2,7 +2,7 @@
 //! calibrated cluster profile plus a fit report (docs/calibration.md).
 
 use super::io_out;
-use crate::calibrate::measurements;
+use crate::formats::measurements;
 use crate::calibrate::nccl_tests::{self, NcclOp};
 use crate::calibrate::profile::{self, Hints, MeasurementFile};
 use crate::calibrate::report;
@@ -142,15 +142,14 @@ pub fn calibrate(args: &CalibrateArgs, out: &mut dyn Write, err: &mut dyn Write)
     // Whatever is written must read back as the same profile.
     let reread = Cluster::from_toml(&args.out, &text)?;
     if reread != profile {
-        return Err(Error::invalid("the written profile does not read back as written", "report this as a bug"));
+        return Err(Error::internal("the written profile does not read back as written"));
     }
     crate::output::write_atomic(&args.out, text.as_bytes())?;
 
     let points = report::fit_points(&outcome);
     let dir = args.report_dir();
-    report::write_points_csv(&dir.join("fit_points.csv"), &points)?;
-    let plotted: Vec<_> = points.iter().map(plotted).collect();
-    let figure = crate::report::calibration_figure(&plotted, 1)?;
+    crate::formats::fit_points::write(&dir.join(crate::formats::run::FIT_POINTS_CSV), &points)?;
+    let figure = crate::report::calibration_figure(&points, 1)?;
     crate::output::write_atomic(&dir.join("calibration_fit.svg"), figure.svg.as_bytes())?;
     crate::output::write_atomic(&dir.join("calibration_fit.png"), &figure.png)?;
     let command = command_line(args);
@@ -193,7 +192,7 @@ fn calibrated_cluster(base: &Cluster, out: &Path, calibration: &crate::cluster::
 }
 
 fn profile_toml(profile: &Cluster, base: &Cluster, args: &CalibrateArgs) -> Result<String> {
-    let body = toml::to_string(profile).map_err(|e| Error::invalid(format!("cannot encode the profile: {e}"), "report this as a bug"))?;
+    let body = toml::to_string(profile).map_err(|e| Error::internal(format!("cannot encode the profile: {e}")))?;
     let mut text = String::from("# Calibrated cluster profile written by `hsap-tune calibrate`; see docs/calibration.md.\n");
     text.push_str(&format!("# Base cluster: {}. Inputs:\n", base.name));
     for p in args.nccl_tests.iter().chain(&args.measurements) {
@@ -229,20 +228,6 @@ fn command_line(args: &CalibrateArgs) -> String {
         parts.push(format!("--report {}", r.display()));
     }
     parts.join(" ")
-}
-
-/// The columns of a fit point that the report's calibration figure draws.
-fn plotted(p: &report::FitPoint) -> crate::report::data::FitPoint {
-    crate::report::data::FitPoint {
-        op: p.op,
-        level: p.level,
-        ranks: p.ranks,
-        bytes: p.bytes,
-        measured_s: p.measured_s,
-        fitted_s: p.fitted_s,
-        rel_error: p.rel_error,
-        held_out: p.held_out,
-    }
 }
 
 /// Runs the microbenchmarks on the GPUs of this launch; rank 0 writes them to the report folder

@@ -6,6 +6,7 @@ use super::io_out;
 use crate::cost::scenario::{predict_file, Prediction};
 use crate::cost::validate;
 use crate::error::Result;
+use crate::units::{gib, ms, percent};
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,14 +50,6 @@ pub fn predict(args: &PredictArgs, out: &mut dyn Write, _err: &mut dyn Write) ->
         return writeln!(out).map_err(io_out);
     }
     write_table(&prediction, out).map_err(io_out)
-}
-
-fn ms(s: f64) -> String {
-    format!("{:.3} ms", s * 1e3)
-}
-
-fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / crate::cluster::GIB)
 }
 
 fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
@@ -154,10 +147,10 @@ fn usp_table(rows: &[validate::UspCheck], out: &mut dyn Write) -> std::io::Resul
     let long: Vec<f64> = rows.iter().filter(|c| c.seqlen >= 131_072).map(|c| c.time_error).collect();
     writeln!(
         out,
-        "median |time error|: {:.1}% over {} cells, {:.1}% over the {} cells at 128K",
-        100.0 * validate::median_abs(rows.iter().map(|c| c.time_error)),
+        "median |time error|: {} over {} cells, {} over the {} cells at 128K",
+        median_pct(rows.iter().map(|c| c.time_error)),
         rows.len(),
-        100.0 * validate::median_abs(long.iter().copied()),
+        median_pct(long.iter().copied()),
         long.len()
     )?;
     writeln!(out, "\nsplit the model ranks fastest, per row group and variant column")?;
@@ -180,7 +173,12 @@ fn fa_table(rows: &[validate::FaCheck], out: &mut dyn Write) -> std::io::Result<
             c.table, c.line, c.implementation, c.causal, c.head_dim, c.seqlen, c.measured_tflops, c.predicted_tflops, 100.0 * c.error
         )?;
     }
-    writeln!(out, "median |error|: {:.1}% over {} cells", 100.0 * validate::median_abs(rows.iter().map(|c| c.error)), rows.len())
+    writeln!(out, "median |error|: {} over {} cells", median_pct(rows.iter().map(|c| c.error)), rows.len())
+}
+
+/// The median |error| of a table as a percentage, `-` for no cells.
+fn median_pct(errors: impl Iterator<Item = f64>) -> String {
+    validate::median_abs(errors).map_or("-".into(), percent)
 }
 
 fn alltoall_table(rows: &[validate::AlltoallCheck], out: &mut dyn Write) -> std::io::Result<()> {

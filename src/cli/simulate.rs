@@ -43,14 +43,14 @@ pub fn simulate(args: &SimulateArgs, out: &mut dyn Write, _err: &mut dyn Write) 
     for b in batches {
         let (sim, timeline) = simulate_batch(&cm, b, &options);
         if let (Some(path), Some(t)) = (&args.timeline, timeline) {
-            let json = serde_json::to_vec(&t).map_err(|e| Error::invalid(format!("timeline: {e}"), "report this as a bug"))?;
+            let json = serde_json::to_vec(&t).map_err(|e| Error::internal(format!("cannot encode the timeline: {e}")))?;
             crate::output::write_atomic(path, &json)?;
         }
         sims.push(sim);
     }
     if args.json {
         let value = if sims.len() == 1 { serde_json::to_value(&sims[0]) } else { serde_json::to_value(&sims) };
-        let value = value.map_err(|e| Error::invalid(format!("cannot encode: {e}"), "report this as a bug"))?;
+        let value = value.map_err(|e| Error::internal(format!("cannot encode the simulation: {e}")))?;
         writeln!(out, "{value:#}").map_err(io_out)?;
         return Ok(());
     }

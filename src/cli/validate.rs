@@ -63,14 +63,9 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
     crate::gpu::cuda::validate(&plan, &schedules, &options, out, err)
 }
 
-/// Reads `plan.json`; errors name the line.
+/// A predicted time, `-` where there is none.
 fn seconds(t: Option<f64>) -> String {
-    match t {
-        Some(t) if t >= 1.0 => format!("{t:.3} s"),
-        Some(t) if t >= 1e-3 => format!("{:.3} ms", t * 1e3),
-        Some(t) => format!("{:.1} us", t * 1e6),
-        None => "-".into(),
-    }
+    t.map_or("-".into(), crate::units::seconds)
 }
 
 fn ranks_text(ranks: &[u32]) -> String {

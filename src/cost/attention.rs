@@ -42,6 +42,7 @@ use super::Pass;
 use crate::cluster::{Arch, Cluster, KernelKind};
 use crate::error::{Error, Result};
 use crate::reference::{self, FaTable, FA_SEQLENS};
+use crate::stats::LeastSquares2;
 use serde::{Deserialize, Serialize};
 
 /// Which FlashAttention generation runs the attention.
@@ -245,21 +246,15 @@ fn fit_tiles<'a>(head_dim: u32, causal: bool, points: impl Iterator<Item = &'a P
             (p.tflops * x, p.tflops * y, p.tflops)
         })
         .collect();
-    let (mut sxx, mut sxy, mut syy, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut ls = LeastSquares2::default();
     for &(x, y, _) in &rows {
-        sxx += x * x;
-        sxy += x * y;
-        syy += y * y;
-        sx += x;
-        sy += y;
+        ls.add(x, y, 1.0, 1.0);
     }
-    let det = sxx * syy - sxy * sxy;
-    let (mut a, mut c) = if det.abs() > 1e-30 { ((sx * syy - sy * sxy) / det, (sxx * sy - sxy * sx) / det) } else { (0.0, 0.0) };
-    if !(c >= 0.0) || !(a > 0.0) {
-        // No measurable per-block overhead (or a single point): the throughput alone.
-        c = 0.0;
-        a = if sxx > 0.0 { sx / sxx } else { 0.0 };
-    }
+    let (a, c) = match ls.solve() {
+        Some((a, c)) if a > 0.0 && c >= 0.0 => (a, c),
+        // No measurable per-block overhead (or a single length): the throughput alone.
+        _ => (ls.solve_a().unwrap_or(0.0), 0.0),
+    };
     if !(a > 0.0) {
         return Err(Error::invalid(
             format!("no usable attention throughput points for head dim {head_dim}"),
@@ -290,19 +285,12 @@ fn fit_pair_time(pass: Pass, fits: &[TileFit]) -> (f64, f64) {
         return (0.0, ys[0].1 / ys[0].0);
     }
     // Weighted by 1/y^2: minimise sum ((a + b d) / y - 1)^2.
-    let (mut s11, mut s1d, mut sdd, mut s1, mut sd) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut ls = LeastSquares2::default();
     for &(d, y) in &ys {
-        let w = 1.0 / (y * y);
-        s11 += w;
-        s1d += w * d;
-        sdd += w * d * d;
-        s1 += w * y;
-        sd += w * d * y;
+        ls.add(1.0, d, y, 1.0 / (y * y));
     }
-    let det = s11 * sdd - s1d * s1d;
-    let a = (s1 * sdd - sd * s1d) / det;
-    let b = (s11 * sd - s1d * s1) / det;
-    (a, b)
+    // Head dims fitted twice over (the same d) leave no slope: proportional to d, as for one.
+    ls.solve().unwrap_or_else(|| (0.0, ys[0].1 / ys[0].0))
 }
 
 fn pass_name(pass: Pass) -> &'static str {

@@ -338,17 +338,7 @@ pub fn ring_flash_attn() -> Result<Vec<EfficiencyCheck>> {
         .collect()
 }
 
-/// The median of |x| over `values`.
-pub fn median_abs(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.map(f64::abs).collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median of |x| over `values` (the headline error of a table); `None` for no values.
+pub fn median_abs(values: impl Iterator<Item = f64>) -> Option<f64> {
+    crate::stats::median(&values.map(f64::abs).collect::<Vec<_>>())
 }

@@ -15,7 +15,7 @@ use super::kernels::{compile_ptx, ATTENTION, ELEMENTWISE};
 use super::launch::{fingerprint, Launch, Session};
 use super::schedule::{A2aDir, Attn, AttnDims, Buf, MetaRef, OpKind, Phase, Schedule, Stream, Tensor, BF16_BYTES, F32_BYTES};
 use super::varlen::{GroupVarlen, VarlenMeta};
-use crate::calibrate::measurements::{self, MeasuredKind, Measurement};
+use crate::formats::measurements::{self, MeasuredKind, Measurement};
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
@@ -612,14 +612,9 @@ struct Samples {
     step: Vec<f64>,
 }
 
+/// The median of an op's timings (crate::stats); 0 s for one no repetition timed.
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
+    crate::stats::median(v).unwrap_or(0.0)
 }
 
 /// Bytes a Ulysses all-to-all sends to and receives from each peer (in peer order).
@@ -1092,7 +1087,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
             hint: "report this with the GPU model and driver version; the kernels are kernels/attention.cu".into(),
         });
     }
-    let plan_json = serde_json::to_vec(plan).map_err(|e| Error::invalid(format!("cannot encode the plan: {e}"), "report this as a bug"))?;
+    let plan_json = serde_json::to_vec(plan).map_err(|e| Error::internal(format!("cannot encode the plan: {e}")))?;
     let fp = fingerprint(&[plan_json, format!("{:?}{}{}", schedules.iter().map(|s| s.batch).collect::<Vec<_>>(), options.repeats, options.warmup).into_bytes()].concat());
     let (mut session, id) = Session::open(&launch, fp, options.timeout, nccl_id)?;
     let mine = (|| -> Result<Vec<Measurement>> {
@@ -1105,7 +1100,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
         }
         Ok(rows)
     })();
-    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug")));
+    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::internal(format!("cannot encode measurements: {e}"))));
     // A rank that failed tells rank 0 (which reports every failure) and fails itself too.
     let (sent, failure) = match encoded {
         Ok(bytes) => (Ok(bytes), None),
@@ -1485,7 +1480,7 @@ pub fn microbenchmarks(cluster: &Cluster, plan: &MicrobenchPlan, repeats: u32, w
         }
         Ok(rows)
     })();
-    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug")));
+    let encoded = mine.and_then(|rows| serde_json::to_vec(&rows).map_err(|e| Error::internal(format!("cannot encode measurements: {e}"))));
     let (sent, failure) = match encoded {
         Ok(bytes) => (Ok(bytes), None),
         Err(e) => (Err(e.to_string()), Some(e)),

@@ -361,7 +361,7 @@ impl Session {
         };
         let mut peers = Vec::with_capacity(arrived.len());
         for (i, s) in arrived.into_iter().enumerate() {
-            let mut s = s.ok_or_else(|| gpu_err(format!("rank {} vanished", i + 1), "report this as a bug"))?;
+            let mut s = s.ok_or_else(|| crate::Error::internal(format!("rank {} vanished", i + 1)))?;
             write_message(&mut s, OK, &body).map_err(|e| io_err(&format!("sending to rank {}", i + 1), e))?;
             peers.push(s);
         }

@@ -7,8 +7,9 @@
 //! time from the plan), a row per phase, and a row per op. The slowest rank decides a step, a
 //! micro-batch or a group, so measured times are maxima over ranks of each rank's median.
 
-use crate::calibrate::measurements::{MeasuredKind, Measurement};
-use crate::error::{Error, Result};
+use crate::formats::measurements::{MeasuredKind, Measurement};
+use crate::error::Result;
+use crate::units::{ms, signed_percent};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -116,7 +117,6 @@ fn split_group(name: &str) -> (String, String) {
 pub fn write_table(rows: &[Comparison], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "{:<12}  {:<40}  {:>12}  {:>12}  {:>9}", "level", "what", "measured", "predicted", "error")?;
     for c in rows {
-        let ms = |t: f64| format!("{:.3} ms", t * 1e3);
         writeln!(
             out,
             "{:<12}  {:<40}  {:>12}  {:>12}  {:>9}",
@@ -124,87 +124,14 @@ pub fn write_table(rows: &[Comparison], out: &mut dyn Write) -> std::io::Result<
             c.name,
             ms(c.measured_s),
             c.predicted_s.map_or("-".into(), ms),
-            c.relative_error().map_or("-".into(), |e| format!("{:+.1}%", e * 100.0))
+            c.relative_error().map_or("-".into(), signed_percent)
         )?;
     }
     Ok(())
 }
 
-/// TrueType fonts plotters can measure text with (its ab_glyph backend finds none by itself).
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-/// Registers a system sans-serif font once for the process.
-fn register_font() -> Result<()> {
-    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
-    FONT.get_or_init(|| {
-        let path = FONT_PATHS.iter().find(|p| Path::new(p).exists()).ok_or("no DejaVu Sans font found")?;
-        let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?.into_boxed_slice());
-        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).map_err(|_| format!("{path} is not a usable font"))
-    })
-    .clone()
-    .map_err(|what| Error::invalid(format!("cannot draw plots: {what}"), "install a DejaVu Sans font (apt-get install fonts-dejavu-core)"))
-}
-
-/// Measured against predicted for every row that has a prediction, log-log, with the diagonal.
+/// Predicted against measured for every row that has a prediction: the report's figure
+/// (`report::accuracy_svg`), so `validate` and the report draw the same plot.
 pub fn plot(rows: &[Measurement], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    register_font()?;
-    let points: Vec<(f64, f64, MeasuredKind)> = rows.iter().filter_map(|r| r.predicted_s.map(|p| (p, r.time_s, r.kind))).filter(|(p, t, _)| *p > 0.0 && *t > 0.0).collect();
-    let (lo, hi) = points.iter().fold((f64::INFINITY, 0f64), |(lo, hi), (p, t, _)| (lo.min(p.min(*t)), hi.max(p.max(*t))));
-    let (lo, hi) = if points.is_empty() { (1e-6, 1.0) } else { (lo / 1.5, hi * 1.5) };
-    let mut svg = String::new();
-    {
-        let area = SVGBackend::with_string(&mut svg, (800, 640)).into_drawing_area();
-        let fail = |e: String| Error::invalid(format!("cannot draw {}: {e}", path.display()), "report this as a bug");
-        area.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&area)
-            .caption("hsap validate: measured vs predicted (s)", ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("predicted (s)")
-            .y_desc("measured (s)")
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.4)))
-            .map_err(|e| fail(e.to_string()))?
-            .label("measured = predicted");
-        let kinds = [
-            (MeasuredKind::Collective, "collectives", RGBColor(31, 119, 180)),
-            (MeasuredKind::AttentionFwd, "attention forward", RGBColor(214, 39, 40)),
-            (MeasuredKind::AttentionBwd, "attention backward", RGBColor(148, 103, 189)),
-            (MeasuredKind::Gemm, "GEMMs", RGBColor(44, 160, 44)),
-            (MeasuredKind::Phase, "phases and groups", RGBColor(255, 127, 14)),
-            (MeasuredKind::Step, "steps", RGBColor(0, 0, 0)),
-        ];
-        for (kind, label, color) in kinds {
-            let series: Vec<(f64, f64)> = points.iter().filter(|p| p.2 == kind).map(|p| (p.0, p.1)).collect();
-            if series.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(series.into_iter().map(|(x, y)| Circle::new((x, y), 4, color.filled())))
-                .map_err(|e| fail(e.to_string()))?
-                .label(label)
-                .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
-        area.present().map_err(|e| fail(e.to_string()))?;
-    }
-    crate::output::write_atomic(path, svg.as_bytes())
+    crate::output::write_atomic(path, crate::report::accuracy_svg(rows)?.as_bytes())
 }

@@ -107,7 +107,7 @@ impl VarlenMeta {
             .cu_seqlens_padded
             .iter()
             .position(|&c| c == rows)
-            .ok_or_else(|| Error::invalid(format!("a prefix of {rows} rows does not end on a segment boundary"), BUG))?;
+            .ok_or_else(|| Error::internal(format!("a prefix of {rows} rows does not end on a segment boundary")))?;
         Ok(VarlenMeta {
             rows,
             cu_seqlens_padded: self.cu_seqlens_padded[..=k].to_vec(),
@@ -139,8 +139,6 @@ impl VarlenMeta {
         total
     }
 }
-
-const BUG: &str = "this is a bug in hsap; please report it with the plan";
 
 /// The varlen metadata of every buffer a group's attention touches, derived from the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //! backend, so the SVG and the PNG come from the same code; sizes are in logical pixels times
 //! the theme's scale, so the PNG can be drawn sharper than the SVG's nominal size.
 
-use super::data::{FitPoint, TraceInfo, HSAP};
+use crate::formats::fit_points::FitPoint;
+use crate::formats::run::{TraceInfo, HSAP};
 use super::font::FAMILY;
 use super::palette::{series_colour, shape_colour, strategy_colour, PART_COLOURS};
 use super::tables::{
@@ -12,6 +13,7 @@ use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use crate::units::{bytes_decimal, seconds, significant};
 use std::collections::BTreeMap;
 
 pub type DrawResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -435,7 +437,7 @@ where
         .x_desc("batch")
         .y_desc("step time (s)")
         .x_label_formatter(&fmt_batch)
-        .y_label_formatter(&|v| fmt_tick(*v))
+        .y_label_formatter(&|v| significant(*v))
         .draw()?;
     for (s, predicted, sim) in lines {
         let c = strategy_colour(s);
@@ -496,7 +498,7 @@ where
         .y_desc("speedup (baseline step time / hsap step time)")
         .x_labels(n)
         .x_label_formatter(&|v| category(&names, *v))
-        .y_label_formatter(&|v| format!("{}×", fmt_tick(*v)))
+        .y_label_formatter(&|v| format!("{}×", significant(*v)))
         .disable_x_mesh()
         .draw()?;
     chart.draw_series(DashedLineSeries::new(
@@ -578,7 +580,7 @@ where
         .y_desc("mean step time (s)")
         .x_labels(n)
         .x_label_formatter(&|v| category(&names, *v))
-        .y_label_formatter(&|v| fmt_tick(*v))
+        .y_label_formatter(&|v| significant(*v))
         .disable_x_mesh()
         .draw()?;
     let half = 0.3;
@@ -596,7 +598,7 @@ where
         )])?;
         chart.draw_series([EmptyElement::at((x, y))
             + Text::new(
-                fmt_seconds(r.predicted_step_s),
+                seconds(r.predicted_step_s),
                 (0, -t.px(7.0)),
                 coloured(t.font(15.0), c).pos(Pos::new(HPos::Center, VPos::Bottom)),
             )])?;
@@ -662,7 +664,7 @@ where
         let mut m = mesh!(chart, t);
         m.y_desc("GPUs")
             .x_label_formatter(&fmt_batch)
-            .y_label_formatter(&|v| fmt_tick(*v))
+            .y_label_formatter(&|v| significant(*v))
             .y_labels(5)
             .disable_x_mesh();
         if last {
@@ -727,7 +729,7 @@ where
         .x_desc("batch")
         .y_desc("peak memory per GPU (GiB)")
         .x_label_formatter(&fmt_batch)
-        .y_label_formatter(&|v| fmt_tick(*v))
+        .y_label_formatter(&|v| significant(*v))
         .draw()?;
     let markers = bins.per_bin == 1 && bins.bins.len() <= FEW_BATCHES;
     for s in line_order(strategies) {
@@ -811,8 +813,8 @@ where
     mesh!(chart, t)
         .x_desc("measured time (log scale)")
         .y_desc("predicted time (log scale)")
-        .x_label_formatter(&|v| fmt_seconds(*v))
-        .y_label_formatter(&|v| fmt_seconds(*v))
+        .x_label_formatter(&|v| seconds(*v))
+        .y_label_formatter(&|v| seconds(*v))
         .draw()?;
     chart.draw_series(LineSeries::new(
         [(lo, lo), (hi, hi)],
@@ -833,8 +835,8 @@ where
     mesh!(chart, t)
         .x_desc("measured time (log scale)")
         .y_desc("error: (predicted - measured) / measured (%)")
-        .x_label_formatter(&|v| fmt_seconds(*v))
-        .y_label_formatter(&|v| format!("{}%", fmt_tick(*v)))
+        .x_label_formatter(&|v| seconds(*v))
+        .y_label_formatter(&|v| format!("{}%", significant(*v)))
         .draw()?;
     chart.draw_series(LineSeries::new(
         [(x_lo, 0.0), (x_hi, 0.0)],
@@ -889,8 +891,8 @@ where
     mesh!(chart, t)
         .x_desc("message size per rank (log scale)")
         .y_desc("time (log scale)")
-        .x_label_formatter(&|v| fmt_bytes(*v))
-        .y_label_formatter(&|v| fmt_seconds(*v))
+        .x_label_formatter(&|v| bytes_decimal(*v))
+        .y_label_formatter(&|v| seconds(*v))
         .draw()?;
     for (i, curve) in curves.iter().enumerate() {
         let c = series_colour(i);
@@ -1096,58 +1098,22 @@ fn fmt_batch(v: &f64) -> String {
     }
 }
 
-/// A tick value with at most three significant digits and no trailing zeros.
-pub fn fmt_tick(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
-    let s = format!("{v:.digits$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
-/// Seconds with an SI prefix: 2.5e-5 -> "25 µs".
-pub fn fmt_seconds(v: f64) -> String {
-    let (scale, unit) = match v.abs() {
-        a if a >= 1.0 || a == 0.0 => (1.0, "s"),
-        a if a >= 1e-3 => (1e3, "ms"),
-        a if a >= 1e-6 => (1e6, "µs"),
-        _ => (1e9, "ns"),
-    };
-    format!("{} {unit}", fmt_tick(v * scale))
-}
-
-/// Bytes with a decimal SI prefix (log axes put ticks at powers of ten).
-pub fn fmt_bytes(v: f64) -> String {
-    let (scale, unit) = match v.abs() {
-        a if a >= 1e9 => (1e-9, "GB"),
-        a if a >= 1e6 => (1e-6, "MB"),
-        a if a >= 1e3 => (1e-3, "kB"),
-        _ => (1.0, "B"),
-    };
-    format!("{} {unit}", fmt_tick(v * scale))
-}
-
 /// A token length: 512, 2K, 128K, 1M.
 pub fn fmt_len(v: f64) -> String {
     match v {
-        v if v >= 1024.0 * 1024.0 => format!("{}M", fmt_tick(v / (1024.0 * 1024.0))),
-        v if v >= 1024.0 => format!("{}K", fmt_tick(v / 1024.0)),
-        v => fmt_tick(v),
+        v if v >= 1024.0 * 1024.0 => format!("{}M", significant(v / (1024.0 * 1024.0))),
+        v if v >= 1024.0 => format!("{}K", significant(v / 1024.0)),
+        v => significant(v),
     }
 }
 
 /// A count with a K/M/B suffix: 77932 -> "77.9K".
 pub fn fmt_count(v: f64) -> String {
     match v {
-        v if v >= 1e9 => format!("{}B", fmt_tick(v / 1e9)),
-        v if v >= 1e6 => format!("{}M", fmt_tick(v / 1e6)),
-        v if v >= 1e3 => format!("{}K", fmt_tick(v / 1e3)),
-        v => fmt_tick(v),
+        v if v >= 1e9 => format!("{}B", significant(v / 1e9)),
+        v if v >= 1e6 => format!("{}M", significant(v / 1e6)),
+        v if v >= 1e3 => format!("{}K", significant(v / 1e3)),
+        v => significant(v),
     }
 }
 
@@ -1157,16 +1123,6 @@ mod tests {
 
     #[test]
     fn tick_labels() {
-        assert_eq!(fmt_tick(0.0), "0");
-        assert_eq!(fmt_tick(1.25), "1.25");
-        assert_eq!(fmt_tick(0.30000000000000004), "0.3");
-        assert_eq!(fmt_tick(40.0), "40");
-        assert_eq!(fmt_tick(1234.0), "1234");
-        assert_eq!(fmt_seconds(2.5e-5), "25 µs");
-        assert_eq!(fmt_seconds(0.0015), "1.5 ms");
-        assert_eq!(fmt_seconds(2.0), "2 s");
-        assert_eq!(fmt_bytes(1e6), "1 MB");
-        assert_eq!(fmt_bytes(4096.0), "4.1 kB");
         assert_eq!(fmt_len(131072.0), "128K");
         assert_eq!(fmt_len(512.0), "512");
         assert_eq!(fmt_len(1048576.0), "1M");

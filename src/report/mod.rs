@@ -5,16 +5,18 @@
 //! [`build`] is a pure function from loaded data to the report's files in memory; [`render`]
 //! reads a run directory and writes them.
 
-pub mod data;
 mod draw;
 mod font;
 mod page;
 pub mod palette;
 pub mod tables;
 
-pub use data::RunData;
 pub use font::{DEFAULT_FONT, FONT_ENV};
 
+use crate::formats::fit_points::FitPoint;
+use crate::formats::measurements::Measurement;
+use crate::formats::run::RunData;
+use crate::formats::to_csv;
 use crate::error::{Error, Result};
 use draw::{Plot, Theme};
 use image::ImageEncoder;
@@ -134,7 +136,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "trace",
             "The trace",
             "Left: documents per power-of-two length bucket (log scale). Right: each bucket's share of all tokens, and the cumulative share: where the work is.",
-            data::to_csv(&trace_rows)?,
+            to_csv(&trace_rows)?,
             Plot::Trace { rows: &trace_rows, info: &data.trace, dropped: data.summary.planner.dropped },
         )?,
         figure(
@@ -142,7 +144,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "step_time",
             "Step time per batch",
             "The cost model's step time of every batch under each strategy (dashed: the simulator's, where simulated). Lower is better.",
-            data::to_csv(&step_rows)?,
+            to_csv(&step_rows)?,
             Plot::StepTime { rows: &step_rows, strategies: &strategies },
         )?,
     ];
@@ -153,7 +155,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "speedup",
             "Speedup of hsap over each baseline",
             "Per batch, the baseline's step time over hsap's. Box: middle half of the batches; black line: median; diamond: mean; whiskers: fastest and slowest batch. Above the dashed line hsap is faster.",
-            data::to_csv(&speedup_rows)?,
+            to_csv(&speedup_rows)?,
             Plot::Speedup { rows: &speedup_rows, stats: &speedup_stats },
         )?);
     }
@@ -163,7 +165,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "breakdown",
             "Step-time breakdown",
             "The mean step of each strategy split into compute, communication not hidden behind compute, idle time waiting for the slowest group, and exposed gradient synchronisation (averages over GPUs).",
-            data::to_csv(&breakdown_rows)?,
+            to_csv(&breakdown_rows)?,
             Plot::Breakdown { rows: &breakdown_rows },
         )?,
         figure(
@@ -171,7 +173,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "plans",
             "The plans",
             "For each batch, how many GPUs each strategy put in SP groups of each shape (u Ulysses degree × r ring degree), averaged over the batch's micro-batches. One colour family per group size; darker means more Ulysses.",
-            data::to_csv(&plan_rows)?,
+            to_csv(&plan_rows)?,
             Plot::Plans { rows: &plan_rows, strategies: &strategies, gpus: data.summary.gpus() },
         )?,
         figure(
@@ -179,7 +181,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "memory",
             "Peak memory per GPU",
             "The highest predicted memory of any GPU in each batch's step, against the usable memory per GPU (dashed). hsap's wide line is drawn first, so a baseline with the same peak shows on top of it; memory.csv has every value.",
-            data::to_csv(&memory_rows)?,
+            to_csv(&memory_rows)?,
             Plot::Memory { rows: &memory_rows, strategies: &strategies },
         )?,
     ]);
@@ -189,7 +191,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             "predicted_vs_measured",
             "Predicted against measured time",
             "Each timed operation with a prediction (measurements.csv) and each calibration point (fit_points.csv). Left: predicted against measured time; on the grey line the model is exact. Right: the relative error, within 10% between the dashed lines. Hollow: calibration points held out of the fit.",
-            data::to_csv(&accuracy_rows)?,
+            to_csv(&accuracy_rows)?,
             Plot::Accuracy { rows: &accuracy_rows },
         )?);
     }
@@ -208,7 +210,7 @@ pub fn build(data: &RunData) -> Result<Report> {
 
 /// The calibration fit figure on its own (numbered `number`), for `calibrate`'s fit report:
 /// measured time per collective and size with the fitted model.
-pub fn calibration_figure(points: &[data::FitPoint], number: usize) -> Result<Figure> {
+pub fn calibration_figure(points: &[FitPoint], number: usize) -> Result<Figure> {
     font::ensure_registered()?;
     let rows = tables::fit_rows(points);
     figure(
@@ -216,7 +218,7 @@ pub fn calibration_figure(points: &[data::FitPoint], number: usize) -> Result<Fi
         "calibration_fit",
         "Calibration fit",
         "Measured time of each collective against message size per rank (dots; hollow: held out of the fit), and the fitted latency-bandwidth model (lines).",
-        data::to_csv(&rows)?,
+        to_csv(&rows)?,
         Plot::Fit { rows: &rows },
     )
 }
@@ -241,20 +243,34 @@ fn figure(
     })
 }
 
-/// Draws a figure as SVG (nominal size) and as PNG (at [`PNG_SCALE`]).
-fn draw_both(id: &str, plot: &Plot) -> Result<(String, Vec<u8>)> {
-    let failed = |e: Box<dyn std::error::Error>| {
-        Error::invalid(
-            format!("drawing figure '{id}' failed: {e}"),
-            "report this as a bug, with the run directory",
-        )
-    };
+/// Predicted against measured time for measurement rows alone (what `validate` writes beside
+/// its CSV): the report's figure of the same name, as SVG.
+pub fn accuracy_svg(measurements: &[Measurement]) -> Result<String> {
+    font::ensure_registered()?;
+    let rows = tables::accuracy_rows(measurements, &[]);
+    draw_svg("predicted_vs_measured", &Plot::Accuracy { rows: &rows })
+}
+
+fn draw_failed(id: &str, e: Box<dyn std::error::Error>) -> Error {
+    Error::internal(format!("drawing figure '{id}' failed: {e}"))
+}
+
+/// Draws a figure as SVG at its nominal size.
+fn draw_svg(id: &str, plot: &Plot) -> Result<String> {
     let (w, h) = plot.size();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
-        plot.draw(&root, Theme { scale: 1.0 }).map_err(failed)?;
+        plot.draw(&root, Theme { scale: 1.0 }).map_err(|e| draw_failed(id, e))?;
     }
+    Ok(svg)
+}
+
+/// Draws a figure as SVG (nominal size) and as PNG (at [`PNG_SCALE`]).
+fn draw_both(id: &str, plot: &Plot) -> Result<(String, Vec<u8>)> {
+    let failed = |e| draw_failed(id, e);
+    let svg = draw_svg(id, plot)?;
+    let (w, h) = plot.size();
     let (pw, ph) = ((f64::from(w) * PNG_SCALE) as u32, (f64::from(h) * PNG_SCALE) as u32);
     let mut rgb = vec![0u8; pw as usize * ph as usize * 3];
     {
@@ -264,11 +280,6 @@ fn draw_both(id: &str, plot: &Plot) -> Result<(String, Vec<u8>)> {
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&rgb, pw, ph, image::ExtendedColorType::Rgb8)
-        .map_err(|e| {
-            Error::invalid(
-                format!("encoding figure '{id}' as PNG failed: {e}"),
-                "report this as a bug",
-            )
-        })?;
+        .map_err(|e| Error::internal(format!("encoding figure '{id}' as PNG failed: {e}")))?;
     Ok((svg, png))
 }

@@ -1,7 +1,7 @@
 //! The report's text: `summary.md` (the headline numbers) and `index.html` (the same numbers and
 //! every figure's SVG inline, so that the one file shows everything without network access).
 
-use super::data::{RunData, Summary};
+use crate::formats::run::{RunData, Summary};
 use super::palette::{hex, strategy_colour};
 use super::tables::{AccuracyRow, SpeedupStats};
 use super::Figure;
@@ -177,17 +177,13 @@ fn accuracy_lines(rows: &[AccuracyRow]) -> Vec<ErrorLine> {
 }
 
 fn error_line<'a>(source: &str, series: &str, rows: impl Iterator<Item = &'a AccuracyRow>) -> Option<ErrorLine> {
-    let mut errors: Vec<f64> = rows.map(|r| r.rel_error.abs()).collect();
-    if errors.is_empty() {
-        return None;
-    }
-    errors.sort_by(f64::total_cmp);
+    let errors = crate::stats::sorted(rows.map(|r| r.rel_error.abs()));
     Some(ErrorLine {
         source: source.to_string(),
         series: series.to_string(),
         points: errors.len(),
-        median: super::tables::quantile(&errors, 0.5),
-        max: errors[errors.len() - 1],
+        median: crate::stats::quantile_sorted(&errors, 0.5)?,
+        max: *errors.last()?,
     })
 }
 

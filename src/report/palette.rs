@@ -99,20 +99,20 @@ mod tests {
 
     #[test]
     fn known_strategies_have_distinct_colours() {
-        let colours: std::collections::BTreeSet<(u8, u8, u8)> = crate::report::data::KNOWN_STRATEGIES
+        let colours: std::collections::BTreeSet<(u8, u8, u8)> = crate::formats::run::KNOWN_STRATEGIES
             .iter()
             .map(|s| {
                 let c = strategy_colour(s);
                 (c.0, c.1, c.2)
             })
             .collect();
-        assert_eq!(colours.len(), crate::report::data::KNOWN_STRATEGIES.len());
+        assert_eq!(colours.len(), crate::formats::run::KNOWN_STRATEGIES.len());
         assert_eq!(hex(strategy_colour("hsap")), "#d55e00");
     }
 
     #[test]
     fn unknown_strategies_never_look_like_known_ones() {
-        let known: Vec<RGBColor> = crate::report::data::KNOWN_STRATEGIES
+        let known: Vec<RGBColor> = crate::formats::run::KNOWN_STRATEGIES
             .iter()
             .map(|s| strategy_colour(s))
             .collect();

@@ -1,12 +1,13 @@
 //! The data behind every figure, as rows: pure functions of the run data. Each table is written
 //! next to its figure as CSV, so every number a figure shows can be looked up.
 
-use super::data::{BatchRow, FitPoint, RunData, TraceInfo, HSAP};
-use crate::calibrate::measurements::{MeasuredKind, Measurement};
+use crate::formats::fit_points::FitPoint;
+use crate::formats::measurements::{MeasuredKind, Measurement};
+use crate::formats::run::{BatchRow, RunData, TraceInfo, HSAP};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+use crate::units::GIB;
 
 /// Figure 1: documents and tokens per power-of-two length bucket.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -135,34 +136,27 @@ pub fn speedup_stats(rows: &[SpeedupRow]) -> Vec<SpeedupStats> {
     }
     baselines
         .into_iter()
-        .map(|baseline| {
+        .filter_map(|baseline| {
             let mine: Vec<&SpeedupRow> = rows.iter().filter(|r| r.baseline == baseline).collect();
-            let mut s: Vec<f64> = mine.iter().map(|r| r.speedup).collect();
-            s.sort_by(f64::total_cmp);
+            let s = crate::stats::sorted(mine.iter().map(|r| r.speedup));
+            let quartile = |q| crate::stats::quantile_sorted(&s, q);
             let n = s.len() as f64;
             let hsap_total: f64 = mine.iter().map(|r| r.hsap_step_s).sum();
             let baseline_total: f64 = mine.iter().map(|r| r.baseline_step_s).sum();
-            SpeedupStats {
+            Some(SpeedupStats {
                 baseline: baseline.to_string(),
                 batches: s.len(),
-                min: s[0],
-                p25: quantile(&s, 0.25),
-                median: quantile(&s, 0.5),
-                p75: quantile(&s, 0.75),
-                max: s[s.len() - 1],
+                min: *s.first()?,
+                p25: quartile(0.25)?,
+                median: quartile(0.5)?,
+                p75: quartile(0.75)?,
+                max: *s.last()?,
                 mean: s.iter().sum::<f64>() / n,
                 total: baseline_total / hsap_total,
                 batches_slower: s.iter().filter(|&&v| v < 1.0).count(),
-            }
+            })
         })
         .collect()
-}
-
-/// Quantile `q` of non-empty sorted values, interpolating linearly between order statistics.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let at = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
 /// Figure 4: the mean step of each strategy, split into its parts.
@@ -372,16 +366,6 @@ fn ranks(data: &RunData) -> HashMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_interpolate() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(quantile(&v, 0.0), 1.0);
-        assert_eq!(quantile(&v, 0.5), 2.5);
-        assert_eq!(quantile(&v, 0.25), 1.75);
-        assert_eq!(quantile(&v, 1.0), 4.0);
-        assert_eq!(quantile(&[7.0], 0.75), 7.0);
-    }
 
     #[test]
     fn speedup_stats_by_hand() {

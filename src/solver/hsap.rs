@@ -98,8 +98,8 @@ pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced])
             format!(
                 "batch {}: no plan fits in memory (the best needs {:.1} GiB on a GPU, the limit is {:.1} GiB)",
                 batch.index,
-                best.peak_memory_bytes / crate::cluster::GIB,
-                ctx.limit_bytes / crate::cluster::GIB
+                best.peak_memory_bytes / crate::units::GIB,
+                ctx.limit_bytes / crate::units::GIB
             ),
             "raise --nodes, lower --max-seq, or cut long documents with --over-long split",
         ));

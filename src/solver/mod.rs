@@ -114,7 +114,7 @@ impl Ctx {
         let limit_bytes = cm.memory_limit_bytes();
         let states = cm.static_memory_bytes(cm.data_parallel_gpus());
         if states >= limit_bytes {
-            let gib = crate::cluster::GIB;
+            let gib = crate::units::GIB;
             return Err(Error::invalid(
                 format!(
                     "{}'s model states alone need {:.1} GiB per GPU (weights, gradients and Adam states of {:.2}B parameters, ZeRO-{} over {}), more than the {:.1} GiB usable on a {}: no tokens fit",

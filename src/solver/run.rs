@@ -142,7 +142,7 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
                 None => (String::new(), None),
             },
             Strategy::Flexsp => {
-                let f = flexsp.as_ref().ok_or_else(|| Error::invalid("flexsp was not prepared", "this is a bug"))?;
+                let f = flexsp.as_ref().ok_or_else(|| Error::internal("flexsp was not prepared"))?;
                 let detail = format!("time limit {} s", f.opts.time_limit_s);
                 (detail, batches.par_iter().map(|b| timed(&|b| f.solve(ctx, b), b)).collect())
             }

@@ -10,7 +10,7 @@ mod stats;
 
 pub use batch::{make_batches, Batch, BatchBy, BatchSpec, Batches, Doc, OverLong};
 pub use formats::TraceFormat;
-pub use stats::{percentile, Histogram, HistogramBucket, TokenShare, TraceStats};
+pub use stats::{Histogram, HistogramBucket, TokenShare, TraceStats};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

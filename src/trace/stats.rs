@@ -10,7 +10,8 @@ pub struct TraceStats {
     pub count: usize,
     pub total_tokens: u64,
     pub min: u32,
-    /// Nearest-rank percentiles: the smallest length with at least p% of documents at or below it.
+    /// Quantiles by crate::stats's convention (interpolated between order statistics), rounded
+    /// to the nearest token.
     pub median: u32,
     pub mean: f64,
     pub p90: u32,
@@ -64,6 +65,7 @@ impl TraceStats {
         let mut sorted = lengths.to_vec();
         sorted.sort_unstable();
         let total_tokens: u64 = sorted.iter().map(|&l| u64::from(l)).sum();
+        let quantile = |q| crate::stats::quantile_sorted(&sorted, q).map_or(0, |v| v.round() as u32);
         let tokens_above = |t: u32| -> u64 {
             let from = sorted.partition_point(|&l| l <= t);
             sorted[from..].iter().map(|&l| u64::from(l)).sum()
@@ -83,10 +85,10 @@ impl TraceStats {
             count: sorted.len(),
             total_tokens,
             min: sorted[0],
-            median: percentile(&sorted, 50.0),
+            median: quantile(0.5),
             mean: total_tokens as f64 / sorted.len() as f64,
-            p90: percentile(&sorted, 90.0),
-            p99: percentile(&sorted, 99.0),
+            p90: quantile(0.9),
+            p99: quantile(0.99),
             max: sorted[sorted.len() - 1],
             token_share_above,
             max_seq,
@@ -95,12 +97,6 @@ impl TraceStats {
             histogram: Histogram::of(&sorted, max_seq),
         }
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 impl Histogram {
@@ -136,12 +132,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
+    fn quantiles_are_interpolated_then_rounded() {
         let v: Vec<u32> = (1..=10).collect();
-        assert_eq!(percentile(&v, 50.0), 5);
-        assert_eq!(percentile(&v, 90.0), 9);
-        assert_eq!(percentile(&v, 99.0), 10);
-        assert_eq!(percentile(&v, 0.0), 1);
+        let s = TraceStats::of(&v, None);
+        // Positions q (n - 1): 4.5 -> 5.5, 8.1 -> 9.1, 8.91 -> 9.91.
+        assert_eq!((s.median, s.p90, s.p99), (6, 9, 10));
     }
 
     #[test]

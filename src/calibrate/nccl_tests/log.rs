@@ -444,8 +444,8 @@ impl NcclRun {
             (Some(a), Some(b)) => format!(
                 "{} rows {} .. {}",
                 self.rows.len(),
-                format_bytes(a.size_bytes as f64),
-                format_bytes(b.size_bytes as f64)
+                crate::units::bytes(a.size_bytes as f64),
+                crate::units::bytes(b.size_bytes as f64)
             ),
             _ => "no rows".into(),
         };
@@ -460,7 +460,6 @@ pub struct NcclLog {
     pub runs: Vec<NcclRun>,
 }
 
-
 /// Bytes per element of nccl-tests' type names.
 pub(super) fn type_size(dtype: &str) -> Option<u64> {
     match dtype {
@@ -469,21 +468,5 @@ pub(super) fn type_size(dtype: &str) -> Option<u64> {
         "int32" | "uint32" | "int" | "float" | "float32" => Some(4),
         "int64" | "uint64" | "double" | "float64" => Some(8),
         _ => None,
-    }
-}
-
-/// Sizes as nccl-tests users read them: 8 B, 512 KiB, 8 GiB.
-pub fn format_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{} {}", v.round(), UNITS[unit])
-    } else {
-        format!("{v:.3} {}", UNITS[unit]).replace(".000", "")
     }
 }

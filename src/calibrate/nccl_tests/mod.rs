@@ -52,13 +52,4 @@ mod tests {
         assert_eq!(NcclOp::from_name("broadcast"), Some(NcclOp::Broadcast));
         assert_eq!(NcclOp::from_name("allreduce"), None);
     }
-
-    #[test]
-    fn bytes_are_formatted_in_binary_units() {
-        assert_eq!(format_bytes(8.0), "8 B");
-        assert_eq!(format_bytes(524288.0), "512 KiB");
-        assert_eq!(format_bytes(8589934592.0), "8 GiB");
-        assert_eq!(format_bytes(3221225472.0), "3 GiB");
-        assert_eq!(format_bytes(1.5e9), "1.397 GiB");
-    }
 }

@@ -83,60 +83,24 @@ pub fn read(path: &Path) -> Result<Vec<Measurement>> {
 
 /// Reads a measurements CSV keeping each row's line number, so later checks can name it.
 pub fn read_located(path: &Path) -> Result<Vec<(usize, Measurement)>> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_slice());
-    let headers = reader
-        .headers()
-        .map_err(|e| Error::input(path, 1, format!("bad header: {e}"), "see docs/measurements.md for the columns"))?
-        .clone();
-    if let Some(missing) = REQUIRED.iter().find(|c| !headers.iter().any(|h| h == **c)) {
+    let rows = super::read_csv::<Measurement>(path, &REQUIRED, "docs/measurements.md")?;
+    if let Some((line, row)) = rows.iter().find(|(_, r)| !(r.time_s.is_finite() && r.time_s > 0.0)) {
         return Err(Error::input(
             path,
-            1,
-            format!("no `{missing}` column (the header is: {})", headers.iter().collect::<Vec<_>>().join(",")),
-            "see docs/measurements.md for the columns",
+            *line,
+            format!("time_s = {} must be a positive number of seconds", row.time_s),
+            "drop the row or fix the timing",
         ));
-    }
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
-            Error::input(path, line, format!("bad measurement row: {e}"), "see docs/measurements.md for the columns")
-        })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
-        let row: Measurement = record.deserialize(Some(&headers)).map_err(|e| {
-            Error::input(path, line, format!("bad measurement row: {e}"), "see docs/measurements.md for the columns")
-        })?;
-        if !(row.time_s.is_finite() && row.time_s > 0.0) {
-            return Err(Error::input(
-                path,
-                line,
-                format!("time_s = {} must be a positive number of seconds", row.time_s),
-                "drop the row or fix the timing",
-            ));
-        }
-        rows.push((line, row));
     }
     Ok(rows)
 }
 
 /// Writes measurements as CSV (the header is always written, even for no rows).
 pub fn write(path: &Path, rows: &[Measurement]) -> Result<()> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in rows {
-        writer
-            .serialize(row)
-            .map_err(|e| Error::invalid(format!("cannot encode a measurement: {e}"), "report this as a bug"))?;
-    }
     if rows.is_empty() {
-        writer
-            .write_record(HEADER)
-            .map_err(|e| Error::invalid(format!("cannot encode the header: {e}"), "report this as a bug"))?;
+        return crate::output::write_atomic(path, format!("{}\n", HEADER.join(",")).as_bytes());
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::invalid(format!("cannot encode measurements: {e}"), "report this as a bug"))?;
-    crate::output::write_atomic(path, &bytes)
+    super::write_csv(path, rows)
 }
 
 /// Columns a file must have; the others may be left out (docs/measurements.md).

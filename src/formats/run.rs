@@ -2,8 +2,9 @@
 //! serde type (docs/report.md lists the columns and their units), so the planner writes exactly
 //! what the report reads and a user can open each file in a spreadsheet.
 
-use crate::calibrate::measurements::{self, Measurement};
-use crate::cluster::{Collective, LinkLevel};
+use super::fit_points::{self, FitPoint};
+use super::measurements::{self, Measurement};
+use super::{read_csv, write_csv, write_json};
 use crate::error::{Error, Result};
 use crate::scheme::Scheme;
 use crate::trace::{TraceFormat, TraceStats};
@@ -12,12 +13,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// Where the columns of the run directory's files are described.
+const DOC: &str = "docs/report.md";
+
 pub const SUMMARY_JSON: &str = "summary.json";
 pub const TRACE_JSON: &str = "trace.json";
 pub const BATCHES_CSV: &str = "batches.csv";
 pub const GROUPS_CSV: &str = "groups.csv";
 pub const MEASUREMENTS_CSV: &str = "measurements.csv";
 pub const FIT_POINTS_CSV: &str = "fit_points.csv";
+/// hsap's plan, and the folder of the baselines' plans when they are written.
+pub const PLAN_JSON: &str = "plan.json";
+pub const PLANS_DIR: &str = "plans";
 
 /// Bumped whenever a field of `summary.json` changes meaning.
 pub const SUMMARY_FORMAT_VERSION: u32 = 1;
@@ -204,18 +211,12 @@ pub struct SolveMs {
 }
 
 impl SolveMs {
-    /// Nearest-rank median, p99 and maximum of `samples` (non-finite ones ignored); zeros for none.
+    /// Median, p99 and maximum of `samples` (crate::stats's quantiles; non-finite samples
+    /// ignored); zeros when no batch was solved.
     pub fn of(samples: &[f64]) -> SolveMs {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return SolveMs { median: 0.0, p99: 0.0, max: 0.0 };
-        }
-        v.sort_by(f64::total_cmp);
-        SolveMs {
-            median: crate::trace::percentile(&v, 50.0),
-            p99: crate::trace::percentile(&v, 99.0),
-            max: v[v.len() - 1],
-        }
+        let v = crate::stats::sorted(samples.iter().copied().filter(|x| x.is_finite()));
+        let q = |q| crate::stats::quantile_sorted(&v, q).unwrap_or(0.0);
+        SolveMs { median: q(0.5), p99: q(0.99), max: q(1.0) }
     }
 }
 
@@ -270,47 +271,6 @@ pub fn strategy_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
     ordered
 }
 
-/// The fit points of a calibrated cluster profile (measured points stored with each collective
-/// fit), so that a run on a calibrated cluster shows predicted against measured. None for a
-/// preset.
-pub fn fit_points_of(cluster: &crate::cluster::Cluster) -> Vec<FitPoint> {
-    let Some(cal) = &cluster.calibration else { return Vec::new() };
-    cal.collectives
-        .iter()
-        .flat_map(|f| {
-            f.measured.iter().map(move |&[bytes, measured_s]| {
-                let fitted_s = f.time_s(bytes, f.ranks);
-                FitPoint {
-                    op: f.op,
-                    level: f.level,
-                    ranks: f.ranks,
-                    bytes,
-                    measured_s,
-                    fitted_s,
-                    rel_error: (fitted_s - measured_s) / measured_s,
-                    held_out: false,
-                }
-            })
-        })
-        .collect()
-}
-
-/// A point of a calibration fit: a row of `fit_points.csv`, written by `calibrate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitPoint {
-    pub op: Collective,
-    pub level: LinkLevel,
-    pub ranks: u32,
-    /// Message size per rank (nccl-tests' `size`).
-    pub bytes: f64,
-    pub measured_s: f64,
-    pub fitted_s: f64,
-    /// (fitted - measured) / measured.
-    pub rel_error: f64,
-    /// Whether the point was left out of the fit to test it.
-    pub held_out: bool,
-}
-
 /// Everything in a run directory, checked for consistency.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunData {
@@ -357,20 +317,19 @@ impl RunData {
             ));
         }
         let trace: TraceInfo = read_json(&required(dir, TRACE_JSON)?, "trace.json")?;
-        let batches = read_csv::<BatchRow>(&required(dir, BATCHES_CSV)?)?;
-        let groups = read_csv::<GroupRow>(&required(dir, GROUPS_CSV)?)?;
+        let batches = non_empty(read_csv::<BatchRow>(&required(dir, BATCHES_CSV)?, &[], DOC)?, dir, BATCHES_CSV)?;
+        let groups = non_empty(read_csv::<GroupRow>(&required(dir, GROUPS_CSV)?, &[], DOC)?, dir, GROUPS_CSV)?;
         let measurements = match optional(dir, MEASUREMENTS_CSV) {
             Some(path) => measurements::read(&path)?,
             None => Vec::new(),
         };
         let fit_points = match optional(dir, FIT_POINTS_CSV) {
-            Some(path) => read_csv::<FitPoint>(&path)?,
+            Some(path) => non_empty(fit_points::read(&path)?, dir, FIT_POINTS_CSV)?,
             None => Vec::new(),
         };
         let mut warnings = Vec::new();
         check_batches(&dir.join(BATCHES_CSV), &batches, &mut warnings)?;
         check_groups(&dir.join(GROUPS_CSV), &groups, &batches, &mut warnings)?;
-        check_fit_points(&dir.join(FIT_POINTS_CSV), &fit_points)?;
         let batches: Vec<BatchRow> = batches.into_iter().map(|(_, r)| r).collect();
         check_summary(&summary, &batches, &mut warnings);
         Ok(RunData {
@@ -394,7 +353,7 @@ impl RunData {
             measurements::write(&dir.join(MEASUREMENTS_CSV), &self.measurements)?;
         }
         if !self.fit_points.is_empty() {
-            write_csv(&dir.join(FIT_POINTS_CSV), &self.fit_points)?;
+            fit_points::write(&dir.join(FIT_POINTS_CSV), &self.fit_points)?;
         }
         Ok(())
     }
@@ -426,84 +385,12 @@ fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     crate::toml_input::read(path, &format!("see docs/report.md for the fields of {what}"))
 }
 
-/// Reads a CSV into typed rows, each with its 1-based line number.
-pub fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let hint = || format!("see docs/report.md for the columns of {name}");
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(bytes.as_slice());
-    let headers = reader
-        .headers()
-        .map_err(|e| Error::input(path, 1, format!("unreadable header: {e}"), hint()))?
-        .clone();
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
-            Error::input(path, line, format!("unreadable row: {e}"), hint())
-        })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
-        let row = record
-            .deserialize::<T>(Some(&headers))
-            .map_err(|e| Error::input(path, line, describe_csv_error(&e, &headers, &record), hint()))?;
-        rows.push((line, row));
-    }
+/// A required file with no rows after its header is an error.
+fn non_empty<T>(rows: Vec<(usize, T)>, dir: &Path, name: &str) -> Result<Vec<(usize, T)>> {
     if rows.is_empty() {
-        return Err(Error::input(path, 0, "no rows after the header", hint()));
+        return Err(Error::input(dir.join(name), 0, "no rows after the header", format!("see {DOC} for the columns of {name}")));
     }
     Ok(rows)
-}
-
-/// The csv crate's message without its position (the caller adds file and line), with the column.
-fn describe_csv_error(e: &csv::Error, headers: &csv::StringRecord, record: &csv::StringRecord) -> String {
-    let csv::ErrorKind::Deserialize { err, .. } = e.kind() else {
-        return e.to_string();
-    };
-    let message = err.kind().to_string();
-    // serde's own messages (an unknown variant...) carry no column; they quote the bad value,
-    // so the column is the one holding it.
-    let column = err.field().map(|i| i as usize).or_else(|| {
-        let quoted = message.split('`').nth(1)?;
-        let mut holding = record.iter().enumerate().filter(|(_, f)| *f == quoted);
-        match (holding.next(), holding.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
-        }
-    });
-    match column.and_then(|i| headers.get(i)) {
-        Some(name) => format!("column '{name}': {message}"),
-        None => message,
-    }
-}
-
-/// Writes rows as CSV with a header.
-pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    crate::output::write_atomic(path, to_csv(rows)?.as_bytes())
-}
-
-/// Rows as CSV text with a header (empty for no rows).
-pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in rows {
-        writer
-            .serialize(row)
-            .map_err(|e| Error::invalid(format!("cannot encode a CSV row: {e}"), "report this as a bug"))?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::invalid(format!("cannot encode CSV: {e}"), "report this as a bug"))?;
-    String::from_utf8(bytes).map_err(|e| Error::invalid(format!("CSV is not UTF-8: {e}"), "report this as a bug"))
-}
-
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::invalid(format!("cannot encode {}: {e}", path.display()), "report this as a bug"))?;
-    text.push('\n');
-    crate::output::write_atomic(path, text.as_bytes())
 }
 
 fn bad_row(path: &Path, line: usize, what: String, hint: &str) -> Error {
@@ -647,25 +534,6 @@ fn check_groups(
             "{}: {uncovered} (batch, strategy) pairs of batches.csv have no groups; the plans figure leaves them empty",
             path.display()
         ));
-    }
-    Ok(())
-}
-
-fn check_fit_points(path: &Path, rows: &[(usize, FitPoint)]) -> Result<()> {
-    for (line, p) in rows {
-        let positive = [
-            ("bytes", p.bytes),
-            ("measured_s", p.measured_s),
-            ("fitted_s", p.fitted_s),
-        ];
-        if let Some((column, v)) = positive.into_iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
-            return Err(bad_row(
-                path,
-                *line,
-                format!("{column} = {v} must be a positive number"),
-                "fix or drop the row",
-            ));
-        }
     }
     Ok(())
 }

@@ -1,0 +1,408 @@
+//! The product pipeline behind `hsap-tune`: cut a trace into batches, plan every batch with hsap
+//! and the baselines, write the plans and the run directory (docs/report.md), replay every plan in
+//! the simulator and draw the report. The command line only maps its flags to [`TuneOptions`] and
+//! prints the [`TuneOutcome`]; a library user calls [`tune`] the same way.
+
+use crate::cluster::Cluster;
+use crate::cost::{CostModel, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::ModelShape;
+use crate::plan::{Plan, PLAN_FORMAT_VERSION};
+use crate::formats::run::{
+    strategy_summaries, BatchRow, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
+    PLAN_JSON, SUMMARY_FORMAT_VERSION,
+};
+use crate::report::ReportFiles;
+use crate::sim::{simulate_batch, SimOptions};
+use crate::solver::{run_all, Ctx, FlexspOptions, HsapOptions, Priced, RunOptions, RunResult, Strategy};
+use crate::trace::{make_batches, Batch, BatchBy, BatchSpec, Batches, Trace};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The longest document planned when the batching names none: FlexSP's 192K.
+pub const DEFAULT_MAX_SEQ: u32 = 196_608;
+/// FlexSP's HiGHS time limit per micro-batch by default. The paper's is 5 s; at 5 s the default
+/// trace's 153 batches take over six minutes on two cores, so the default is 1 s and the run
+/// says so ([`Notice::FlexspTimeLimit`]).
+pub const DEFAULT_FLEXSP_TIME_LIMIT_S: f64 = 1.0;
+/// The paper's FlexSP time limit.
+pub const FLEXSP_PAPER_TIME_LIMIT_S: f64 = 5.0;
+
+/// What to plan on: the trace, how it is cut into batches, the model and the cluster.
+#[derive(Debug, Clone)]
+pub struct TuneInputs {
+    pub trace: Trace,
+    /// How the trace is cut into batches; `max_seq: None` plans up to [`DEFAULT_MAX_SEQ`].
+    pub batching: BatchSpec,
+    /// Plan only the first N batches.
+    pub limit_batches: Option<usize>,
+    pub model: ModelShape,
+    pub cluster: Cluster,
+    /// A measurements CSV (docs/measurements.md) copied into the run to show predicted against
+    /// measured in the report.
+    pub measurements: Option<PathBuf>,
+}
+
+/// How to plan, and what to write.
+#[derive(Debug, Clone)]
+pub struct TuneOptions {
+    /// The run directory: plan.json, batches.csv, groups.csv, trace.json, summary.json and
+    /// report/index.html (docs/report.md).
+    pub out: PathBuf,
+    /// Also write each baseline's plan as plans/<strategy>.json.
+    pub baseline_plans: bool,
+    /// Replay every strategy's plans in the simulator.
+    pub simulate: bool,
+    /// Draw report/index.html.
+    pub report: bool,
+    /// Seconds hsap's LP/MILP stage may spend on one batch (0 skips the stage).
+    pub hsap_time_limit_s: f64,
+    /// Rounds of hsap's integer type MILP per micro-batch (0: the LP certificate only).
+    pub milp_rounds: usize,
+    /// Seconds FlexSP's MILP may spend on one micro-batch.
+    pub flexsp_time_limit_s: f64,
+    /// Baselines to compare with (hsap always runs).
+    pub baselines: Vec<Strategy>,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+    /// The command line recorded in summary.json.
+    pub command: String,
+}
+
+impl TuneOptions {
+    /// Checks the time limits; [`tune`] calls it too, a caller may call it before loading inputs.
+    pub fn check(&self) -> Result<()> {
+        if !(self.hsap_time_limit_s.is_finite() && self.hsap_time_limit_s >= 0.0) {
+            return Err(Error::invalid(
+                format!("--time-limit {} must be a non-negative number of seconds", self.hsap_time_limit_s),
+                "try --time-limit 2",
+            ));
+        }
+        if !(self.flexsp_time_limit_s.is_finite() && self.flexsp_time_limit_s > 0.0) {
+            return Err(Error::invalid(
+                format!("--flexsp-time-limit {} must be a positive number of seconds", self.flexsp_time_limit_s),
+                "the paper's is 5; leave flexsp out with --baselines",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Something the user should know about a run that still goes ahead; told as it happens, so that
+/// it precedes a long solve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Documents longer than `max_seq` were left out.
+    Dropped { documents: usize, tokens: u64, max_seq: u32 },
+    /// FlexSP's MILP runs with a shorter time limit than the paper's.
+    FlexspTimeLimit { limit_s: f64 },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::units::thousands;
+        match self {
+            Notice::Dropped { documents, tokens, max_seq } => write!(
+                f,
+                "dropped {} documents ({} tokens) longer than --max-seq {}",
+                thousands(*documents as u64),
+                thousands(*tokens),
+                thousands(u64::from(*max_seq))
+            ),
+            Notice::FlexspTimeLimit { limit_s } => write!(
+                f,
+                "flexsp's MILP runs with a {limit_s} s time limit per micro-batch (the paper's is {FLEXSP_PAPER_TIME_LIMIT_S} s; --flexsp-time-limit {FLEXSP_PAPER_TIME_LIMIT_S} restores it)"
+            ),
+        }
+    }
+}
+
+/// What a run produced. Its files are in the options' `out` directory.
+#[derive(Debug)]
+pub struct TuneOutcome {
+    /// The run directory's data, as written.
+    pub run: RunData,
+    /// Every strategy's plans, hsap's first.
+    pub plans: Vec<Plan>,
+    /// The drawn report, unless the options skipped it.
+    pub report: Option<ReportFiles>,
+}
+
+/// Plans every batch, writes the run directory, simulates and draws the report. `notice` hears
+/// what the user should know while the run goes on; an error it returns stops the run.
+pub fn tune(
+    inputs: &TuneInputs,
+    opts: &TuneOptions,
+    notice: &mut dyn FnMut(&Notice) -> Result<()>,
+) -> Result<TuneOutcome> {
+    let started = std::time::Instant::now();
+    opts.check()?;
+    let trace = &inputs.trace;
+    let mut spec = inputs.batching.clone();
+    let max_seq = spec.max_seq.unwrap_or(DEFAULT_MAX_SEQ);
+    spec.max_seq = Some(max_seq);
+    let mut batches = make_batches(&trace.lengths, &spec)?;
+    if let Some(n) = inputs.limit_batches {
+        batches.batches.truncate(n);
+    }
+    if batches.batches.is_empty() {
+        return Err(Error::invalid(
+            format!("{}: no batch to plan (every document is longer than --max-seq {max_seq}?)", trace.source.display()),
+            "raise --max-seq or use --over-long split",
+        ));
+    }
+    if batches.dropped > 0 {
+        notice(&Notice::Dropped { documents: batches.dropped, tokens: batches.dropped_tokens, max_seq })?;
+    }
+    let cm = CostModel::new(inputs.model.clone(), inputs.cluster.clone(), TrainConfig::default())?;
+    let max_len = batches.batches.iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap_or(1);
+    let ctx = Ctx::new(cm, max_len)?;
+    check_holdable(&ctx, max_len)?;
+    if opts.baselines.contains(&Strategy::Flexsp) && opts.flexsp_time_limit_s < FLEXSP_PAPER_TIME_LIMIT_S {
+        notice(&Notice::FlexspTimeLimit { limit_s: opts.flexsp_time_limit_s })?;
+    }
+    let run_opts = RunOptions {
+        hsap: HsapOptions {
+            time_limit_s: opts.hsap_time_limit_s,
+            max_milp_solves: opts.milp_rounds,
+            use_milp: opts.hsap_time_limit_s > 0.0,
+            ..HsapOptions::default()
+        },
+        flexsp: FlexspOptions { time_limit_s: opts.flexsp_time_limit_s, ..FlexspOptions::default() },
+        baselines: opts.baselines.clone(),
+        progress: opts.progress,
+    };
+    let result = run_all(&ctx, &batches.batches, &run_opts)?;
+    let plan_wall_s = started.elapsed().as_secs_f64();
+    let plans: Vec<Plan> = result
+        .strategies
+        .iter()
+        .map(|s| plan_of(&ctx, &trace.source, &batches.batches, &s.name, &s.priced))
+        .collect();
+    let simulated = opts.simulate.then(|| simulate_all(&ctx, &plans, opts.progress));
+    let simulate_wall_s = started.elapsed().as_secs_f64() - plan_wall_s;
+    let walls = Walls { plan_s: plan_wall_s, simulate_s: simulate_wall_s };
+    let run = run_data(inputs, opts, &batches, &ctx, &result, simulated.as_deref(), max_seq, walls)?;
+    write_run(&opts.out, &run, &plans, opts.baseline_plans)?;
+    let report = if opts.report { Some(crate::report::render(&opts.out)?) } else { None };
+    Ok(TuneOutcome { run, plans, report })
+}
+
+/// A document no SP group can hold in memory is an error, not a plan.
+fn check_holdable(ctx: &Ctx, max_len: u32) -> Result<()> {
+    use crate::units::thousands;
+    let holdable = ctx.candidates.iter().map(|c| c.max_tokens).max().unwrap_or(0);
+    if max_len <= holdable {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!(
+            "a {}-token document does not fit in memory on any SP group of {} x {} GPUs (the largest holds {} tokens)",
+            thousands(u64::from(max_len)),
+            ctx.cm.cluster.nodes,
+            ctx.gpus_per_node,
+            thousands(u64::from(holdable))
+        ),
+        "raise --nodes, lower --max-seq, or cut long documents with --over-long split",
+    ))
+}
+
+/// The plan.json form of one strategy's plans.
+fn plan_of(ctx: &Ctx, trace: &Path, batches: &[Batch], name: &str, priced: &[Priced]) -> Plan {
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        strategy: name.to_string(),
+        trace: trace.display().to_string(),
+        model: ctx.cm.model.clone(),
+        cluster: ctx.cm.cluster.clone(),
+        train: ctx.cm.train.clone(),
+        memory_limit_bytes: ctx.limit_bytes,
+        batches: batches.iter().zip(priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect(),
+    }
+}
+
+/// Every strategy's every batch replayed in the simulator: simulated step times per strategy.
+fn simulate_all(ctx: &Ctx, plans: &[Plan], progress: bool) -> Vec<Vec<f64>> {
+    let total = plans.iter().map(|p| p.batches.len()).sum::<usize>();
+    let pb = crate::solver::progress_bar(progress, total, "simulate");
+    let steps = plans
+        .iter()
+        .map(|plan| {
+            plan.batches
+                .par_iter()
+                .map(|b| {
+                    let (sim, _) = simulate_batch(&ctx.cm, b, &SimOptions::default());
+                    pb.inc(1);
+                    sim.step_s
+                })
+                .collect()
+        })
+        .collect();
+    pb.finish_and_clear();
+    steps
+}
+
+/// Wall-clock seconds spent planning and simulating.
+#[derive(Clone, Copy)]
+struct Walls {
+    plan_s: f64,
+    simulate_s: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_data(
+    inputs: &TuneInputs,
+    opts: &TuneOptions,
+    batches: &Batches,
+    ctx: &Ctx,
+    result: &RunResult,
+    simulated: Option<&[Vec<f64>]>,
+    max_seq: u32,
+    walls: Walls,
+) -> Result<RunData> {
+    let mut batch_rows = Vec::new();
+    let mut group_rows = Vec::new();
+    for (k, s) in result.strategies.iter().enumerate() {
+        for (i, (b, p)) in batches.batches.iter().zip(&s.priced).enumerate() {
+            let sim = simulated.map(|steps| steps[k][i]);
+            batch_rows.push(batch_row(ctx, b, &s.name, p, sim));
+            group_rows.extend(group_rows_of(ctx, b, &s.name, p));
+        }
+    }
+    let (mut strategies, best_static) = strategy_summaries(&batch_rows);
+    let hsap_steps: Vec<f64> = result.strategies[0].priced.iter().map(|p| p.step_s).collect();
+    for st in &mut strategies {
+        let Some(r) = result.strategies.iter().find(|r| r.name == st.name) else { continue };
+        st.detail = r.detail.clone();
+        st.hsap_speedup_per_batch = Some(
+            r.priced.iter().zip(&hsap_steps).map(|(p, h)| p.step_s / h).sum::<f64>() / hsap_steps.len().max(1) as f64,
+        );
+        st.solve_ms = (!r.solve_ms.is_empty()).then(|| SolveMs::of(&r.solve_ms));
+    }
+    let hsap = &result.strategies[0];
+    let trace = &inputs.trace;
+    let (global_batch, batch_tokens) = match inputs.batching.by {
+        BatchBy::Count(n) => (Some(n), None),
+        BatchBy::Tokens(t) => (None, Some(t)),
+    };
+    let summary = Summary {
+        format_version: SUMMARY_FORMAT_VERSION,
+        trace: trace.source.display().to_string(),
+        model: ctx.cm.model.name.clone(),
+        cluster: ctx.cm.cluster.name.clone(),
+        nodes: ctx.cm.cluster.nodes,
+        gpus_per_node: ctx.gpus_per_node,
+        global_batch,
+        batch_tokens,
+        max_seq: Some(max_seq),
+        batches: batches.batches.len(),
+        strategies,
+        best_static: best_static.unwrap_or_default(),
+        solve_ms: SolveMs::of(&hsap.solve_ms),
+        command: opts.command.clone(),
+        planner: PlannerDetails {
+            documents: batches.batches.iter().map(|b| b.docs.len()).sum(),
+            dropped: batches.dropped,
+            memory_limit_bytes: ctx.limit_bytes,
+            hsap_sources: counts(hsap.priced.iter().map(|p| p.source.clone())),
+            milp_status: result
+                .strategies
+                .iter()
+                .map(|s| (s.name.clone(), counts(s.priced.iter().filter_map(|p| p.milp.as_ref()).map(|m| m.name().to_string()))))
+                .filter(|(_, c)| !c.is_empty())
+                .collect(),
+            skipped: result.skipped.clone(),
+            hsap_time_limit_s: opts.hsap_time_limit_s,
+            flexsp_time_limit_s: opts.flexsp_time_limit_s,
+            plan_wall_s: walls.plan_s,
+            simulate_wall_s: walls.simulate_s,
+        },
+    };
+    let measurements = match &inputs.measurements {
+        Some(path) => crate::formats::measurements::read(path)?,
+        None => Vec::new(),
+    };
+    Ok(RunData {
+        summary,
+        trace: TraceInfo {
+            source: trace.source.display().to_string(),
+            format: trace.format,
+            skipped_empty: trace.skipped_empty,
+            stats: trace.stats(Some(max_seq)),
+        },
+        batches: batch_rows,
+        groups: group_rows,
+        measurements,
+        fit_points: crate::formats::fit_points::of_profile(&ctx.cm.cluster),
+        warnings: Vec::new(),
+    })
+}
+
+/// How often each value occurs, sorted by value.
+fn counts(values: impl Iterator<Item = String>) -> Vec<(String, usize)> {
+    let mut map = std::collections::BTreeMap::new();
+    for v in values {
+        *map.entry(v).or_insert(0) += 1;
+    }
+    map.into_iter().collect()
+}
+
+/// One row of batches.csv. The breakdown averages over GPUs and adds up to the step.
+fn batch_row(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced, simulated_step_s: Option<f64>) -> BatchRow {
+    BatchRow {
+        batch: batch.index,
+        strategy: strategy.to_string(),
+        documents: batch.docs.len(),
+        tokens: batch.tokens(),
+        predicted_step_s: p.step_s,
+        simulated_step_s,
+        compute_s: p.compute_s,
+        exposed_comm_s: p.exposed_comm_s,
+        idle_s: p.idle_s,
+        grad_sync_s: p.grad_sync_exposed_s,
+        peak_memory_bytes: p.peak_memory_bytes,
+        memory_limit_bytes: ctx.limit_bytes,
+        microbatches: p.micro.len() as u32,
+        groups: p.micro.iter().map(|m| m.groups.len() as u32).sum(),
+        source: p.source.clone(),
+        milp_status: p.milp.as_ref().map_or(String::new(), |s| s.name().to_string()),
+    }
+}
+
+/// The rows of groups.csv for one batch under one strategy.
+fn group_rows_of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<GroupRow> {
+    let mut rows = Vec::new();
+    for (m, micro) in p.micro.iter().enumerate() {
+        for g in &micro.groups {
+            let mut nodes: Vec<u32> = g.ranks.iter().map(|r| r / ctx.gpus_per_node).collect();
+            nodes.dedup();
+            rows.push(GroupRow {
+                batch: batch.index,
+                strategy: strategy.to_string(),
+                microbatch: m as u32,
+                size: g.shape.size(),
+                ulysses: g.shape.ulysses,
+                ring: g.shape.ring,
+                scheme: g.shape.scheme,
+                nodes: nodes.len() as u32,
+                documents: g.docs.len(),
+                tokens: g.docs.iter().map(|&d| u64::from(batch.docs[d].len)).sum(),
+                predicted_s: g.cost.time_s,
+            });
+        }
+    }
+    rows
+}
+
+/// Writes the run directory: its data files, hsap's plan, and the baselines' plans if asked.
+fn write_run(dir: &Path, run: &RunData, plans: &[Plan], baseline_plans: bool) -> Result<()> {
+    run.write(dir)?;
+    for plan in plans {
+        let hsap = plan.strategy == crate::formats::run::HSAP;
+        if !hsap && !baseline_plans {
+            continue;
+        }
+        plan.write(&if hsap { dir.join(PLAN_JSON) } else { dir.join(PLANS_DIR).join(format!("{}.json", plan.strategy)) })?;
+    }
+    Ok(())
+}
