@@ -343,3 +343,90 @@ fn dropped_documents_and_a_run_without_baselines_are_said_in_the_report() {
     assert_eq!(html.matches("<svg").count(), 5, "trace, step time, breakdown, plans, memory");
     assert!(summary.contains("3. **Step-time breakdown**"), "figures are numbered in order: {summary}");
 }
+
+/// A small quick run of the small trace on one node.
+const SMALL: [&str; 7] = ["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--no-simulate"];
+
+#[test]
+fn a_rerun_into_the_same_out_keeps_nothing_of_the_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // First a calibrated run with the baselines' plans: fit_points.csv, plans/*.json, a calibration figure.
+    let profile = dir.path().join("a100.toml");
+    bin_at_root()
+        .args(["calibrate", "--nccl-tests", "tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    bin_at_root().args(SMALL).args(["--baselines", "static-usp", "--baseline-plans", "--cluster"]).arg(&profile).arg("--out").arg(&run).assert().success();
+    for file in ["fit_points.csv", "plans/static-usp.json", "report/calibration_fit.svg"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    // Then a plain run into the same directory: only its own files.
+    bin_at_root().args(SMALL).args(["--baselines", "none", "--cluster", "dgx-a100-80g", "--out"]).arg(&run).assert().success();
+    for file in ["fit_points.csv", "plans", "report/calibration_fit.svg", "report/speedup.svg"] {
+        assert!(!run.join(file).exists(), "{file} is left from the earlier run");
+    }
+    let html = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    assert!(!html.contains("Calibration"), "the report shows no calibration");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3, "no staging directory is left: a100.toml, a100-fit, run");
+}
+
+#[test]
+fn outputs_and_inputs_that_cannot_work_are_found_before_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "keep me").unwrap();
+    let missing = dir.path().join("no-such-measurements.csv");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["--out".into(), file.display().to_string()], format!("--out {} is a file, not a directory", file.display())),
+        (vec!["--out".into(), file.join("run").display().to_string()], "cannot be written".into()),
+        (vec!["--out".into(), theirs.display().to_string()], "holds files that are not a run's (notes.txt)".into()),
+        (vec!["--measurements".into(), missing.display().to_string(), "--out".into(), dir.path().join("r1").display().to_string()], "no-such-measurements.csv".into()),
+        (vec!["--limit-batches".into(), "0".into(), "--out".into(), dir.path().join("r2").display().to_string()], "--limit-batches 0 leaves no batch to plan".into()),
+    ];
+    for (args, needle) in cases {
+        // With FlexSP among the baselines a note precedes planning: none may appear.
+        bin_at_root()
+            .args(SMALL)
+            .args(["--baselines", "flexsp"])
+            .args(&args)
+            .assert()
+            .code(2)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(needle.as_str()).and(predicate::str::contains("hint:")))
+            .stderr(predicate::str::contains("note:").not());
+    }
+    assert_eq!(std::fs::read_to_string(theirs.join("notes.txt")).unwrap(), "keep me");
+    assert!(!dir.path().join("r1").exists() && !dir.path().join("r2").exists());
+}
+
+#[test]
+fn a_calibrated_run_says_which_figures_priced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("a100.toml");
+    bin_at_root()
+        .args(["calibrate", "--nccl-tests", "tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    let run = dir.path().join("run");
+    bin_at_root()
+        .args(["--trace", "tests/data/small_trace.csv", "--nodes", "2", "--global-batch", "40", "--no-simulate", "--baselines", "none", "--cluster"])
+        .arg(&profile)
+        .arg("--out")
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("priced by    all_to_all intra: preset (nothing measured at this level)"))
+        .stdout(predicate::str::contains("all_reduce inter: fitted on 16 ranks"))
+        .stdout(predicate::str::contains("all_gather inter: preset scaled to the all_reduce inter fit"))
+        .stdout(predicate::str::contains("kernels: published tables and the preset's peaks (no kernel measured)"));
+    let summary = std::fs::read_to_string(run.join("report/summary.md")).unwrap();
+    assert!(summary.contains("Priced on the calibrated cluster by:\n\n- all_to_all intra: preset (nothing measured at this level)"), "{summary}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(v["priced_by"].as_array().unwrap().len(), 11, "5 collectives x 2 levels and the kernels' line: {v}");
+}

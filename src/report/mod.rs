@@ -26,8 +26,7 @@ use std::path::{Path, PathBuf};
 /// The PNGs are drawn at this multiple of the SVGs' nominal size, to stay sharp when zoomed.
 pub const PNG_SCALE: f64 = 1.5;
 
-/// The folder of the run directory the report is written to.
-pub const REPORT_DIR: &str = "report";
+pub use crate::formats::run::REPORT_DIR;
 
 /// Figures drawn only when the run holds their data.
 const OPTIONAL_FIGURES: [&str; 3] = ["speedup", "predicted_vs_measured", "calibration_fit"];

@@ -40,6 +40,13 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         );
     }
     let _ = writeln!(md, "\n{}\n", solve_line(s));
+    if !s.priced_by.is_empty() {
+        let _ = writeln!(md, "Priced on the calibrated cluster by:\n");
+        for line in &s.priced_by {
+            let _ = writeln!(md, "- {line}");
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "## Speedup of hsap per batch\n");
     if speedups.is_empty() {
         let _ = writeln!(md, "{NO_BASELINE}");
@@ -254,6 +261,13 @@ nav a {{ margin-right: 1em; }}
         );
     }
     let _ = writeln!(h, "</table>\n<p>{}</p>", esc(&solve_line(s)));
+    if !s.priced_by.is_empty() {
+        let _ = writeln!(h, "<p>Priced on the calibrated cluster by:</p>\n<ul id=\"priced-by\">");
+        for line in &s.priced_by {
+            let _ = writeln!(h, "<li>{}</li>", esc(line));
+        }
+        let _ = writeln!(h, "</ul>");
+    }
     let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>");
     if speedups.is_empty() {
         let _ = writeln!(h, "<p>{}</p>", esc(NO_BASELINE));
