@@ -430,3 +430,24 @@ fn a_calibrated_run_says_which_figures_priced_it() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(v["priced_by"].as_array().unwrap().len(), 11, "5 collectives x 2 levels and the kernels' line: {v}");
 }
+
+#[test]
+fn a_plan_the_lp_proved_is_called_proved_not_infeasible() {
+    // The small trace's one batch: the LP relaxation at 2% below hsap's plan is infeasible, which
+    // proves the plan within 2%; HiGHS's word for that is not the run's.
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin_at_root()
+        .args(SMALL)
+        .args(["--baselines", "none", "--no-report", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("hsap LP/MILP outcome per batch: proved_within_gap 1"))
+        .stdout(predicate::str::contains("proved_within_gap: the LP relaxation proved that no plan is 2% faster"))
+        .get_output()
+        .stdout
+        .clone();
+    assert!(!String::from_utf8(out).unwrap().contains("infeasible"));
+    let batches = std::fs::read_to_string(dir.path().join("batches.csv")).unwrap();
+    assert!(batches.lines().nth(1).unwrap().ends_with(",greedy,proved_within_gap"), "{batches}");
+}
