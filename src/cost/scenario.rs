@@ -193,6 +193,11 @@ impl Scenario {
     pub fn read(path: &Path) -> Result<Scenario> {
         crate::toml_input::read(path, SCENARIO_HINT)
     }
+
+    /// A scenario from the text of a file at `path` (TOML, or JSON by its .json extension).
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
+        crate::toml_input::parse_toml_or_json(path, text, SCENARIO_HINT)
+    }
 }
 
 /// Errors about a field name the file, the field and the line it is on.
