@@ -181,3 +181,34 @@ fn lengths_past_the_largest_integers_are_too_large_not_malformed() {
         fails_with(p, &[&format!("{name}{line}"), "is larger than the supported maximum of 4294967295 tokens"]);
     }
 }
+
+/// A Megatron index as tests/data/traces/make_idx.py writes one.
+fn megatron_index(lengths: &[i32], doc_bounds: &[i64]) -> Vec<u8> {
+    let mut out = b"MMIDIDX\x00\x00".to_vec();
+    out.extend(1u64.to_le_bytes());
+    out.push(4);
+    out.extend((lengths.len() as u64).to_le_bytes());
+    out.extend((doc_bounds.len() as u64).to_le_bytes());
+    out.extend(lengths.iter().flat_map(|n| n.to_le_bytes()));
+    out.extend(lengths.iter().scan(0i64, |at, n| {
+        let p = *at;
+        *at += i64::from(*n) * 4;
+        Some(p)
+    }).flat_map(|p| p.to_le_bytes()));
+    out.extend(doc_bounds.iter().flat_map(|d| d.to_le_bytes()));
+    out
+}
+
+#[test]
+fn a_megatron_document_that_ends_past_the_sequences_is_refused() {
+    // Found by the fuzzer (fuzz/regressions/trace_idx): boundaries 0, 7, 5 over 5 sequences end
+    // where they should, but the first document runs past the last sequence.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.idx");
+    std::fs::write(&path, megatron_index(&[100, 50, 30, 400, 300], &[0, 7, 5])).unwrap();
+    fails_with(path.to_str().unwrap(), &["bad.idx", "document 0 ends at sequence 7, past the index's 5 sequences"]);
+    // The same writer makes a valid index of the fixture's three documents.
+    let good = dir.path().join("good.idx");
+    std::fs::write(&good, megatron_index(&[100, 50, 30, 400, 300], &[0, 2, 3, 5])).unwrap();
+    assert_eq!(std::fs::read(&good).unwrap(), std::fs::read(data("megatron_text_document.idx")).unwrap());
+}

@@ -387,6 +387,11 @@ fn parse_megatron_idx(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Resul
         if end < start {
             return Err(bad(format!("document {doc} ends (sequence {end}) before it starts (sequence {start})")));
         }
+        // Only the last boundary was checked against the sequence count: one in the middle may
+        // point past it and come back.
+        if end > n_seq as i64 {
+            return Err(bad(format!("document {doc} ends at sequence {end}, past the index's {n_seq} sequences")));
+        }
         let mut total: u64 = 0;
         for s in start as usize..end as usize {
             let len = lengths[s];
