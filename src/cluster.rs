@@ -94,6 +94,10 @@ pub struct InterNode {
     pub nics_per_node: u32,
     /// Effective bandwidth NCCL gets from one NIC, one direction (GB/s).
     pub nic_gb_per_s: f64,
+    /// Line rate of one NIC, one direction (GB/s): what no transfer can beat, the bound on
+    /// calibrated bandwidths. Taken as `nic_gb_per_s` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_line_rate_gb_per_s: Option<f64>,
     /// NCCL's per-step hardware latency over the network (simple protocol), microseconds.
     pub hw_latency_us_per_step: f64,
     /// NICs one GPU can use at once in an inter-node all-to-all (NCCL cannot aggregate several).
@@ -167,13 +171,24 @@ impl Collective {
 }
 
 /// Where a group's traffic travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkLevel {
     /// All ranks inside one node.
     Intra,
     /// Ranks on several nodes.
     Inter,
+}
+
+impl LinkLevel {
+    pub const ALL: [LinkLevel; 2] = [LinkLevel::Intra, LinkLevel::Inter];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkLevel::Intra => "intra",
+            LinkLevel::Inter => "inter",
+        }
+    }
 }
 
 /// Measured replacements for datasheet figures, with where they came from
@@ -192,6 +207,45 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// Fitted figures that break physics, one message per fit (see [`Self::unphysical_fit`]),
+    /// each naming the fit (`calibration.collectives[i]`).
+    pub fn unphysical(&self, cluster: &Cluster) -> Vec<String> {
+        self.collectives
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let problem = Self::unphysical_fit(cluster, f)?;
+                Some(format!("calibration.collectives[{i}] ({} {} on {} ranks): {problem}", f.op.name(), f.level.name(), f.ranks))
+            })
+            .collect()
+    }
+
+    /// What breaks physics in one fit, if anything: a negative or non-finite latency, a bandwidth
+    /// that is not positive, or one above what the cluster's links allow
+    /// ([`Cluster::busbw_ceiling_gb_per_s`]).
+    pub fn unphysical_fit(cluster: &Cluster, f: &CollectiveFit) -> Option<String> {
+        let nodes = f.nodes_or_assumed(cluster);
+        let ceiling = cluster.busbw_ceiling_gb_per_s(f.op, f.ranks, nodes);
+        let lines = std::iter::once((f.latency_us, f.busbw_gb_per_s)).chain(f.regimes.iter().map(|r| (r.latency_us, r.busbw_gb_per_s)));
+        for (latency_us, busbw) in lines {
+            if !(latency_us.is_finite() && latency_us >= 0.0) {
+                return Some(format!("latency {latency_us} us must be a non-negative number"));
+            }
+            if !(busbw.is_finite() && busbw > 0.0) {
+                return Some(format!("bus bandwidth {busbw} GB/s must be positive"));
+            }
+            if busbw > ceiling {
+                return Some(format!(
+                    "bus bandwidth {busbw} GB/s exceeds the {ceiling:.1} GB/s that the links of {} allow on {} ranks over {}",
+                    cluster.line_rate_words(nodes),
+                    f.ranks,
+                    if nodes == 1 { "1 node".to_string() } else { format!("{nodes} nodes") }
+                ));
+            }
+        }
+        None
+    }
+
     /// The fit for `op` at `level` measured on `ranks` ranks, or else on the nearest rank count
     /// (by ratio) at that level.
     pub fn collective_fit(&self, op: Collective, level: LinkLevel, ranks: u32) -> Option<&CollectiveFit> {
@@ -257,6 +311,16 @@ pub struct CollectiveRegime {
 }
 
 impl CollectiveFit {
+    /// The nodes the measurement spanned: as recorded, else one for an intra-node fit and whole
+    /// nodes of `cluster` for an inter-node one.
+    pub fn nodes_or_assumed(&self, cluster: &Cluster) -> u32 {
+        match (self.nodes, self.level) {
+            (Some(n), _) => n.max(1),
+            (None, LinkLevel::Intra) => 1,
+            (None, LinkLevel::Inter) => self.ranks.div_ceil(cluster.gpus_per_node.max(1)).max(2),
+        }
+    }
+
     /// Predicted time of the collective for `bytes` per rank (nccl-tests' `size`) on `ranks` ranks:
     /// the cheapest regime's latency plus the bytes each rank moves over its bus bandwidth.
     pub fn time_s(&self, bytes: f64, ranks: u32) -> f64 {
@@ -306,6 +370,16 @@ pub enum KernelKind {
     AttentionFwd,
     AttentionBwd,
     Gemm,
+}
+
+impl KernelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::AttentionFwd => "attention_fwd",
+            KernelKind::AttentionBwd => "attention_bwd",
+            KernelKind::Gemm => "gemm",
+        }
+    }
 }
 
 impl Cluster {
@@ -371,6 +445,7 @@ impl Cluster {
             ("gpu.gemm_efficiency", self.gpu.gemm_efficiency),
             ("gpu.fp8_gemm_efficiency", self.gpu.fp8_gemm_efficiency),
             ("intra.p2p_gb_per_s", self.intra.p2p_gb_per_s),
+            ("inter.nic_line_rate_gb_per_s", self.inter.nic_line_rate_gb_per_s),
             ("nccl.ll.efficiency", self.nccl.ll.as_ref().map(|p| p.efficiency)),
             ("nccl.ll128.efficiency", self.nccl.ll128.as_ref().map(|p| p.efficiency)),
         ];
@@ -393,10 +468,82 @@ impl Cluster {
             return Err(Error::input(path, 0, format!("{name} = {v} must not be negative"), "fix the cluster file"));
         }
         let present = optional.iter().filter_map(|(n, v)| v.map(|v| (*n, v)));
-        match positive.into_iter().chain(present).find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
-            Some((name, v)) => Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file")),
-            None => Ok(()),
+        if let Some((name, v)) = positive.into_iter().chain(present).find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file"));
         }
+        // An achieved bandwidth cannot beat the line it runs on.
+        let achieved = [
+            ("intra.busbw_gb_per_s", self.intra.busbw_gb_per_s, "intra.line_rate_gb_per_s", self.intra.line_rate_gb_per_s),
+            ("intra.p2p_gb_per_s", self.intra.p2p_gb_per_s.unwrap_or(0.0), "intra.line_rate_gb_per_s", self.intra.line_rate_gb_per_s),
+            (
+                "inter.nic_gb_per_s",
+                self.inter.nic_gb_per_s,
+                "inter.nic_line_rate_gb_per_s",
+                self.inter.nic_line_rate_gb_per_s.unwrap_or(f64::INFINITY),
+            ),
+        ];
+        if let Some((name, v, line, rate)) = achieved.iter().find(|(_, v, _, rate)| v > rate) {
+            return Err(Error::input(path, 0, format!("{name} = {v} exceeds {line} = {rate}"), "an achieved bandwidth cannot beat the line rate; fix the cluster file"));
+        }
+        if let Some(cal) = &self.calibration {
+            if let Some(first) = cal.unphysical(self).into_iter().next() {
+                return Err(Error::input(
+                    path,
+                    0,
+                    first,
+                    "recalibrate from logs of this cluster (`hsap-tune calibrate`), or fix the fit by hand",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The line rate of one node's NICs together, one direction (GB/s).
+    pub fn node_nic_line_rate_gb_per_s(&self) -> f64 {
+        f64::from(self.inter.nics_per_node) * self.inter.nic_line_rate_gb_per_s.unwrap_or(self.inter.nic_gb_per_s)
+    }
+
+    /// The highest bus bandwidth (nccl-tests' busbw) `op` can reach over `ranks` ranks spread
+    /// evenly over `nodes` nodes, by any algorithm, given the links' line rates: a bound that
+    /// calibrated figures may not exceed (docs/calibration.md derives it). Inside a node each GPU
+    /// moves at least the bytes nccl-tests' bus factor counts through its own link, except that
+    /// an all-reduce with in-switch reduction (NVLS) sends and receives its buffer only once:
+    /// algbw <= L. Across nodes the bytes that must leave (or enter) a node cross its NICs
+    /// (R, their line rates together), with g = ranks / nodes GPUs per node:
+    /// all-reduce algbw <= R (in-network reduction: each node sends its buffer once);
+    /// all-gather and reduce-scatter: a node receives (sends) every other node's share once,
+    /// busbw <= R (n-1) / (n-g); all-to-all: each of its g GPUs sends (n-g)/n of its buffer
+    /// off the node, busbw <= R (n-1) / (g (n-g)); send/recv: a node's edge rank sends its
+    /// buffer off the node, busbw <= R.
+    pub fn busbw_ceiling_gb_per_s(&self, op: Collective, ranks: u32, nodes: u32) -> f64 {
+        let n = f64::from(ranks.max(2));
+        if nodes <= 1 {
+            let line = self.intra.line_rate_gb_per_s;
+            return match op {
+                Collective::AllReduce => line * op.busbw_factor(ranks.max(2)),
+                _ => line,
+            };
+        }
+        let node = self.node_nic_line_rate_gb_per_s();
+        let g = n / f64::from(nodes);
+        match op {
+            Collective::AllReduce => node * op.busbw_factor(ranks.max(2)),
+            Collective::AllGather | Collective::ReduceScatter => node * (n - 1.0) / (n - g),
+            Collective::AllToAll => node * (n - 1.0) / (g * (n - g)),
+            Collective::SendRecv => node,
+        }
+    }
+
+    /// Which line rates bound a level, in words for messages.
+    pub fn line_rate_words(&self, nodes: u32) -> String {
+        if nodes <= 1 {
+            return format!("'{}' (intra.line_rate_gb_per_s {} GB/s per GPU)", self.name, self.intra.line_rate_gb_per_s);
+        }
+        let (rate, field) = match self.inter.nic_line_rate_gb_per_s {
+            Some(r) => (r, "inter.nic_line_rate_gb_per_s"),
+            None => (self.inter.nic_gb_per_s, "inter.nic_gb_per_s, as no line rate is given"),
+        };
+        format!("'{}' ({} NICs per node x {rate} GB/s, {field})", self.name, self.inter.nics_per_node)
     }
 
     /// The same cluster with `nodes` nodes.
@@ -521,6 +668,43 @@ mod tests {
         assert_eq!(cal.collective_fit(Collective::AllReduce, LinkLevel::Inter, 32).map(|f| f.ranks), Some(64));
         assert!(cal.collective_fit(Collective::AllReduce, LinkLevel::Intra, 8).is_none());
         assert!(cal.collective_fit(Collective::AllGather, LinkLevel::Inter, 8).is_none());
+    }
+
+    #[test]
+    fn busbw_ceilings_follow_the_line_rates() {
+        let h100 = Cluster::resolve("dgx-h100").unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // Inside a node: NVLink's 450 GB/s; an all-reduce with in-switch reduction moves its buffer
+        // once, so algbw <= 450 and busbw <= 450 x 2 x 7/8.
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::AllReduce, 8, 1), 787.5));
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::AllGather, 8, 1), 450.0));
+        // Across 2 nodes of 8: the node's 8 x 50 GB/s NDR NICs.
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::AllReduce, 16, 2), 400.0 * 1.875));
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::AllGather, 16, 2), 400.0 * 15.0 / 8.0));
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::AllToAll, 16, 2), 400.0 * 15.0 / 64.0));
+        assert!(close(h100.busbw_ceiling_gb_per_s(Collective::SendRecv, 16, 2), 400.0));
+        // Without a line rate the effective rate bounds: 8 x 48.5.
+        let mut no_line = h100.clone();
+        no_line.inter.nic_line_rate_gb_per_s = None;
+        assert!(close(no_line.busbw_ceiling_gb_per_s(Collective::SendRecv, 16, 2), 388.0));
+    }
+
+    #[test]
+    fn unphysical_fits_are_named() {
+        let h100 = Cluster::resolve("dgx-h100").unwrap();
+        let mut f = fit(16, Vec::new());
+        assert_eq!(Calibration::unphysical_fit(&h100, &f), None);
+        f.busbw_gb_per_s = 751.0;
+        let why = Calibration::unphysical_fit(&h100, &f).unwrap();
+        assert!(why.contains("751 GB/s exceeds the 750.0 GB/s"), "{why}");
+        f.busbw_gb_per_s = 100.0;
+        f.regimes = vec![CollectiveRegime { latency_us: -1.0, busbw_gb_per_s: 10.0, from_bytes: 0.0 }];
+        let cal = Calibration { collectives: vec![f], ..Calibration::default() };
+        assert_eq!(cal.unphysical(&h100), ["calibration.collectives[0] (all_reduce inter on 16 ranks): latency -1 us must be a non-negative number"]);
+        // Cluster files whose achieved rates beat their line rates are refused.
+        let text = std::fs::read_to_string("models/clusters/dgx-h100.toml").unwrap().replace("nic_gb_per_s = 48.5", "nic_gb_per_s = 51");
+        let err = Cluster::from_toml(Path::new("fast.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("inter.nic_gb_per_s = 51 exceeds inter.nic_line_rate_gb_per_s = 50"), "{err}");
     }
 
     #[test]

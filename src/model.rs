@@ -99,24 +99,36 @@ impl ModelShape {
 
     /// Reads the fields of a Hugging Face `config.json` that the cost model needs.
     pub fn from_hf_config(path: &Path, text: &str) -> Result<ModelShape> {
-        let config: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let top: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| {
             Error::input(path, e.line(), format!("not valid JSON: {e}"), "pass a Hugging Face config.json")
         })?;
+        // A multimodal config (LLaVA, Gemma 3, Llama 4, Mllama) keeps its language model in
+        // `text_config`; the vision encoder is not modelled.
+        let (config, prefix) = match top.get("text_config") {
+            Some(inner) if inner.is_object() && top.get("hidden_size").is_none() => (inner, "text_config."),
+            _ => (&top, ""),
+        };
+        refuse_mixture_of_experts(path, text, config, prefix)?;
         let field = |name: &str| -> Result<Option<u32>> {
             match config.get(name) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).map(Some).ok_or_else(|| {
-                    Error::input(path, 0, format!("field '{name}' = {v} is not a positive integer"), "fix the config")
+                    Error::input(path, line_of(text, name), format!("field '{prefix}{name}' = {v} is not a positive integer"), "fix the config")
                 }),
             }
         };
         let required = |name: &str| -> Result<u32> {
             field(name)?.ok_or_else(|| {
+                let vision = top.get("vision_config").is_some() && prefix.is_empty();
                 Error::input(
                     path,
                     0,
-                    format!("missing field '{name}'"),
-                    "a config.json needs hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size",
+                    format!("missing field '{prefix}{name}'"),
+                    if vision {
+                        "a multimodal config.json keeps its language model's shape in text_config; this one has none"
+                    } else {
+                        "a config.json needs hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size"
+                    },
                 )
             })
         };
@@ -128,9 +140,9 @@ impl ModelShape {
         // Transformers itself defaults these two when absent: MHA, and hidden / heads.
         let kv_heads = field("num_key_value_heads")?.unwrap_or(heads);
         let head_dim = field("head_dim")?.unwrap_or(if heads == 0 { 0 } else { hidden / heads });
-        let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let model_type = config.get("model_type").or_else(|| top.get("model_type")).and_then(|v| v.as_str()).unwrap_or("");
         let act = config.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("");
-        let gated = matches!(model_type, "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma2")
+        let gated = matches!(model_type, "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gemma3_text")
             || act == "silu"
             || act == "swiglu";
         let shape = ModelShape {
@@ -146,8 +158,16 @@ impl ModelShape {
             ffn,
             vocab,
             mlp: if gated { Mlp::Gated } else { Mlp::Plain },
-            tied_embeddings: config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
-            source: format!("Hugging Face config {}", path.display()),
+            tied_embeddings: config
+                .get("tie_word_embeddings")
+                .or_else(|| top.get("tie_word_embeddings"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            source: if prefix.is_empty() {
+                format!("Hugging Face config {}", path.display())
+            } else {
+                format!("Hugging Face config {} (its text_config; the vision encoder is not modelled)", path.display())
+            },
         };
         shape.check_named(path, |i| MAX_DIMS[i].1)?;
         Ok(shape)
@@ -212,6 +232,37 @@ impl ModelShape {
     }
 }
 
+/// Fields by which Hugging Face configs declare routed experts: Mixtral, Qwen-MoE, DeepSeek,
+/// DBRX, OLMoE, Llama 4, Granite-MoE, Jamba.
+const EXPERT_FIELDS: [&str; 5] = ["num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok"];
+
+/// The cost model prices dense transformers: a mixture-of-experts config planned as one would
+/// miss its expert MLPs, its routing and expert parallelism's all-to-all.
+fn refuse_mixture_of_experts(path: &Path, text: &str, config: &serde_json::Value, prefix: &str) -> Result<()> {
+    let number = |name: &str| config.get(name).and_then(serde_json::Value::as_u64);
+    let Some(field) = EXPERT_FIELDS.iter().find(|f| number(f).is_some_and(|n| n > 1)) else { return Ok(()) };
+    let experts = EXPERT_FIELDS[..4].iter().find_map(|f| number(f));
+    let per_token = number("num_experts_per_tok");
+    let mut what = "a mixture-of-experts model".to_string();
+    match (experts, per_token) {
+        (Some(e), Some(k)) => what.push_str(&format!(" ({e} experts, {k} per token)")),
+        (Some(e), None) => what.push_str(&format!(" ({e} experts)")),
+        _ => {}
+    }
+    Err(Error::input(
+        path,
+        line_of(text, field),
+        format!("{what}, declared by '{prefix}{field}': hsap models dense transformers only, not expert MLPs, routing or expert parallelism"),
+        "plan a dense model of the same attention shape (a preset TOML, or a config.json without experts) and read its MLP figures as a bound",
+    ))
+}
+
+/// The 1-based line of the first `"name"` key in a JSON text; 0 when absent.
+fn line_of(text: &str, name: &str) -> usize {
+    let key = format!("\"{name}\"");
+    text.lines().position(|l| l.contains(&key)).map_or(0, |i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +291,32 @@ mod tests {
         assert_eq!(m.mlp, Mlp::Plain);
         // 12 h^2 per layer with ffn = 4h
         assert_eq!(m.layer_params(), 12 * 4096 * 4096);
+    }
+
+    #[test]
+    fn experts_are_found_under_every_name_but_one_expert_is_dense() {
+        let dense = r#"{"hidden_size": 1024, "num_attention_heads": 16, "num_hidden_layers": 2,
+                        "intermediate_size": 4096, "vocab_size": 1000, "num_local_experts": 1, "num_experts_per_tok": null}"#;
+        assert!(ModelShape::from_hf_config(Path::new("c.json"), dense).is_ok());
+        let qwen_moe = dense.replace(r#""num_local_experts": 1, "num_experts_per_tok": null"#, r#""num_experts": 60, "num_experts_per_tok": 4"#);
+        let err = ModelShape::from_hf_config(Path::new("c.json"), &qwen_moe).unwrap_err().to_string();
+        assert!(err.contains("c.json:2: a mixture-of-experts model (60 experts, 4 per token), declared by 'num_experts'"), "{err}");
+        let deepseek = dense.replace(r#""num_local_experts": 1"#, r#""n_routed_experts": 64"#);
+        let err = ModelShape::from_hf_config(Path::new("c.json"), &deepseek).unwrap_err().to_string();
+        assert!(err.contains("(64 experts)") && err.contains("'n_routed_experts'"), "{err}");
+    }
+
+    #[test]
+    fn a_text_config_gives_the_shape_and_the_top_level_the_rest() {
+        let config = r#"{"model_type": "gemma3", "tie_word_embeddings": true, "vision_config": {"hidden_size": 1152},
+            "text_config": {"model_type": "gemma3_text", "hidden_size": 2560, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "head_dim": 256, "num_hidden_layers": 34, "intermediate_size": 10240, "vocab_size": 262208}}"#;
+        let m = ModelShape::from_hf_config(Path::new("gemma.json"), config).unwrap();
+        assert_eq!((m.hidden, m.heads, m.kv_heads, m.head_dim, m.layers, m.ffn), (2560, 8, 4, 256, 34, 10240));
+        assert_eq!((m.mlp, m.tied_embeddings), (Mlp::Gated, true));
+        assert!(m.source.contains("text_config; the vision encoder is not modelled"), "{}", m.source);
+        // A byte-order mark before the JSON is not an error.
+        assert!(ModelShape::from_hf_config(Path::new("gemma.json"), &format!("\u{feff}{config}")).is_ok());
     }
 
     #[test]

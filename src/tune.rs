@@ -9,9 +9,10 @@ use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::plan::{Plan, PLAN_FORMAT_VERSION};
 use crate::formats::run::{
-    strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
+    is_run_file, strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
     PLAN_JSON, SUMMARY_FORMAT_VERSION,
 };
+use crate::output::StagedDir;
 use crate::report::ReportFiles;
 use crate::sim::{simulate_batch, SimOptions};
 use crate::solver::{run_all, Ctx, FlexspOptions, HsapOptions, Priced, RunOptions, RunResult, Strategy};
@@ -73,8 +74,15 @@ pub struct TuneOptions {
 }
 
 impl TuneOptions {
-    /// Checks the time limits; [`tune`] calls it too, a caller may call it before loading inputs.
+    /// Checks the time limits and that the run directory can be written (absent, or a directory
+    /// of an earlier run's files only, in a writable place); [`tune`] calls it too, a caller may
+    /// call it before loading inputs.
     pub fn check(&self) -> Result<()> {
+        self.check_limits()?;
+        crate::output::check_replaceable(&self.out, "--out", &is_run_file)
+    }
+
+    fn check_limits(&self) -> Result<()> {
         if !(self.hsap_time_limit_s.is_finite() && self.hsap_time_limit_s >= 0.0) {
             return Err(Error::invalid(
                 format!("--time-limit {} must be a non-negative number of seconds", self.hsap_time_limit_s),
@@ -139,20 +147,33 @@ pub fn tune(
     notice: &mut dyn FnMut(&Notice) -> Result<()>,
 ) -> Result<TuneOutcome> {
     let started = std::time::Instant::now();
-    opts.check()?;
+    // Everything that can be wrong with the inputs and the output is found before any planning.
+    opts.check_limits()?;
+    if inputs.limit_batches == Some(0) {
+        return Err(Error::invalid("--limit-batches 0 leaves no batch to plan", "pass at least 1, or leave it out to plan every batch"));
+    }
+    let measurements = match &inputs.measurements {
+        Some(path) => crate::formats::measurements::read(path)?,
+        None => Vec::new(),
+    };
+    let staged = StagedDir::new(&opts.out, "--out", &is_run_file)?;
     let trace = &inputs.trace;
     let mut spec = inputs.batching.clone();
     let max_seq = spec.max_seq.unwrap_or(DEFAULT_MAX_SEQ);
     spec.max_seq = Some(max_seq);
     let mut batches = make_batches(&trace.lengths, &spec)?;
-    if let Some(n) = inputs.limit_batches {
-        batches.batches.truncate(n);
-    }
     if batches.batches.is_empty() {
         return Err(Error::invalid(
-            format!("{}: no batch to plan (every document is longer than --max-seq {max_seq}?)", trace.source.display()),
+            format!(
+                "{}: no batch to plan: all {} documents are longer than --max-seq {max_seq}",
+                trace.source.display(),
+                crate::units::thousands(batches.dropped as u64)
+            ),
             "raise --max-seq or use --over-long split",
         ));
+    }
+    if let Some(n) = inputs.limit_batches {
+        batches.batches.truncate(n);
     }
     if batches.dropped > 0 {
         notice(&Notice::Dropped { documents: batches.dropped, tokens: batches.dropped_tokens, max_seq })?;
@@ -185,8 +206,10 @@ pub fn tune(
     let simulated = opts.simulate.then(|| simulate_all(&ctx, &plans, opts.progress));
     let simulate_wall_s = started.elapsed().as_secs_f64() - plan_wall_s;
     let walls = Walls { plan_s: plan_wall_s, simulate_s: simulate_wall_s };
-    let run = run_data(inputs, opts, &batches, &ctx, &result, simulated.as_deref(), max_seq, walls)?;
-    write_run(&opts.out, &run, &plans, opts.baseline_plans)?;
+    let run = run_data(inputs, opts, &batches, &ctx, &result, simulated.as_deref(), max_seq, walls, measurements)?;
+    // The run is written whole into a staging directory that then replaces --out.
+    write_run(staged.path(), &run, &plans, opts.baseline_plans)?;
+    staged.commit()?;
     let report = if opts.report { Some(crate::report::render(&opts.out)?) } else { None };
     Ok(TuneOutcome { run, plans, report })
 }
@@ -262,6 +285,7 @@ fn run_data(
     simulated: Option<&[Vec<f64>]>,
     max_seq: u32,
     walls: Walls,
+    measurements: Vec<crate::formats::measurements::Measurement>,
 ) -> Result<RunData> {
     let mut batch_rows = Vec::new();
     let mut group_rows = Vec::new();
@@ -325,10 +349,7 @@ fn run_data(
             plan_wall_s: walls.plan_s,
             simulate_wall_s: walls.simulate_s,
         },
-    };
-    let measurements = match &inputs.measurements {
-        Some(path) => crate::formats::measurements::read(path)?,
-        None => Vec::new(),
+        priced_by: crate::cost::sources::describe(&ctx.cm.cluster),
     };
     Ok(RunData {
         summary,

@@ -162,9 +162,10 @@ fn run_without_a_gpu_says_what_is_missing() {
 fn tune_predict_and_report_accept_the_calibrated_profile() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("a100.toml");
+    // Two DGX A100 with 8 HDR NICs each: the dgx-a100-80g preset's links.
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt");
     cargo_bin_cmd!("hsap-tune")
-        .args(["calibrate", "--cluster", "a100-40g-ib400", "--out"])
+        .args(["calibrate", "--cluster", "dgx-a100-80g", "--out"])
         .arg(&profile)
         .arg("--nccl-tests")
         .arg(&log)
@@ -196,4 +197,155 @@ fn tune_predict_and_report_accept_the_calibrated_profile() {
     )
     .unwrap();
     cargo_bin_cmd!("hsap-tune").args(["predict", "--json", "--scenario"]).arg(&scenario).assert().success();
+}
+
+const SLINGSHOT: &str = "tests/data/calibrate/slingshot_2x2_allreduce_srun_label_synthetic.txt";
+
+#[test]
+fn a_fit_whose_sizes_never_reach_the_bandwidth_regime_is_refused() {
+    // 512 KiB .. 1.5 MiB on 4 ranks takes about 220 us at every size: the latency is all that was
+    // measured, and the fit's bus bandwidth would be whatever makes the bandwidth term vanish.
+    fails_naming(
+        &["calibrate", "--nccl-tests", SLINGSHOT, "--cluster", "a100-40g-ib400"],
+        &[
+            "all_reduce inter on 4 ranks",
+            "slingshot_2x2_allreduce_srun_label_synthetic.txt run 1",
+            "the sizes measured (512 KiB .. 1.5 MiB) do not reach the bandwidth regime",
+            "all_reduce_perf -b 8 -e 8G",
+        ],
+    );
+}
+
+#[test]
+fn a_fit_above_the_line_rate_is_refused() {
+    // 483 GB/s of NVLS all-reduce on 8 H100s is more than 8 PCIe GPUs can move: 2 x 7/8 x 31 GB/s.
+    fails_naming(
+        &["calibrate", "--nccl-tests", &log("16_h100_p5_1node_8gpu_allreduce_awsbatch_tagged_excerpt.txt"), "--cluster", "pcie-a100"],
+        &["all_reduce intra on 8 ranks", "exceeds the 54.2 GB/s", "'pcie-a100' (intra.line_rate_gb_per_s 31 GB/s per GPU)", "--cluster"],
+    );
+}
+
+#[test]
+fn a_log_from_other_gpus_or_nodes_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("07_h100_2node_4gpu_roce_sendrecv_ncclinfo_linearstep.txt"))
+        .arg(log("15_h200_2node_allreduce_slurm_g8.txt"))
+        .args(["--cluster", "dgx-h100", "--out"])
+        .arg(dir.path().join("p.toml"))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("the log has 4 GPUs per node (device lines), the base cluster 'dgx-h100' 8"))
+        .stderr(predicate::str::contains("the log ran on NVIDIA H200, the base cluster has H100-SXM5-80GB"));
+}
+
+#[test]
+fn a_log_behind_srun_label_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read_to_string(log("15_h200_2node_allreduce_slurm_g8.txt")).unwrap();
+    let labelled = dir.path().join("srun.log");
+    std::fs::write(&labelled, plain.lines().map(|l| format!("0: {l}\n")).collect::<String>()).unwrap();
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(&labelled)
+        .args(["--cluster", "dgx-h100", "--out"])
+        .arg(dir.path().join("p.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("all_reduce  inter     16      2"));
+}
+
+#[test]
+fn a_hand_written_profile_that_breaks_physics_is_refused_where_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::fs::read_to_string("models/clusters/a100-40g-ib400.toml").unwrap();
+    let fit = |latency: &str, busbw: &str| {
+        format!(
+            "{preset}\n[[calibration.collectives]]\nop = \"all_reduce\"\nlevel = \"inter\"\nranks = 4\nnodes = 2\nlatency_us = {latency}\nbusbw_gb_per_s = {busbw}\nsaturation_bytes = 0.0\nprovenance = \"by hand\"\n"
+        )
+    };
+    for (latency, busbw, needle) in [
+        ("220.0", "1500000000.0", "bus bandwidth 1500000000 GB/s exceeds the 75.0 GB/s that the links of 'a100-40g-ib400' (2 NICs per node x 25 GB/s, inter.nic_line_rate_gb_per_s) allow"),
+        ("-5.0", "40.0", "latency -5 us must be a non-negative number"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, fit(latency, busbw)).unwrap();
+        cargo_bin_cmd!("hsap-tune")
+            .args(["--trace", "tests/data/small_trace.csv", "--baselines", "none", "--cluster"])
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("calibration.collectives[0] (all_reduce inter on 4 ranks)"))
+            .stderr(predicate::str::contains(needle))
+            .stderr(predicate::str::contains("hint: recalibrate"));
+    }
+}
+
+/// An all-reduce log measures the network: every collective that crosses it is priced by that
+/// measurement, ZeRO-3's all-gathers and reduce-scatters included, and `predict` says so.
+#[test]
+fn an_all_reduce_fit_prices_every_collective_over_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("a3mega.toml");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("01_h100_a3mega_2node_allreduce.txt"))
+        .args(["--cluster", "dgx-h100", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    let scenario = |cluster: &str| {
+        let path = dir.path().join(format!("s{}.toml", cluster.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "scope = \"step\"\n[model]\npreset = \"llama3-8b\"\n[cluster]\npreset = {cluster:?}\nnodes = 2\n[strategy]\nscheme = \"usp\"\nulysses = 8\nring = 2\nzero = 3\n[batch]\nsequences = [65536]\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let predict = |path: &Path| -> serde_json::Value {
+        let out = cargo_bin_cmd!("hsap-tune").args(["predict", "--json", "--scenario"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let preset = predict(&scenario("dgx-h100"));
+    let calibrated = predict(&scenario(profile.to_str().unwrap()));
+    let gathers = |v: &serde_json::Value| {
+        v["breakdown"]["collectives"].as_array().unwrap().iter().find(|c| c["collective"] == "all_gather").unwrap()["total_s"].as_f64().unwrap()
+    };
+    // TCPXO's measured 343 GB/s against the preset's 8 x 48.5 GB/s of InfiniBand, and its
+    // latency far above the preset's: the ZeRO-3 all-gathers cost more on the measured cluster.
+    assert!(gathers(&calibrated) > 1.03 * gathers(&preset), "{} vs {}", gathers(&calibrated), gathers(&preset));
+    assert!(preset.get("priced_by").is_none(), "a preset prices with its own figures: {preset}");
+    let lines: Vec<&str> = calibrated["priced_by"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("all_gather inter: preset scaled to the all_reduce inter fit")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("all_to_all intra: preset (nothing measured at this level)")), "{lines:?}");
+    cargo_bin_cmd!("hsap-tune")
+        .args(["predict", "--scenario"])
+        .arg(scenario(profile.to_str().unwrap()))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("priced by    all_"));
+}
+
+#[test]
+fn a_fit_with_nothing_held_out_has_no_held_out_legend() {
+    // Four sizes are too few to hold any out: the figure has measured points only.
+    let dir = tempfile::tempdir().unwrap();
+    cargo_bin_cmd!("hsap-tune")
+        .args(["calibrate", "--nccl-tests"])
+        .arg(log("05_a100_8gpu_sendrecv_truncated.txt"))
+        .args(["--cluster", "dgx-a100-80g", "--out"])
+        .arg(dir.path().join("p.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("skipped: 4 sizes"));
+    let svg = std::fs::read_to_string(dir.path().join("p-fit/calibration_fit.svg")).unwrap();
+    assert!(svg.contains("\nmeasured\n"), "the legend names the measured points");
+    assert!(!svg.contains("held out"), "nothing was held out, and the legend does not say otherwise");
 }

@@ -457,3 +457,18 @@ fn mpirun_tags_of_every_rank_and_stream_are_stripped() {
     assert_eq!(run.rows.len(), 2);
     assert_eq!(run.ranks.as_ref().map(|r| r.value), Some(8));
 }
+
+#[test]
+fn launcher_labels_and_timestamps_leave_the_log_as_it_was() {
+    // `srun --label` puts `0: ` before every line of rank 0, pdsh a host, kubectl --timestamps a
+    // date: each log reads as the same runs as the plain log.
+    for file in ["15_h200_2node_allreduce_slurm_g8.txt", "01_h100_a3mega_2node_allreduce.txt", "07_h100_2node_4gpu_roce_sendrecv_ncclinfo_linearstep.txt"] {
+        let plain = read(file);
+        let text = std::fs::read_to_string(Path::new(DATA).join(file)).unwrap();
+        for prefix in ["0: ", "node17: 0: ", "2024-05-01T12:00:00.123456Z ", "[2024-05-01 12:00:00] 3: "] {
+            let labelled: String = text.lines().map(|l| format!("{prefix}{l}\n")).collect();
+            let log = parse(&labelled).unwrap_or_else(|e| panic!("{file} with '{prefix}': {e}"));
+            assert_eq!(log.runs, plain.runs, "{file} with '{prefix}'");
+        }
+    }
+}

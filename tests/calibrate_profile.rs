@@ -316,3 +316,28 @@ fn holdout_outcomes_are_kept_per_run() {
     let from_csv = outcome.series.iter().find(|s| s.op == Collective::AllToAll).unwrap();
     assert!(matches!(from_csv.holdout, Holdout::Skipped { .. }));
 }
+
+/// Every real log calibrates against the preset of its hardware: the physical bounds refuse
+/// nothing that real clusters measured, and each fit stays under its ceiling.
+#[test]
+fn every_real_log_fits_within_its_links() {
+    let cases: [(&str, &str, Hints); 9] = [
+        ("01_h100_a3mega_2node_allreduce.txt", "dgx-h100", Hints::default()),
+        ("02_a100_coreweave_16node_allreduce_oldfmt.txt", "dgx-a100-80g", Hints { ranks: Some(128), nodes: Some(16), ..Hints::default() }),
+        ("05_a100_8gpu_sendrecv_truncated.txt", "dgx-a100-80g", Hints::default()),
+        ("06_a100_40gb_p4d_2node_efa_allreduce_tagged_oldfmt.txt", "a100-40g-ib400", Hints::default()),
+        ("07_h100_2node_4gpu_roce_sendrecv_ncclinfo_linearstep.txt", "dgx-h100", Hints::default()),
+        ("09_h100_a3mega_2node_allgather_tcpxo_hash_stripped.txt", "dgx-h100", Hints { op: Some(NcclOp::AllGather), ..Hints::default() }),
+        ("15_h200_2node_allreduce_slurm_g8.txt", "dgx-h100", Hints::default()),
+        ("16_h100_p5_1node_8gpu_allreduce_awsbatch_tagged_excerpt.txt", "dgx-h100", Hints::default()),
+        ("18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt", "dgx-a100-80g", Hints::default()),
+    ];
+    for (file, cluster, hints) in cases {
+        let base = Cluster::resolve(cluster).unwrap();
+        let outcome = profile::calibrate(&base, &[log(file)], &[], &hints).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for f in &outcome.calibration.collectives {
+            let ceiling = base.busbw_ceiling_gb_per_s(f.op, f.ranks, f.nodes_or_assumed(&base));
+            assert!(f.busbw_gb_per_s <= ceiling, "{file}: {} > {ceiling}", f.busbw_gb_per_s);
+        }
+    }
+}

@@ -80,6 +80,12 @@ fn check_trace_events(path: &std::path::Path, gpus: usize) {
                 assert!(ts >= 0.0 && dur > 0.0, "{e}");
                 *spans_per_gpu.entry(e["pid"].as_u64().unwrap()).or_insert(0) += 1;
             }
+            // Metadata: names in `args.name`; a process's sort index, a number, in
+            // `args.sort_index` (GPU order).
+            "M" if e["name"] == "process_sort_index" => {
+                assert_eq!(e["args"]["sort_index"].as_u64(), e["pid"].as_u64(), "{e}");
+                assert!(e["args"].get("name").is_none(), "{e}");
+            }
             "M" => assert!(e["args"]["name"].is_string(), "{e}"),
             other => panic!("unexpected phase {other}"),
         }

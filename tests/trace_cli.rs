@@ -146,3 +146,69 @@ fn truncated_megatron_index_is_refused() {
 fn a_missing_trace_file_is_named() {
     fails_with(&data("does_not_exist.csv"), &["does_not_exist.csv", "No such file", "hint: check the path"]);
 }
+
+#[test]
+fn a_byte_order_mark_is_accepted_in_every_text_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let bom = "\u{feff}";
+    for (name, text) in [
+        ("bom.txt", format!("{bom}100\n200\n300\n")),
+        ("bom.jsonl", format!("{bom}{{\"tokens\": 100}}\n{{\"tokens\": 200}}\n{{\"tokens\": 300}}\n")),
+        ("bom.csv", format!("{bom}tokens\n100\n200\n300\n")),
+        // Detected by content, not by extension.
+        ("bom.lengths", format!("{bom}{{\"length\": 100}}\n{{\"length\": 200}}\n{{\"length\": 300}}\n")),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let v = inspect_json(&["--trace", path.to_str().unwrap()]);
+        assert_eq!((v["count"].as_u64(), v["total_tokens"].as_u64()), (Some(3), Some(600)), "{name}: {v}");
+    }
+}
+
+#[test]
+fn lengths_past_the_largest_integers_are_too_large_not_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, line) in [
+        ("max.txt", "100\n18446744073709551615\n", ":2"),
+        ("beyond.txt", "100\n99999999999999999999999\n", ":2"),
+        ("max.csv", "tokens\n18446744073709551615\n", ":2"),
+        ("beyond.jsonl", "{\"tokens\": 1}\n{\"tokens\": 99999999999999999999999}\n", ":2"),
+        ("max.jsonl", "{\"tokens\": 18446744073709551615}\n", ":1"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        fails_with(p, &[&format!("{name}{line}"), "is larger than the supported maximum of 4294967295 tokens"]);
+    }
+}
+
+/// A Megatron index as tests/data/traces/make_idx.py writes one.
+fn megatron_index(lengths: &[i32], doc_bounds: &[i64]) -> Vec<u8> {
+    let mut out = b"MMIDIDX\x00\x00".to_vec();
+    out.extend(1u64.to_le_bytes());
+    out.push(4);
+    out.extend((lengths.len() as u64).to_le_bytes());
+    out.extend((doc_bounds.len() as u64).to_le_bytes());
+    out.extend(lengths.iter().flat_map(|n| n.to_le_bytes()));
+    out.extend(lengths.iter().scan(0i64, |at, n| {
+        let p = *at;
+        *at += i64::from(*n) * 4;
+        Some(p)
+    }).flat_map(|p| p.to_le_bytes()));
+    out.extend(doc_bounds.iter().flat_map(|d| d.to_le_bytes()));
+    out
+}
+
+#[test]
+fn a_megatron_document_that_ends_past_the_sequences_is_refused() {
+    // Found by the fuzzer (fuzz/regressions/trace_idx): boundaries 0, 7, 5 over 5 sequences end
+    // where they should, but the first document runs past the last sequence.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.idx");
+    std::fs::write(&path, megatron_index(&[100, 50, 30, 400, 300], &[0, 7, 5])).unwrap();
+    fails_with(path.to_str().unwrap(), &["bad.idx", "document 0 ends at sequence 7, past the index's 5 sequences"]);
+    // The same writer makes a valid index of the fixture's three documents.
+    let good = dir.path().join("good.idx");
+    std::fs::write(&good, megatron_index(&[100, 50, 30, 400, 300], &[0, 2, 3, 5])).unwrap();
+    assert_eq!(std::fs::read(&good).unwrap(), std::fs::read(data("megatron_text_document.idx")).unwrap());
+}

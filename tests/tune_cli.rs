@@ -240,3 +240,214 @@ fn a_hugging_face_config_plans() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["model"], "config");
 }
+
+#[test]
+fn a_mixture_of_experts_config_is_refused_not_planned_as_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    // Mixtral-8x7B's config.json fields, and Llama 4 Scout's experts inside its text_config.
+    let mixtral = r#"{"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+        "vocab_size": 32000, "hidden_act": "silu",
+        "num_local_experts": 8, "num_experts_per_tok": 2}"#;
+    let llama4 = r#"{"model_type": "llama4", "vision_config": {"hidden_size": 1408},
+        "text_config": {"model_type": "llama4_text", "hidden_size": 5120, "intermediate_size": 8192,
+        "num_attention_heads": 40, "num_key_value_heads": 8, "num_hidden_layers": 48, "vocab_size": 202048,
+        "num_local_experts": 16, "num_experts_per_tok": 1}}"#;
+    for (name, text, needle) in [
+        ("mixtral.json", mixtral, "mixtral.json:4: a mixture-of-experts model (8 experts, 2 per token), declared by 'num_local_experts'"),
+        ("llama4.json", llama4, "llama4.json:4: a mixture-of-experts model (16 experts, 1 per token), declared by 'text_config.num_local_experts'"),
+    ] {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        bin()
+            .arg("--model")
+            .arg(&config)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle))
+            .stderr(predicate::str::contains("hsap models dense transformers only"))
+            .stderr(predicate::str::contains("hint: plan a dense model"));
+    }
+}
+
+#[test]
+fn a_multimodal_config_is_read_through_its_text_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("llava.json");
+    // A LLaVA-style config: the language model (Llama-3-8B's shape) under text_config.
+    std::fs::write(
+        &config,
+        r#"{"model_type": "llava", "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24},
+            "text_config": {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256, "hidden_act": "silu"}}"#,
+    )
+    .unwrap();
+    let out = bin().arg("--model").arg(&config).args(QUICK).args(["--baselines", "none", "--json"]).assert().success().get_output().stdout.clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "llava");
+    // Without text_config, a multimodal config says where the shape should have been.
+    std::fs::write(&config, r#"{"model_type": "llava", "vision_config": {"hidden_size": 1024}}"#).unwrap();
+    bin()
+        .arg("--model")
+        .arg(&config)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing field 'hidden_size'").and(predicate::str::contains("keeps its language model's shape in text_config")));
+}
+
+#[test]
+fn a_gpu_that_cannot_hold_the_model_states_says_so() {
+    // One A100-40GB: gpt-7b's model states (16 bytes for each of its 6.85B parameters, and ZeRO's buffers) fill it before any token.
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/clusters/a100-40g-ib400.toml")).unwrap();
+    let one = dir.path().join("one-gpu.toml");
+    std::fs::write(&one, preset.replace("gpus_per_node = 8", "gpus_per_node = 1")).unwrap();
+    bin()
+        .args(["--trace", &format!("{}/tests/data/small_trace.csv", env!("CARGO_MANIFEST_DIR")), "--nodes", "1", "--baselines", "none", "--cluster"])
+        .arg(&one)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("gpt-7b's model states alone need 102.9 GiB per GPU"))
+        .stderr(predicate::str::contains("ZeRO-3 over 1 GPU), more than the 36.0 GiB usable on a A100-SXM4-40GB: no tokens fit"))
+        .stderr(predicate::str::contains("hint: raise --nodes"));
+}
+
+#[test]
+fn dropped_documents_and_a_run_without_baselines_are_said_in_the_report() {
+    // small_trace.csv: 4 of its 40 documents (57,687 of 122,965 tokens, 46.9%) are over 8192.
+    let dir = tempfile::tempdir().unwrap();
+    bin_at_root()
+        .args(["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--max-seq", "8192", "--baselines", "none", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note: dropped 4 documents (57,687 tokens) longer than --max-seq 8,192"));
+    let report = dir.path().join("report");
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    let dropped = "Dropped: 4 documents longer than --max-seq 8192 (46.9% of the trace's tokens) are in no plan";
+    assert!(summary.contains(dropped), "{summary}");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("<p class=\"warn\" id=\"dropped\"><strong>Dropped: 4 documents"), "the headline says it");
+    // The trace figure draws them apart and says so in its title; its data has the counts.
+    let svg = std::fs::read_to_string(report.join("trace.svg")).unwrap();
+    assert!(svg.contains("4 dropped (over --max-seq 8K, 46.9% of tokens)"), "trace.svg title");
+    assert!(svg.contains("longer than --max-seq: dropped, not planned"), "trace.svg legend");
+    let csv = std::fs::read_to_string(report.join("trace.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",over_max_seq_documents,over_max_seq_tokens"), "{csv}");
+    let over: u64 = csv.lines().skip(1).map(|l| l.rsplit(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(over, 4);
+    // No baseline: no speedup figure with made-up axis labels, and the page says why.
+    assert!(!report.join("speedup.svg").exists() && !report.join("speedup.csv").exists());
+    assert!(summary.contains("No baseline ran (`--baselines none`)"), "{summary}");
+    assert!(!html.contains("id=\"fig-speedup\""));
+    assert_eq!(html.matches("<svg").count(), 5, "trace, step time, breakdown, plans, memory");
+    assert!(summary.contains("3. **Step-time breakdown**"), "figures are numbered in order: {summary}");
+}
+
+/// A small quick run of the small trace on one node.
+const SMALL: [&str; 7] = ["--trace", "tests/data/small_trace.csv", "--nodes", "1", "--global-batch", "40", "--no-simulate"];
+
+#[test]
+fn a_rerun_into_the_same_out_keeps_nothing_of_the_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // First a calibrated run with the baselines' plans: fit_points.csv, plans/*.json, a calibration figure.
+    let profile = dir.path().join("a100.toml");
+    bin_at_root()
+        .args(["calibrate", "--nccl-tests", "tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    bin_at_root().args(SMALL).args(["--baselines", "static-usp", "--baseline-plans", "--cluster"]).arg(&profile).arg("--out").arg(&run).assert().success();
+    for file in ["fit_points.csv", "plans/static-usp.json", "report/calibration_fit.svg"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    // Then a plain run into the same directory: only its own files.
+    bin_at_root().args(SMALL).args(["--baselines", "none", "--cluster", "dgx-a100-80g", "--out"]).arg(&run).assert().success();
+    for file in ["fit_points.csv", "plans", "report/calibration_fit.svg", "report/speedup.svg"] {
+        assert!(!run.join(file).exists(), "{file} is left from the earlier run");
+    }
+    let html = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    assert!(!html.contains("Calibration"), "the report shows no calibration");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3, "no staging directory is left: a100.toml, a100-fit, run");
+}
+
+#[test]
+fn outputs_and_inputs_that_cannot_work_are_found_before_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "keep me").unwrap();
+    let missing = dir.path().join("no-such-measurements.csv");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["--out".into(), file.display().to_string()], format!("--out {} is a file, not a directory", file.display())),
+        (vec!["--out".into(), file.join("run").display().to_string()], "cannot be written".into()),
+        (vec!["--out".into(), theirs.display().to_string()], "holds files that are not a run's (notes.txt)".into()),
+        (vec!["--measurements".into(), missing.display().to_string(), "--out".into(), dir.path().join("r1").display().to_string()], "no-such-measurements.csv".into()),
+        (vec!["--limit-batches".into(), "0".into(), "--out".into(), dir.path().join("r2").display().to_string()], "--limit-batches 0 leaves no batch to plan".into()),
+    ];
+    for (args, needle) in cases {
+        // With FlexSP among the baselines a note precedes planning: none may appear.
+        bin_at_root()
+            .args(SMALL)
+            .args(["--baselines", "flexsp"])
+            .args(&args)
+            .assert()
+            .code(2)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(needle.as_str()).and(predicate::str::contains("hint:")))
+            .stderr(predicate::str::contains("note:").not());
+    }
+    assert_eq!(std::fs::read_to_string(theirs.join("notes.txt")).unwrap(), "keep me");
+    assert!(!dir.path().join("r1").exists() && !dir.path().join("r2").exists());
+}
+
+#[test]
+fn a_calibrated_run_says_which_figures_priced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("a100.toml");
+    bin_at_root()
+        .args(["calibrate", "--nccl-tests", "tests/data/nccl-tests/18_a100_dgx_2node_8xhdr_k8s_allreduce_oldfmt.txt", "--cluster", "dgx-a100-80g", "--out"])
+        .arg(&profile)
+        .assert()
+        .success();
+    let run = dir.path().join("run");
+    bin_at_root()
+        .args(["--trace", "tests/data/small_trace.csv", "--nodes", "2", "--global-batch", "40", "--no-simulate", "--baselines", "none", "--cluster"])
+        .arg(&profile)
+        .arg("--out")
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("priced by    all_to_all intra: preset (nothing measured at this level)"))
+        .stdout(predicate::str::contains("all_reduce inter: fitted on 16 ranks"))
+        .stdout(predicate::str::contains("all_gather inter: preset scaled to the all_reduce inter fit"))
+        .stdout(predicate::str::contains("kernels: published tables and the preset's peaks (no kernel measured)"));
+    let summary = std::fs::read_to_string(run.join("report/summary.md")).unwrap();
+    assert!(summary.contains("Priced on the calibrated cluster by:\n\n- all_to_all intra: preset (nothing measured at this level)"), "{summary}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(v["priced_by"].as_array().unwrap().len(), 11, "5 collectives x 2 levels and the kernels' line: {v}");
+}
+
+#[test]
+fn a_plan_the_lp_proved_is_called_proved_not_infeasible() {
+    // The small trace's one batch: the LP relaxation at 2% below hsap's plan is infeasible, which
+    // proves the plan within 2%; HiGHS's word for that is not the run's.
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin_at_root()
+        .args(SMALL)
+        .args(["--baselines", "none", "--no-report", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("hsap LP/MILP outcome per batch: proved_within_gap 1"))
+        .stdout(predicate::str::contains("proved_within_gap: the LP relaxation proved that no plan is 2% faster"))
+        .get_output()
+        .stdout
+        .clone();
+    assert!(!String::from_utf8(out).unwrap().contains("infeasible"));
+    let batches = std::fs::read_to_string(dir.path().join("batches.csv")).unwrap();
+    assert!(batches.lines().nth(1).unwrap().ends_with(",greedy,proved_within_gap"), "{batches}");
+}

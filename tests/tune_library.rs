@@ -18,6 +18,7 @@ fn inputs(max_seq: u32, over_long: OverLong, nodes: u32) -> TuneInputs {
         limit_batches: None,
         model: ModelShape::resolve("gpt-7b").unwrap(),
         cluster: Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(nodes).unwrap(),
+        train: hsap::cost::TrainConfig::default(),
         measurements: None,
     }
 }

@@ -97,9 +97,9 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
     }
 
     // Runs of the same collective at the same level and rank count measure the same thing.
-    let mut by_key: BTreeMap<(Collective, u8, u32), Vec<usize>> = BTreeMap::new();
+    let mut by_key: BTreeMap<(Collective, LinkLevel, u32), Vec<usize>> = BTreeMap::new();
     for (i, s) in series.iter().enumerate() {
-        by_key.entry((s.op, level_order(s.level), s.ranks)).or_default().push(i);
+        by_key.entry((s.op, s.level, s.ranks)).or_default().push(i);
     }
     let mut groups = Vec::new();
     for ((op, _, ranks), members) in by_key {
@@ -109,7 +109,7 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
             warnings.push(format!(
                 "{} {} on {ranks} ranks: fewer than two message sizes measured; no fit",
                 op.name(),
-                level_name(level)
+                level.name()
             ));
             continue;
         };
@@ -118,11 +118,9 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
         if let Some(w) = disagreement(&series, &members, &envelope) {
             warnings.push(w);
         }
-        groups.push(GroupFit {
-            fit: collective_fit(op, level, ranks, nodes, &envelope, &sources, &points),
-            envelope,
-            series: members,
-        });
+        let fit = collective_fit(op, level, ranks, nodes, &envelope, &sources, &points);
+        warnings.extend(trust(base, &fit, &envelope, &points, &sources)?);
+        groups.push(GroupFit { fit, envelope, series: members });
     }
 
     let mut kernels = Vec::new();
@@ -149,20 +147,6 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
         groups,
         warnings,
     })
-}
-
-fn level_order(level: LinkLevel) -> u8 {
-    match level {
-        LinkLevel::Intra => 0,
-        LinkLevel::Inter => 1,
-    }
-}
-
-pub fn level_name(level: LinkLevel) -> &'static str {
-    match level {
-        LinkLevel::Intra => "intra",
-        LinkLevel::Inter => "inter",
-    }
 }
 
 /// Which of the caller's hints some log needed.
@@ -342,14 +326,64 @@ fn check_gpu(base: &Cluster, source: &str, run: &NcclRun, warnings: &mut Vec<Str
             warnings.push(format!("{source}: the log ran on {name}, the base cluster has {}", base.gpu.name));
         }
     }
+    // Fewer GPUs per node share a node's NICs in the log than in the base cluster (or more):
+    // its inter-node figures describe another topology.
     if let Some(gpn) = &run.gpus_per_node {
-        if gpn.value > base.gpus_per_node {
+        if gpn.value != base.gpus_per_node && run.nodes.as_ref().is_some_and(|n| n.value > 1) {
             warnings.push(format!(
-                "{source}: the log has {} GPUs per node, the base cluster {}",
-                gpn.value, base.gpus_per_node
+                "{source}: the log has {} GPUs per node ({}), the base cluster '{}' {}: its inter-node figures describe nodes shared by {} GPUs",
+                gpn.value, gpn.from, base.name, base.gpus_per_node, gpn.value
+            ));
+        } else if gpn.value > base.gpus_per_node {
+            warnings.push(format!(
+                "{source}: the log has {} GPUs per node, the base cluster '{}' {}",
+                gpn.value, base.name, base.gpus_per_node
             ));
         }
     }
+}
+
+/// A fit worst errors above this are flagged: the envelope does not describe the curve.
+const POOR_FIT_MAX_REL_ERROR: f64 = 0.25;
+
+/// Refuses a fit that makes no physical sense (a bandwidth above what the base cluster's links
+/// carry, or one the sizes never measured because the latency outweighs the bandwidth term up to
+/// the largest size), and flags one that fits its points poorly.
+fn trust(base: &Cluster, fit: &CollectiveFit, envelope: &EnvelopeFit, points: &[Point], sources: &[&str]) -> Result<Option<String>> {
+    let what = format!("{} {} on {} ranks ({})", fit.op.name(), fit.level.name(), fit.ranks, sources.join("; "));
+    let (smallest, largest) = points
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.bytes), hi.max(p.bytes)));
+    let sizes = format!("{} .. {}", crate::units::bytes(smallest), crate::units::bytes(largest));
+    let saturation = envelope.envelope.saturation_bytes();
+    if largest < saturation {
+        return Err(Error::invalid(
+            format!(
+                "{what}: the sizes measured ({sizes}) do not reach the bandwidth regime: the fitted {:.1} us latency outweighs the bandwidth term up to {} (the fit would need {} to run at half its bus bandwidth), so its {} GB/s bus bandwidth was never measured",
+                fit.latency_us,
+                crate::units::bytes(largest),
+                crate::units::bytes(saturation),
+                fit.busbw_gb_per_s
+            ),
+            "rerun the test up to large messages (e.g. all_reduce_perf -b 8 -e 8G -f 2), or leave this log out",
+        ));
+    }
+    if let Some(problem) = crate::cluster::Calibration::unphysical_fit(base, fit) {
+        return Err(Error::invalid(
+            format!("{what}: {problem}"),
+            format!(
+                "is the log from a '{}' cluster? Calibrate against the cluster it ran on (--cluster), and check its rank and node counts (--ranks, --nodes)",
+                base.name
+            ),
+        ));
+    }
+    Ok((fit.max_rel_error > POOR_FIT_MAX_REL_ERROR).then(|| {
+        format!(
+            "{what}: the fit misses a measured size by {:.1}% ({} sizes, {sizes}); its figures are rough",
+            fit.max_rel_error * 100.0,
+            fit.points
+        )
+    }))
 }
 
 fn collective_fit(

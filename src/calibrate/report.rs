@@ -4,7 +4,7 @@
 
 use super::fit::Holdout;
 use super::plural;
-use super::profile::{level_name, Outcome};
+use super::profile::Outcome;
 use crate::formats::fit_points::FitPoint;
 use crate::units::{self, percent, signed_percent, significant};
 use std::path::Path;
@@ -103,7 +103,7 @@ fn fits_table(outcome: &Outcome) -> Table {
         let f = &g.fit;
         t.rows.push(vec![
             f.op.name().to_string(),
-            level_name(f.level).to_string(),
+            f.level.name().to_string(),
             f.ranks.to_string(),
             f.nodes.map_or("?".into(), |n| n.to_string()),
             f.points.to_string(),
@@ -129,7 +129,7 @@ fn regime_lines(outcome: &Outcome) -> Vec<String> {
                 .iter()
                 .map(|r| format!("{:.1} us + busbw {} GB/s from {}", r.latency_us, gbps(r.busbw_gb_per_s), units::bytes(r.from_bytes.round())))
                 .collect();
-            format!("{} {} {} ranks: {}", f.op.name(), level_name(f.level), f.ranks, parts.join("; "))
+            format!("{} {} {} ranks: {}", f.op.name(), f.level.name(), f.ranks, parts.join("; "))
         })
         .collect()
 }
@@ -186,7 +186,7 @@ fn point_tables(outcome: &Outcome, points: &[FitPoint]) -> Vec<(String, Table)> 
                     p.holdout_rel_error.map_or(String::new(), signed_percent),
                 ]);
             }
-            out.push((format!("{} {} {} ranks, {}", s.op.name(), level_name(s.level), s.ranks, s.label), t));
+            out.push((format!("{} {} {} ranks, {}", s.op.name(), s.level.name(), s.ranks, s.label), t));
         }
     }
     out
@@ -221,7 +221,7 @@ fn input_line(s: &super::profile::Series) -> String {
         "{}: {} {}, {} ranks on {}, {}",
         s.source,
         s.op.name(),
-        level_name(s.level),
+        s.level.name(),
         s.ranks,
         plural(s.nodes as usize, "node"),
         plural(s.points.len(), "size")

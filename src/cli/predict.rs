@@ -132,7 +132,16 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
     if b.stack_fitted_s != 0.0 {
         writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
     }
-    writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))
+    writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))?;
+    write_priced_by(&p.priced_by, out)
+}
+
+/// The calibrated cluster's figures behind a prediction (`cost::sources`), one per line.
+pub(crate) fn write_priced_by(lines: &[String], out: &mut dyn Write) -> std::io::Result<()> {
+    for (i, line) in lines.iter().enumerate() {
+        writeln!(out, "{:<13}{line}", if i == 0 { "priced by" } else { "" })?;
+    }
+    Ok(())
 }
 
 fn reference(table: ReferenceTable, json: bool, out: &mut dyn Write) -> Result<()> {

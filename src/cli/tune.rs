@@ -213,7 +213,14 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "hsap plans by source: {}", sources.join(", "))?;
     for (name, counts) in &d.milp_status {
         let c: Vec<String> = counts.iter().map(|(n, c)| format!("{n} {c}")).collect();
-        writeln!(out, "{name} MILP status per batch: {}", c.join(", "))?;
+        writeln!(out, "{name} LP/MILP outcome per batch: {}", c.join(", "))?;
     }
+    if d.milp_status.iter().flat_map(|(_, c)| c).any(|(n, _)| n == "proved_within_gap" || n == "lp_room") {
+        writeln!(
+            out,
+            "  proved_within_gap: the LP relaxation proved that no plan is 2% faster (under the planner's type model); lp_room: the LP saw room it could not prove away (--milp-rounds searches it)"
+        )?;
+    }
+    super::predict::write_priced_by(&s.priced_by, out)?;
     writeln!(out, "planned in {:.1} s, simulated in {:.1} s", d.plan_wall_s, d.simulate_wall_s)
 }

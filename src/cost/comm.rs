@@ -1,6 +1,6 @@
 //! NCCL collectives priced by message size: a latency term and a bandwidth term per link level.
 
-use crate::cluster::{Cluster, Collective, LinkLevel, GB};
+use crate::cluster::{Cluster, Collective, CollectiveFit, LinkLevel, GB};
 use serde::{Deserialize, Serialize};
 
 /// One collective as a group issues it.
@@ -67,21 +67,79 @@ fn steps(collective: Collective, n: u32) -> f64 {
     }
 }
 
-/// Time of a transfer on an otherwise idle cluster: NCCL's latency-bandwidth model per protocol
-/// (simple, LL, LL128; NCCL picks the fastest for the size, as its tuner does), or the cluster's
-/// calibrated fit for the collective and link level.
+/// Time of a transfer on an otherwise idle cluster: the cluster's calibrated fit for the
+/// collective and link level where there is one; else NCCL's latency-bandwidth model per protocol
+/// (simple, LL, LL128; NCCL picks the fastest for the size, as its tuner does), with the level's
+/// latency and bandwidth scaled to another collective's fit at that level when the calibration
+/// has one ([`source`]).
 pub fn time_s(cluster: &Cluster, t: &Transfer) -> f64 {
     if t.ranks <= 1 || t.bytes <= 0.0 {
         return 0.0;
     }
-    if let Some(fit) = cluster.calibration.as_ref().and_then(|c| c.collective_fit(t.collective, t.level, t.ranks)) {
-        return fit.time_s(t.bytes, t.ranks);
+    match source(cluster, t.collective, t.level, t.ranks) {
+        Source::Fitted(fit) => fit.time_s(t.bytes, t.ranks),
+        Source::Scaled { latency, bandwidth, .. } => model_time_s(cluster, t, latency, bandwidth),
+        Source::Preset => model_time_s(cluster, t, 1.0, 1.0),
     }
+}
+
+/// The protocol model with the latencies multiplied by `latency` and the bandwidths by `bandwidth`.
+fn model_time_s(cluster: &Cluster, t: &Transfer, latency: f64, bandwidth: f64) -> f64 {
     let steps = steps(t.collective, t.ranks);
-    let bandwidth_s = bandwidth_time_s(cluster, t);
+    let bandwidth_s = bandwidth_time_s(cluster, t) / bandwidth;
     protocols(cluster, t.level)
-        .map(|(base_us, hw_us, efficiency)| (base_us + hw_us * steps) * 1e-6 + bandwidth_s / efficiency)
+        .map(|(base_us, hw_us, efficiency)| (base_us + hw_us * steps) * 1e-6 * latency + bandwidth_s / efficiency)
         .fold(f64::INFINITY, f64::min)
+}
+
+/// Where the price of a collective at a link level comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source<'a> {
+    /// The calibration's fit of this collective at this level.
+    Fitted(&'a CollectiveFit),
+    /// The preset's model, its latencies times `latency` and bandwidths times `bandwidth`: the
+    /// ratios of `fit` (another collective measured at this level) to what the preset predicts
+    /// for that measurement. A link measured by one collective prices every collective over it.
+    Scaled { fit: &'a CollectiveFit, latency: f64, bandwidth: f64 },
+    /// The preset's figures: nothing at this level was measured.
+    Preset,
+}
+
+/// How `collective` on `ranks` ranks at `level` is priced on this cluster. With no fit of the
+/// collective itself, the fit that scales the level is one of the same kind (ring collectives:
+/// all-reduce, all-gather, reduce-scatter; point-to-point: all-to-all, send/recv) if there is one,
+/// at the nearest rank count.
+pub fn source(cluster: &Cluster, collective: Collective, level: LinkLevel, ranks: u32) -> Source<'_> {
+    let Some(cal) = &cluster.calibration else { return Source::Preset };
+    if let Some(fit) = cal.collective_fit(collective, level, ranks) {
+        return Source::Fitted(fit);
+    }
+    let distance = |f: &CollectiveFit| (f64::from(f.ranks.max(1)) / f64::from(ranks.max(1))).ln().abs();
+    let kind = |c: Collective| matches!(c, Collective::AllToAll | Collective::SendRecv);
+    let Some(fit) = cal
+        .collectives
+        .iter()
+        .filter(|f| f.level == level)
+        .min_by(|a, b| {
+            (kind(a.op) != kind(collective))
+                .cmp(&(kind(b.op) != kind(collective)))
+                .then(distance(a).total_cmp(&distance(b)))
+        })
+    else {
+        return Source::Preset;
+    };
+    // What the preset predicts for the fit's own measurement: its smallest latency (the
+    // fastest protocol at 0 bytes) and its bus bandwidth on large messages (simple protocol).
+    let nodes = fit.nodes_or_assumed(cluster);
+    let measured = Transfer::new(fit.op, fit.ranks.max(2), if level == LinkLevel::Intra { 1 } else { nodes.max(2) }, GB);
+    let steps = steps(fit.op, measured.ranks);
+    let preset_latency_s = protocols(cluster, level).map(|(base, hw, _)| (base + hw * steps) * 1e-6).fold(f64::INFINITY, f64::min);
+    let preset_busbw = measured.bytes * fit.op.busbw_factor(measured.ranks) / bandwidth_time_s(cluster, &measured) / GB;
+    Source::Scaled {
+        fit,
+        latency: fit.latency_us * 1e-6 / preset_latency_s,
+        bandwidth: fit.busbw_gb_per_s / preset_busbw,
+    }
 }
 
 /// (base latency us, hardware latency us per step, bandwidth efficiency) of each protocol the
@@ -219,6 +277,57 @@ mod tests {
         let t = Transfer::new(Collective::AllGather, 8, 1, 8192.0);
         let ll = 10.8e-6 + 8192.0 * 0.875 / (0.5 * 230e9);
         assert!((time_s(&a100(), &t) - ll).abs() < 1e-12);
+    }
+
+    /// A100 preset with one all-reduce fit across 2 nodes of 16 ranks at `latency` x and
+    /// `bandwidth` x what the preset predicts for it.
+    fn calibrated(latency: f64, bandwidth: f64) -> Cluster {
+        let mut c = a100();
+        let ar = Transfer::new(Collective::AllReduce, 16, 2, GB);
+        // Preset: LL's 6.6 + 30 x 2.7 = 87.6 us; bus bandwidth min(230 intra, 8 x 24 network) = 192 GB/s.
+        assert!((bandwidth_time_s(&c, &ar) - GB * 1.875 / (192.0 * GB)).abs() < 1e-15);
+        c.calibration = Some(crate::cluster::Calibration {
+            collectives: vec![CollectiveFit {
+                op: Collective::AllReduce,
+                level: LinkLevel::Inter,
+                ranks: 16,
+                nodes: Some(2),
+                latency_us: 87.6 * latency,
+                busbw_gb_per_s: 192.0 * bandwidth,
+                saturation_bytes: 0.0,
+                regimes: Vec::new(),
+                points: 0,
+                rms_log_residual: 0.0,
+                max_rel_error: 0.0,
+                provenance: "test".into(),
+                measured: Vec::new(),
+            }],
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn a_fit_scales_every_collective_over_its_link() {
+        let c = calibrated(2.0, 0.5);
+        let preset = a100();
+        // An all-gather across the same nodes: every protocol's latency doubled, its bandwidth halved.
+        for bytes in [8.0, 1e5, 1e9] {
+            let t = Transfer::new(Collective::AllGather, 16, 2, bytes);
+            assert!((time_s(&c, &t) - model_time_s(&preset, &t, 2.0, 0.5)).abs() < 1e-15, "{bytes}");
+        }
+        let big = Transfer::new(Collective::ReduceScatter, 32, 4, 1e9);
+        assert!(time_s(&c, &big) > 1.9 * time_s(&preset, &big));
+        // Nothing inside a node was measured: intra-node prices stay the preset's.
+        let intra = Transfer::new(Collective::AllGather, 8, 1, 1e9);
+        assert_eq!(time_s(&c, &intra), time_s(&preset, &intra));
+        assert_eq!(source(&c, Collective::AllGather, LinkLevel::Intra, 8), Source::Preset);
+        // The fitted collective itself is priced by its fit.
+        assert!(matches!(source(&c, Collective::AllReduce, LinkLevel::Inter, 16), Source::Fitted(_)));
+        // A fit that matches the preset changes nothing.
+        let same = calibrated(1.0, 1.0);
+        let t = Transfer::new(Collective::AllToAll, 16, 2, 1e8);
+        assert!((time_s(&same, &t) / time_s(&preset, &t) - 1.0).abs() < 1e-12);
     }
 
     #[test]

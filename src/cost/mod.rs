@@ -15,6 +15,7 @@ pub mod pairs;
 pub mod pipeline;
 pub mod scenario;
 mod program;
+pub mod sources;
 pub mod validate;
 
 pub use attention::{AttentionKernel, AttentionModel};

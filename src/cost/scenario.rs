@@ -166,6 +166,10 @@ pub struct Prediction {
     pub breakdown: Breakdown,
     /// Tokens (padding included) per GPU in the largest micro-batch.
     pub tokens_per_gpu: f64,
+    /// On a calibrated cluster, which fitted figures priced the prediction and which came from
+    /// the preset (`cost::sources`); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priced_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -235,6 +239,11 @@ impl Scenario {
     /// Reads a scenario file, TOML or JSON by extension; errors name the file and line.
     pub fn read(path: &Path) -> Result<Scenario> {
         crate::toml_input::read(path, SCENARIO_HINT)
+    }
+
+    /// A scenario from the text of a file at `path` (TOML, or JSON by its .json extension).
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
+        crate::toml_input::parse_toml_or_json(path, text, SCENARIO_HINT)
     }
 }
 
@@ -644,6 +653,7 @@ fn evaluate(
     let mut collectives: Vec<CollectiveTime> = Vec::new();
     let mut last_backward_s = 0.0;
     let mut stage_microbatches: Vec<StageMicrobatch> = Vec::new();
+    let mut transfers: Vec<super::Transfer> = Vec::new();
     let replicas = f64::from(dp);
     // Replicas and micro-batches often repeat the same sequences: price each once.
     let mut cache: std::collections::HashMap<&[Vec<u32>], (Program, Option<Program>)> = std::collections::HashMap::new();
@@ -683,6 +693,7 @@ fn evaluate(
             let counted = full.unwrap_or(p);
             flops += counted.flops_per_gpu / pp / replicas;
             model_flops += counted.model_flops_per_gpu / pp / replicas;
+            transfers.extend(p.stages.iter().filter_map(|s| s.transfer));
             let peak = stage_memory(p, pipeline, microbatches);
             if peak.total_bytes() > memory.total_bytes() {
                 memory = peak;
@@ -710,7 +721,12 @@ fn evaluate(
     }
     let piped = pipeline.step_time(&stage_microbatches, cm.train.stack.overlap.pp_p2p);
     time_s += piped.time_s;
-    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(gpus / pipeline.stages, last_backward_s));
+    let sync_gpus = gpus / pipeline.stages;
+    let sync = (scenario.scope == Scope::Step && cm.train.backward).then(|| cm.grad_sync(sync_gpus, last_backward_s));
+    if sync.is_some() {
+        let (overlapped, after) = cm.sync_transfers(sync_gpus);
+        transfers.extend(overlapped.into_iter().chain(after));
+    }
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
     let host_step_s = if scenario.scope == Scope::Step { cm.train.stack.host.step_s } else { 0.0 };
@@ -789,6 +805,7 @@ fn evaluate(
             optimizer_s,
         },
         tokens_per_gpu,
+        priced_by: super::sources::describe_transfers(&cm.cluster, &transfers),
     }
 }
 

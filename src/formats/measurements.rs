@@ -83,7 +83,13 @@ pub fn read(path: &Path) -> Result<Vec<Measurement>> {
 
 /// Reads a measurements CSV keeping each row's line number, so later checks can name it.
 pub fn read_located(path: &Path) -> Result<Vec<(usize, Measurement)>> {
-    let rows = super::read_csv::<Measurement>(path, &REQUIRED, "docs/measurements.md")?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_located(path, &bytes)
+}
+
+/// [`read_located`] on the bytes of a file; `path` only names it in errors.
+pub fn parse_located(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, Measurement)>> {
+    let rows = super::parse_csv::<Measurement>(path, bytes, &REQUIRED, "docs/measurements.md")?;
     if let Some((line, row)) = rows.iter().find(|(_, r)| !(r.time_s.is_finite() && r.time_s > 0.0)) {
         return Err(Error::input(
             path,

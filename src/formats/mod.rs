@@ -27,10 +27,15 @@ const CALIBRATION_DOC: &str = "docs/calibration.md";
 /// the header (serde names any other missing column on the first row); `doc` is where the
 /// columns are described, for the hints.
 pub fn read_csv<T: DeserializeOwned>(path: &Path, required: &[&str], doc: &str) -> Result<Vec<(usize, T)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_csv(path, &bytes, required, doc)
+}
+
+/// [`read_csv`] on the bytes of a file; `path` only names it in errors.
+pub fn parse_csv<T: DeserializeOwned>(path: &Path, bytes: &[u8], required: &[&str], doc: &str) -> Result<Vec<(usize, T)>> {
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let hint = || format!("see {doc} for the columns of {name}");
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes.as_slice());
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
     let headers = reader
         .headers()
         .map_err(|e| Error::input(path, 1, format!("unreadable header: {e}"), hint()))?

@@ -8,7 +8,12 @@ impl Plan {
     /// Reads a plan.json, checking its format version and everything [`Plan::check`] checks.
     pub fn read(path: &Path) -> Result<Plan> {
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
+        Plan::parse(path, &text)
+    }
+
+    /// [`Plan::read`] on the bytes of a file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &[u8]) -> Result<Plan> {
+        let plan: Plan = serde_json::from_slice(text).map_err(|e| {
             Error::input(
                 path,
                 e.line(),

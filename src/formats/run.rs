@@ -25,6 +25,21 @@ pub const FIT_POINTS_CSV: &str = "fit_points.csv";
 /// hsap's plan, and the folder of the baselines' plans when they are written.
 pub const PLAN_JSON: &str = "plan.json";
 pub const PLANS_DIR: &str = "plans";
+/// The folder the report is drawn into.
+pub const REPORT_DIR: &str = "report";
+
+/// Whether a file (its path inside a run directory) is one a run writes: the data files, the
+/// plans, and the report's figures and pages. A run replaces a directory that holds only these.
+pub fn is_run_file(relative: &Path) -> bool {
+    let parts: Vec<&str> = relative.iter().filter_map(|p| p.to_str()).collect();
+    let extension = |name: &str, allowed: &[&str]| Path::new(name).extension().and_then(|e| e.to_str()).is_some_and(|e| allowed.contains(&e));
+    match parts.as_slice() {
+        [name] => [SUMMARY_JSON, TRACE_JSON, BATCHES_CSV, GROUPS_CSV, MEASUREMENTS_CSV, FIT_POINTS_CSV, PLAN_JSON].contains(name),
+        [dir, name] if *dir == PLANS_DIR => extension(name, &["json"]),
+        [dir, name] if *dir == REPORT_DIR => extension(name, &["svg", "png", "csv", "md", "html"]),
+        _ => false,
+    }
+}
 
 /// Bumped whenever a field of `summary.json` changes meaning.
 pub const SUMMARY_FORMAT_VERSION: u32 = 1;
@@ -155,6 +170,10 @@ pub struct Summary {
     /// The stack's development-set error bar (docs/cost-model.md section 12), when it has one.
     #[serde(default)]
     pub error_bar: Option<ErrorBar>,
+    /// On a calibrated cluster, which fitted figures priced the run and which came from the
+    /// preset (`cost::sources`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priced_by: Vec<String>,
 }
 
 /// A prediction's relative error bar: the true time lies in `[t (1 + low), t (1 + high)]` for 80%

@@ -25,6 +25,8 @@ const GRID_BOLD: RGBColor = RGBColor(0xD6, 0xD6, 0xD6);
 const REFERENCE: RGBColor = RGBColor(0x88, 0x88, 0x88);
 const DOCS_COLOUR: RGBColor = RGBColor(0x6C, 0x7A, 0x89);
 const TOKENS_COLOUR: RGBColor = RGBColor(0xB0, 0x8D, 0x57);
+/// Documents the run left out: a pale grey that reads as "not there".
+const DROPPED_COLOUR: RGBColor = RGBColor(0xD9, 0xD9, 0xD9);
 
 /// Batches up to which lines get a marker per point and bars get gaps.
 const FEW_BATCHES: usize = 60;
@@ -91,6 +93,8 @@ pub enum Plot<'a> {
     Trace {
         rows: &'a [TraceRow],
         info: &'a TraceInfo,
+        /// Documents the run dropped for being longer than `--max-seq` (0: none, or split).
+        dropped: usize,
     },
     StepTime {
         rows: &'a [StepRow],
@@ -145,7 +149,7 @@ impl Plot<'_> {
         DB::ErrorType: 'static,
     {
         match *self {
-            Plot::Trace { rows, info } => trace(root, t, rows, info),
+            Plot::Trace { rows, info, dropped } => trace(root, t, rows, info, dropped),
             Plot::StepTime { rows, strategies, error_bar } => step_time(root, t, rows, strategies, error_bar),
             Plot::Speedup { rows, stats } => speedup(root, t, rows, stats),
             Plot::Breakdown { rows } => breakdown(root, t, rows),
@@ -287,23 +291,34 @@ macro_rules! mesh {
 
 // --- figure 1: the trace -------------------------------------------------------------------
 
-fn trace<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, t: Theme, rows: &[TraceRow], info: &TraceInfo) -> DrawResult
+fn trace<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, t: Theme, rows: &[TraceRow], info: &TraceInfo, dropped: usize) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
     let name = std::path::Path::new(&info.source)
         .file_name()
         .map_or_else(|| info.source.clone(), |n| n.to_string_lossy().into_owned());
-    let title = format!(
+    let mut title = format!(
         "Trace {name}: {} documents, {} tokens",
         count(info.stats.count as f64),
         count(info.stats.total_tokens as f64)
     );
-    let legend = [
+    let mut legend = vec![
         item("documents per length bucket", DOCS_COLOUR, Glyph::Box),
         item("share of tokens per bucket", TOKENS_COLOUR, Glyph::Box),
         item("cumulative share of tokens", TEXT, Glyph::Line),
     ];
+    // Documents longer than --max-seq that the run dropped are drawn apart: they were not planned.
+    let max_seq = info.stats.max_seq.filter(|_| dropped > 0);
+    if let Some(m) = max_seq {
+        title.push_str(&format!(
+            "; {} dropped (over --max-seq {}, {:.1}% of tokens)",
+            count(dropped as f64),
+            token_length(f64::from(m)),
+            100.0 * info.stats.over_max_seq_tokens as f64 / info.stats.total_tokens.max(1) as f64
+        ));
+        legend.push(item("longer than --max-seq: dropped, not planned", DROPPED_COLOUR, Glyph::Box));
+    }
     let area = frame(root, t, &title, &legend)?;
     let (width, _) = area.dim_in_pixel();
     let (left, right) = area.split_horizontally(width / 2);
@@ -333,10 +348,16 @@ where
         .y_label_formatter(&|v| count(*v))
         .disable_x_mesh()
         .draw()?;
-    chart.draw_series(rows.iter().filter(|r| r.documents > 0).map(|r| {
+    // Whole bars in the dropped colour first; the planned part over them.
+    let dropped_of = |r: &TraceRow| if max_seq.is_some() { (r.over_max_seq_documents, r.over_max_seq_tokens) } else { (0, 0) };
+    chart.draw_series(rows.iter().filter(|r| dropped_of(r).0 > 0).map(|r| {
+        let k = exponent(r.lo);
+        Rectangle::new([(k + 0.08, BAR_FLOOR), (k + 0.92, r.documents as f64)], DROPPED_COLOUR.filled())
+    }))?;
+    chart.draw_series(rows.iter().filter(|r| r.documents > dropped_of(r).0).map(|r| {
         let k = exponent(r.lo);
         Rectangle::new(
-            [(k + 0.08, BAR_FLOOR), (k + 0.92, r.documents as f64)],
+            [(k + 0.08, BAR_FLOOR), (k + 0.92, (r.documents - dropped_of(r).0) as f64)],
             DOCS_COLOUR.filled(),
         )
     }))?;
@@ -350,10 +371,15 @@ where
         .y_label_formatter(&|v| format!("{v:.0}"))
         .disable_x_mesh()
         .draw()?;
-    chart.draw_series(rows.iter().filter(|r| r.tokens > 0).map(|r| {
+    let total = info.stats.total_tokens.max(1) as f64;
+    chart.draw_series(rows.iter().filter(|r| dropped_of(r).1 > 0).map(|r| {
+        let k = exponent(r.lo);
+        Rectangle::new([(k + 0.08, 0.0), (k + 0.92, 100.0 * r.token_share)], DROPPED_COLOUR.filled())
+    }))?;
+    chart.draw_series(rows.iter().filter(|r| r.tokens > dropped_of(r).1).map(|r| {
         let k = exponent(r.lo);
         Rectangle::new(
-            [(k + 0.08, 0.0), (k + 0.92, 100.0 * r.token_share)],
+            [(k + 0.08, 0.0), (k + 0.92, 100.0 * (r.tokens - dropped_of(r).1) as f64 / total)],
             TOKENS_COLOUR.filled(),
         )
     }))?;
@@ -860,8 +886,12 @@ where
         .enumerate()
         .map(|(i, s)| item(*s, series_colour(i), Glyph::Line))
         .collect();
-    legend.push(item("measured, used in the fit", TEXT, Glyph::Dot));
-    legend.push(item("measured, held out", TEXT, Glyph::Ring));
+    if rows.iter().any(|p| p.held_out) {
+        legend.push(item("measured, used in the fit", TEXT, Glyph::Dot));
+        legend.push(item("measured, held out", TEXT, Glyph::Ring));
+    } else {
+        legend.push(item("measured", TEXT, Glyph::Dot));
+    }
     let area = frame(
         root,
         t,

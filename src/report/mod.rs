@@ -26,11 +26,10 @@ use std::path::{Path, PathBuf};
 /// The PNGs are drawn at this multiple of the SVGs' nominal size, to stay sharp when zoomed.
 pub const PNG_SCALE: f64 = 1.5;
 
-/// The folder of the run directory the report is written to.
-pub const REPORT_DIR: &str = "report";
+pub use crate::formats::run::REPORT_DIR;
 
 /// Figures drawn only when the run holds their data.
-const OPTIONAL_FIGURES: [&str; 2] = ["predicted_vs_measured", "calibration_fit"];
+const OPTIONAL_FIGURES: [&str; 3] = ["speedup", "predicted_vs_measured", "calibration_fit"];
 
 /// One figure, ready to write.
 #[derive(Debug, Clone)]
@@ -116,8 +115,9 @@ pub fn write(report: &Report, out: &Path) -> Result<ReportFiles> {
     })
 }
 
-/// Builds every figure and page from loaded run data. Figures 7 and 8 appear only when the run
-/// holds measurements (with predictions) or calibration fit points.
+/// Builds every figure and page from loaded run data. The speedup figure appears only when a
+/// baseline ran, the last two only when the run holds measurements (with predictions) or
+/// calibration fit points.
 pub fn build(data: &RunData) -> Result<Report> {
     font::ensure_registered()?;
     let strategies = data.strategies();
@@ -130,14 +130,13 @@ pub fn build(data: &RunData) -> Result<Report> {
     let memory_rows = tables::memory_rows(data);
     let accuracy_rows = tables::accuracy_rows(&data.measurements, &data.fit_points);
 
-    let mut figures = vec![
-        figure(
+    let mut figures = vec![figure(
             1,
             "trace",
             "The trace",
             "Left: documents per power-of-two length bucket (log scale). Right: each bucket's share of all tokens, and the cumulative share: where the work is.",
             to_csv(&trace_rows)?,
-            Plot::Trace { rows: &trace_rows, info: &data.trace },
+            Plot::Trace { rows: &trace_rows, info: &data.trace, dropped: data.summary.planner.dropped },
         )?,
         figure(
             2,
@@ -147,16 +146,21 @@ pub fn build(data: &RunData) -> Result<Report> {
             to_csv(&step_rows)?,
             Plot::StepTime { rows: &step_rows, strategies: &strategies, error_bar: data.summary.error_bar },
         )?,
-        figure(
+    ];
+    // Without a baseline there is no speedup to draw.
+    if !speedup_stats.is_empty() {
+        figures.push(figure(
             3,
             "speedup",
             "Speedup of hsap over each baseline",
             "Per batch, the baseline's step time over hsap's. Box: middle half of the batches; black line: median; diamond: mean; whiskers: fastest and slowest batch. Above the dashed line hsap is faster.",
             to_csv(&speedup_rows)?,
             Plot::Speedup { rows: &speedup_rows, stats: &speedup_stats },
-        )?,
+        )?);
+    }
+    figures.extend([
         figure(
-            4,
+            figures.len() + 1,
             "breakdown",
             "Step-time breakdown",
             "The mean step of each strategy split into compute, communication not hidden behind compute, idle time waiting for the slowest group, and exposed gradient synchronisation (averages over GPUs).",
@@ -164,7 +168,7 @@ pub fn build(data: &RunData) -> Result<Report> {
             Plot::Breakdown { rows: &breakdown_rows },
         )?,
         figure(
-            5,
+            figures.len() + 2,
             "plans",
             "The plans",
             "For each batch, how many GPUs each strategy put in SP groups of each shape (u Ulysses degree × r ring degree), averaged over the batch's micro-batches. One colour family per group size; darker means more Ulysses.",
@@ -172,14 +176,14 @@ pub fn build(data: &RunData) -> Result<Report> {
             Plot::Plans { rows: &plan_rows, strategies: &strategies, gpus: data.summary.gpus() },
         )?,
         figure(
-            6,
+            figures.len() + 3,
             "memory",
             "Peak memory per GPU",
             "The highest predicted memory of any GPU in each batch's step, against the usable memory per GPU (dashed). hsap's wide line is drawn first, so a baseline with the same peak shows on top of it; memory.csv has every value.",
             to_csv(&memory_rows)?,
             Plot::Memory { rows: &memory_rows, strategies: &strategies },
         )?,
-    ];
+    ]);
     if !accuracy_rows.is_empty() {
         figures.push(figure(
             figures.len() + 1,

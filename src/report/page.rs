@@ -31,6 +31,9 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         let _ = writeln!(md, "Produced by `{}`.\n", s.command);
     }
     let _ = writeln!(md, "## Headline\n");
+    if let Some(line) = dropped_line(data) {
+        let _ = writeln!(md, "**{line}**\n");
+    }
     let _ = writeln!(
         md,
         "| strategy | total time (s) | mean step (s) | speedup vs best static ({}) | interval vs hsap's |",
@@ -58,16 +61,21 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         );
     }
     let _ = writeln!(md, "\n{}\n", solve_line(s));
+    if !s.priced_by.is_empty() {
+        let _ = writeln!(md, "Priced on the calibrated cluster by:\n");
+        for line in &s.priced_by {
+            let _ = writeln!(md, "- {line}");
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "## Speedup of hsap per batch\n");
-    let _ = writeln!(
-        md,
-        "Baseline step time over hsap's, per batch (whole run: total over total).\n"
-    );
-    let _ = writeln!(
-        md,
-        "| baseline | batches | min | p25 | median | p75 | max | mean | whole run | batches hsap is slower |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if speedups.is_empty() {
+        let _ = writeln!(md, "{NO_BASELINE}");
+    } else {
+        let _ = writeln!(md, "Baseline step time over hsap's, per batch (whole run: total over total).\n");
+        let _ = writeln!(md, "| baseline | batches | min | p25 | median | p75 | max | mean | whole run | batches hsap is slower |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    }
     for st in speedups {
         let _ = writeln!(
             md,
@@ -110,6 +118,23 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         }
     }
     md
+}
+
+const NO_BASELINE: &str = "No baseline ran (`--baselines none`): there is nothing to compare hsap with.";
+
+/// The documents the run left out, as the headline says it: how many, and their share of the
+/// trace's tokens.
+fn dropped_line(data: &RunData) -> Option<String> {
+    let dropped = data.summary.planner.dropped;
+    if dropped == 0 {
+        return None;
+    }
+    let stats = &data.trace.stats;
+    let share = 100.0 * stats.over_max_seq_tokens as f64 / stats.total_tokens.max(1) as f64;
+    let max_seq = data.summary.max_seq.or(stats.max_seq).map_or_else(|| "--max-seq".to_string(), |m| format!("--max-seq {m}"));
+    Some(format!(
+        "Dropped: {dropped} documents longer than {max_seq} ({share:.1}% of the trace's tokens) are in no plan; every strategy's time leaves them out (--over-long split plans them in pieces)."
+    ))
 }
 
 fn run_line(s: &Summary) -> String {
@@ -236,7 +261,11 @@ nav a {{ margin-right: 1em; }}
         let _ = writeln!(h, "<a href=\"#fig-{}\">{}. {}</a>", f.id, f.number, esc(f.title));
     }
     let _ = writeln!(h, "</nav>");
-    let _ = writeln!(h, "<h2>Headline</h2>\n<table id=\"headline\">");
+    let _ = writeln!(h, "<h2>Headline</h2>");
+    if let Some(line) = dropped_line(data) {
+        let _ = writeln!(h, "<p class=\"warn\" id=\"dropped\"><strong>{}</strong></p>", esc(&line));
+    }
+    let _ = writeln!(h, "<table id=\"headline\">");
     let _ = writeln!(
         h,
         "<tr><th>strategy</th><th>total time (s)</th><th>mean step (s)</th><th>speedup vs best static ({})</th><th>interval vs hsap's</th></tr>",
@@ -263,11 +292,23 @@ nav a {{ margin-right: 1em; }}
             100.0 * bar.high
         );
     }
-    let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>\n<table id=\"speedups\">");
-    let _ = writeln!(
-        h,
-        "<tr><th>baseline</th><th>batches</th><th>min</th><th>median</th><th>max</th><th>mean</th><th>whole run</th><th>batches hsap is slower</th></tr>"
-    );
+    if !s.priced_by.is_empty() {
+        let _ = writeln!(h, "<p>Priced on the calibrated cluster by:</p>\n<ul id=\"priced-by\">");
+        for line in &s.priced_by {
+            let _ = writeln!(h, "<li>{}</li>", esc(line));
+        }
+        let _ = writeln!(h, "</ul>");
+    }
+    let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>");
+    if speedups.is_empty() {
+        let _ = writeln!(h, "<p>{}</p>", esc(NO_BASELINE));
+    } else {
+        let _ = writeln!(h, "<table id=\"speedups\">");
+        let _ = writeln!(
+            h,
+            "<tr><th>baseline</th><th>batches</th><th>min</th><th>median</th><th>max</th><th>mean</th><th>whole run</th><th>batches hsap is slower</th></tr>"
+        );
+    }
     for st in speedups {
         let _ = writeln!(
             h,
@@ -282,7 +323,9 @@ nav a {{ margin-right: 1em; }}
             st.batches_slower
         );
     }
-    let _ = writeln!(h, "</table>");
+    if !speedups.is_empty() {
+        let _ = writeln!(h, "</table>");
+    }
     let errors = accuracy_lines(accuracy);
     if !errors.is_empty() {
         let _ = writeln!(h, "<h2>Model against measurements</h2>\n<table id=\"accuracy\">");

@@ -21,6 +21,9 @@ pub struct TraceRow {
     pub token_share: f64,
     /// Share of all tokens in documents shorter than `hi`.
     pub cumulative_token_share: f64,
+    /// Of the bucket's documents, those longer than `--max-seq`, and their tokens.
+    pub over_max_seq_documents: usize,
+    pub over_max_seq_tokens: u64,
 }
 
 pub fn trace_rows(trace: &TraceInfo) -> Vec<TraceRow> {
@@ -41,6 +44,8 @@ pub fn trace_rows(trace: &TraceInfo) -> Vec<TraceRow> {
                 document_share: b.count as f64 / count,
                 token_share: b.tokens as f64 / total,
                 cumulative_token_share: cumulative as f64 / total,
+                over_max_seq_documents: b.over_max_seq,
+                over_max_seq_tokens: b.over_max_seq_tokens,
             }
         })
         .collect()

@@ -38,7 +38,7 @@ impl Timeline {
     pub fn new(cluster: &Cluster) -> Timeline {
         let mut events = Vec::new();
         for gpu in 0..cluster.gpus() {
-            let meta = |name: &str, tid: u32, value: String| Event {
+            let meta = |name: &str, tid: u32, args: serde_json::Value| Event {
                 name: name.into(),
                 ph: "M",
                 pid: gpu,
@@ -46,12 +46,14 @@ impl Timeline {
                 ts: None,
                 dur: None,
                 cat: None,
-                args: serde_json::json!({ "name": value }),
+                args,
             };
-            events.push(meta("process_name", 0, format!("GPU {gpu} (node {})", gpu / cluster.gpus_per_node)));
-            events.push(meta("process_sort_index", 0, gpu.to_string()));
-            events.push(meta("thread_name", COMPUTE, "compute".into()));
-            events.push(meta("thread_name", COMM, "communication".into()));
+            let named = |name: String| serde_json::json!({ "name": name });
+            events.push(meta("process_name", 0, named(format!("GPU {gpu} (node {})", gpu / cluster.gpus_per_node))));
+            // The trace-event format reads a sort index from `args.sort_index`, as a number.
+            events.push(meta("process_sort_index", 0, serde_json::json!({ "sort_index": gpu })));
+            events.push(meta("thread_name", COMPUTE, named("compute".into())));
+            events.push(meta("thread_name", COMM, named("communication".into())));
         }
         Timeline {
             events,

@@ -7,7 +7,7 @@
 //! it is kept on purpose.
 
 use super::assign::{earliest_finish, makespan, split_microbatches, Bin};
-use super::milp::MilpStatus;
+use super::milp::{MilpStatus, Solve};
 use super::surrogate::{tabulate_fixed, Candidate};
 use super::{fill_idle, Ctx, Group, Micro, Solution};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
@@ -77,7 +77,7 @@ impl Flexsp {
             micro.push(Micro { groups });
         }
         // The least favourable status of the batch's solves is the one worth reporting.
-        let milp = statuses.iter().find(|s| !matches!(s, MilpStatus::Optimal)).or(statuses.first()).cloned();
+        let milp = statuses.iter().find(|s| !matches!(s, MilpStatus::Optimal)).or(statuses.first()).cloned().map(Solve::milp);
         let source = if kept_uniform { "flexsp-uniform" } else { "flexsp" };
         Some(Solution { micro, source: source.into(), milp })
     }

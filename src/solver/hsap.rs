@@ -15,7 +15,7 @@
 
 use super::assign::{choose_schemes, earliest_finish, makespan, split_microbatches, Bin};
 use super::local::{improve, Search};
-use super::milp::MilpStatus;
+use super::milp::{MilpStatus, Solve};
 use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
 use crate::trace::Batch;
@@ -69,7 +69,7 @@ pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced])
     let mut from_milp = false;
     for docs in &parts {
         let (groups, origin, status) = plan_micro(ctx, batch, docs, opts, deadline);
-        statuses.extend(status);
+        statuses.extend(summarize_micro(&status));
         from_milp |= origin == Origin::Milp;
         micro.push(Micro { groups });
     }
@@ -111,17 +111,30 @@ fn fits(ctx: &Ctx, p: &Priced) -> bool {
     p.peak_memory_bytes <= ctx.limit_bytes
 }
 
-/// The most telling status of a batch's MILP solves: a time limit or error if any, else optimal.
-fn summarize(statuses: &[MilpStatus]) -> Option<MilpStatus> {
-    let rank = |s: &MilpStatus| match s {
-        MilpStatus::Error(_) => 0,
-        MilpStatus::TimeLimitNoSolution => 1,
-        MilpStatus::TimeLimit => 2,
-        MilpStatus::GapLimit => 3,
-        MilpStatus::Infeasible => 4,
-        MilpStatus::Optimal => 5,
-    };
-    statuses.iter().min_by_key(|s| rank(s)).cloned()
+/// How much a solve's answer says against the plan: errors and limits first, then LP room, then
+/// answers that bound it (a MILP's, then the LP's proof).
+fn rank(s: &Solve) -> u8 {
+    match (s.relaxation, &s.status) {
+        (_, MilpStatus::Error(_)) => 0,
+        (_, MilpStatus::TimeLimitNoSolution) => 1,
+        (_, MilpStatus::TimeLimit) => 2,
+        (_, MilpStatus::GapLimit) => 3,
+        (true, MilpStatus::Optimal) => 4,
+        (false, MilpStatus::Infeasible) => 5,
+        (false, MilpStatus::Optimal) => 6,
+        (true, MilpStatus::Infeasible) => 7,
+    }
+}
+
+/// A micro-batch's outcome: an error or a limit if any, else its last question's answer (a later
+/// LP may prove what an earlier one left open).
+fn summarize_micro(statuses: &[Solve]) -> Option<Solve> {
+    statuses.iter().filter(|s| rank(s) <= 3).min_by_key(|s| rank(s)).or(statuses.last()).cloned()
+}
+
+/// A batch's outcome: its least conclusive micro-batch's (proved only if every one was).
+fn summarize(micros: &[Solve]) -> Option<Solve> {
+    micros.iter().min_by_key(|s| rank(s)).cloned()
 }
 
 /// Plans one micro-batch: greedy, then the type MILP within the deadline, then exact packing.
@@ -131,7 +144,7 @@ fn plan_micro(
     docs: &[usize],
     opts: &HsapOptions,
     deadline: Instant,
-) -> (Vec<Group>, Origin, Vec<MilpStatus>) {
+) -> (Vec<Group>, Origin, Vec<Solve>) {
     let lens: Vec<u32> = docs.iter().map(|&d| batch.docs[d].len).collect();
     let lower = lower_bound(ctx, &lens);
     // (origin, groups), best by the surrogate last.
@@ -156,7 +169,7 @@ fn plan_micro(
                 break;
             }
             let (lp, lp_status) = type_milp(ctx, batch, docs, target, left(), false);
-            statuses.push(lp_status);
+            statuses.push(Solve::lp(lp_status));
             let Some(lp) = lp else { break };
             if round >= opts.max_milp_solves {
                 break;
@@ -171,7 +184,7 @@ fn plan_micro(
                     break;
                 }
                 let (plan, status) = type_milp(ctx, batch, docs, target, left(), true);
-                statuses.push(status);
+                statuses.push(Solve::milp(status));
                 let Some(plan) = plan else { break };
                 plan
             };
@@ -576,3 +589,23 @@ struct TypePlan {
     /// or left over by rounding).
     prefer: Vec<Option<usize>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_proved_only_when_every_micro_batch_is() {
+        let (proved, room) = (Solve::lp(MilpStatus::Infeasible), Solve::lp(MilpStatus::Optimal));
+        // A later LP proves what an earlier one and a MILP round left open.
+        let micro = summarize_micro(&[room.clone(), Solve::milp(MilpStatus::Optimal), proved.clone()]);
+        assert_eq!(micro.as_ref().map(Solve::name).as_deref(), Some("proved_within_gap"));
+        assert_eq!(summarize(&[proved.clone(), proved.clone()]).map(|s| s.name()).as_deref(), Some("proved_within_gap"));
+        assert_eq!(summarize(&[proved.clone(), room.clone()]).map(|s| s.name()).as_deref(), Some("lp_room"));
+        // A limit is what a batch reports, whatever came after it.
+        let limited = summarize_micro(&[room, Solve::milp(MilpStatus::TimeLimit), proved]);
+        assert_eq!(limited.map(|s| s.name()).as_deref(), Some("time_limit"));
+        assert_eq!(summarize(&[]), None);
+    }
+}
+

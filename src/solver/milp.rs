@@ -70,3 +70,38 @@ impl MilpStatus {
         Error::Solver { what, hint: hint.into() }
     }
 }
+
+/// One of a strategy's HiGHS solves for a batch, as the run records it: FlexSP's MILP, or hsap's
+/// LP relaxation (its certificate) or integer type MILP. hsap asks both whether a plan with a
+/// makespan `gap` below the best so far exists (a feasibility question), so their "infeasible"
+/// is an answer about the plan, not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Solve {
+    /// The LP relaxation of hsap's type MILP rather than a MILP.
+    pub relaxation: bool,
+    pub status: MilpStatus,
+}
+
+impl Solve {
+    pub fn milp(status: MilpStatus) -> Solve {
+        Solve { relaxation: false, status }
+    }
+
+    pub fn lp(status: MilpStatus) -> Solve {
+        Solve { relaxation: true, status }
+    }
+
+    /// What the solve found, for batches.csv and summary.json: for hsap's LP relaxation,
+    /// `proved_within_gap` (infeasible: no plan is `gap` faster under the type model, the plan is
+    /// proven within it) or `lp_room` (feasible: room the LP could not prove away); for a MILP,
+    /// HiGHS's status.
+    pub fn name(&self) -> String {
+        match (self.relaxation, &self.status) {
+            (true, MilpStatus::Infeasible) => "proved_within_gap".into(),
+            (true, MilpStatus::Optimal) => "lp_room".into(),
+            (true, other) => format!("lp_{}", other.name()),
+            (false, other) => other.name().into(),
+        }
+    }
+}
+

@@ -19,7 +19,7 @@ pub use assign::split_microbatches;
 pub use baselines::{static_family, static_plan, DcpChoice, Family, MegatronDcp, StaticChoice};
 pub use flexsp::{Flexsp, FlexspOptions};
 pub use hsap::{hsap, HsapOptions};
-pub use milp::MilpStatus;
+pub use milp::{MilpStatus, Solve};
 pub use run::{progress_bar, run_all, RunOptions, RunResult, StrategyResult, Strategy};
 pub use surrogate::Candidate;
 
@@ -50,8 +50,8 @@ pub struct Solution {
     pub micro: Vec<Micro>,
     /// Where the answer came from (e.g. `milp`, `greedy`, `incumbent:static-usp`), for the record.
     pub source: String,
-    /// What the MILP solver reported, when one ran.
-    pub milp: Option<MilpStatus>,
+    /// What the LP/MILP stage found, when one ran.
+    pub milp: Option<Solve>,
 }
 
 /// A group priced exactly.
@@ -84,7 +84,7 @@ pub struct Priced {
     pub idle_s: f64,
     pub peak_memory_bytes: f64,
     pub source: String,
-    pub milp: Option<MilpStatus>,
+    pub milp: Option<Solve>,
 }
 
 /// What the planner and the baselines share for one run: the cost model and the candidate group
@@ -112,6 +112,26 @@ impl Ctx {
             ));
         }
         let limit_bytes = cm.memory_limit_bytes();
+        let states = cm.static_memory_bytes(cm.data_parallel_gpus());
+        if states >= limit_bytes {
+            let gib = crate::units::GIB;
+            return Err(Error::invalid(
+                format!(
+                    "{}'s model states alone need {:.1} GiB per GPU (weights, gradients and Adam states of {:.2}B parameters, ZeRO-{} over {}), more than the {:.1} GiB usable on a {}: no tokens fit",
+                    cm.model.name,
+                    states / gib,
+                    cm.model.params() as f64 / 1e9,
+                    cm.train.zero,
+                    match cm.data_parallel_gpus() {
+                        1 => "1 GPU".to_string(),
+                        n => format!("{n} GPUs"),
+                    },
+                    limit_bytes / gib,
+                    cm.cluster.gpu.name
+                ),
+                "raise --nodes so that ZeRO shards the states over more GPUs, or use GPUs with more memory",
+            ));
+        }
         let shapes = hierarchical_shapes(&cm);
         let candidates = surrogate::tabulate(&cm, &shapes, max_len.max(1), limit_bytes);
         Ok(Ctx {

@@ -58,6 +58,8 @@ impl TraceFormat {
             return Ok(TraceFormat::MegatronIdx);
         }
         let first = head
+            .strip_prefix(BOM)
+            .unwrap_or(&head)
             .split(|&b| b == b'\n')
             .map(|l| l.trim_ascii())
             .find(|l| !l.is_empty())
@@ -103,6 +105,7 @@ impl LengthSink {
         let text = text.trim_ascii();
         match parse_u64(text) {
             Some(v) => self.push(line, field, v),
+            None if is_digits(text) => Err(self.too_large(line, field, &String::from_utf8_lossy(text))),
             None => Err(self.bad_value(line, field, &String::from_utf8_lossy(text))),
         }
     }
@@ -113,15 +116,19 @@ impl LengthSink {
             return Ok(());
         }
         let Ok(v) = u32::try_from(value) else {
-            return Err(Error::input(
-                &self.path,
-                line,
-                format!("{field} = {value} is larger than the supported maximum of {} tokens", u32::MAX),
-                "lengths are token counts of single documents; check the column",
-            ));
+            return Err(self.too_large(line, field, &value.to_string()));
         };
         self.lengths.push(v);
         Ok(())
+    }
+
+    fn too_large(&self, line: usize, field: &str, text: &str) -> Error {
+        Error::input(
+            &self.path,
+            line,
+            format!("{field} = {text} is larger than the supported maximum of {} tokens", u32::MAX),
+            "lengths are token counts of single documents; check the column",
+        )
     }
 
     fn bad_value(&self, line: usize, field: &str, text: &str) -> Error {
@@ -158,21 +165,29 @@ impl LengthSink {
     }
 }
 
-/// Parses a plain decimal integer; `None` for anything else (signs, decimals, exponents, text).
+/// Parses a plain decimal integer; `None` for anything else (signs, decimals, exponents, text)
+/// and for integers past `u64::MAX`.
 fn parse_u64(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 19 {
+    if !is_digits(text) {
         return None;
     }
-    text.iter().try_fold(0u64, |acc, &b| {
-        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
-    })
+    text.iter().try_fold(0u64, |acc, &b| acc.checked_mul(10)?.checked_add(u64::from(b - b'0')))
 }
 
+fn is_digits(text: &[u8]) -> bool {
+    !text.is_empty() && text.iter().all(u8::is_ascii_digit)
+}
+
+/// The UTF-8 byte-order mark some editors put at the start of text files.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 pub(super) fn parse(format: TraceFormat, path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Result<()> {
+    // A text file may start with a byte-order mark; the CSV reader skips it itself.
+    let text = bytes.strip_prefix(BOM).unwrap_or(bytes);
     match format {
         TraceFormat::Csv => parse_csv(path, bytes, sink),
-        TraceFormat::JsonLines => parse_jsonl(path, bytes, sink),
-        TraceFormat::Text => parse_text(path, bytes, sink),
+        TraceFormat::JsonLines => parse_jsonl(path, text, sink),
+        TraceFormat::Text => parse_text(path, text, sink),
         TraceFormat::MegatronIdx => parse_megatron_idx(path, bytes, sink),
     }
 }
@@ -292,9 +307,13 @@ fn parse_jsonl(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Result<()> {
             ));
         };
         match value {
-            serde_json::Value::Number(n) => match n.as_u64() {
-                Some(v) => sink.push(line_no, name, v)?,
-                None => return Err(sink.bad_value(line_no, name, &n.to_string())),
+            serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+                (Some(v), _) => sink.push(line_no, name, v)?,
+                // Integers past u64::MAX arrive as floats: whole, but too large.
+                (None, Some(f)) if f >= 2f64.powi(64) => {
+                    return Err(sink.too_large(line_no, name, &n.to_string()))
+                }
+                _ => return Err(sink.bad_value(line_no, name, &n.to_string())),
             },
             other => return Err(sink.bad_value(line_no, name, &other.to_string())),
         }
@@ -367,6 +386,11 @@ fn parse_megatron_idx(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Resul
         let (start, end) = (pair[0], pair[1]);
         if end < start {
             return Err(bad(format!("document {doc} ends (sequence {end}) before it starts (sequence {start})")));
+        }
+        // Only the last boundary was checked against the sequence count: one in the middle may
+        // point past it and come back.
+        if end > n_seq as i64 {
+            return Err(bad(format!("document {doc} ends at sequence {end}, past the index's {n_seq} sequences")));
         }
         let mut total: u64 = 0;
         for s in start as usize..end as usize {

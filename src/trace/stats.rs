@@ -47,6 +47,15 @@ pub struct HistogramBucket {
     pub hi: u64,
     pub count: usize,
     pub tokens: u64,
+    /// Of these, documents longer than `max_seq` and their tokens (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub over_max_seq: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub over_max_seq_tokens: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl TraceStats {
@@ -85,13 +94,13 @@ impl TraceStats {
             max_seq,
             over_max_seq,
             over_max_seq_tokens,
-            histogram: Histogram::of(&sorted),
+            histogram: Histogram::of(&sorted, max_seq),
         }
     }
 }
 
 impl Histogram {
-    fn of(sorted: &[u32]) -> Histogram {
+    fn of(sorted: &[u32], max_seq: Option<u32>) -> Histogram {
         let bucket = |l: u32| 31 - l.leading_zeros() as usize;
         let lo = bucket(sorted[0]);
         let hi = bucket(sorted[sorted.len() - 1]);
@@ -101,12 +110,18 @@ impl Histogram {
                 hi: 1 << (k + 1),
                 count: 0,
                 tokens: 0,
+                over_max_seq: 0,
+                over_max_seq_tokens: 0,
             })
             .collect();
         for &l in sorted {
             let b = &mut buckets[bucket(l) - lo];
             b.count += 1;
             b.tokens += u64::from(l);
+            if max_seq.is_some_and(|m| l > m) {
+                b.over_max_seq += 1;
+                b.over_max_seq_tokens += u64::from(l);
+            }
         }
         Histogram { buckets }
     }
@@ -143,5 +158,9 @@ mod tests {
         assert_eq!(s.histogram.buckets[0].count, 1);
         assert_eq!(s.histogram.buckets[1].count, 1); // 3 in [2,4)
         assert_eq!(s.histogram.buckets[15].count, 1); // 40000 in [32768, 65536)
+        // Over the 8192 max: 9000 in [8192, 16384), 40000 in [32768, 65536).
+        let over: Vec<(usize, u64)> = s.histogram.buckets.iter().map(|b| (b.over_max_seq, b.over_max_seq_tokens)).collect();
+        assert_eq!((over[13], over[14], over[15]), ((1, 9000), (0, 0), (1, 40000)));
+        assert_eq!(over.iter().map(|o| o.0).sum::<usize>(), s.over_max_seq);
     }
 }
