@@ -162,7 +162,7 @@ pub fn kernel_s(cm: &CostModel, kernel: &Kernel) -> f64 {
     let c = &cm.cluster;
     match *kernel {
         Kernel::Gemm { m, n, k, .. } => gemm_time_s(c, cm.train.dtype, m, n, k),
-        Kernel::Memory { bytes } => memory_time_s(c, bytes),
+        Kernel::Memory { bytes, .. } => memory_time_s(c, bytes),
         Kernel::Attention { pass, heads, head_dim, tiles, lead, causal } => {
             if tiles <= 0.0 {
                 return 0.0;

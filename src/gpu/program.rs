@@ -14,7 +14,7 @@ use super::schedule::{issue_order, AttnOps, Block, Op, OpKind, Outline, Phase, S
 use crate::cluster::Collective;
 use crate::cost::{Pass, Transfer};
 use crate::error::{Error, Result};
-use crate::workload::{Compute, Kernel, Part, Step, Workload, RECOMPUTE};
+use crate::workload::{Compute, Kernel, Part, Step, Traffic, Workload, RECOMPUTE};
 use std::collections::BTreeMap;
 
 /// The outline of every step: what lock-step pricing needs besides the ops.
@@ -101,7 +101,7 @@ fn kernel_op(label: &str, kernel: &Kernel) -> Option<OpKind> {
             k: k.round() as u64,
             count: 1,
         }),
-        Kernel::Memory { bytes } => Some(OpKind::Memory { name: label.to_string(), bytes: bytes.round() as u64 }),
+        Kernel::Memory { traffic, bytes } => Some(OpKind::Memory { name: traffic.name().to_string(), bytes: bytes.round() as u64 }),
         // Attention kernels run as the attention ops of the plan's layout.
         Kernel::Attention { .. } => None,
     }
@@ -176,6 +176,14 @@ impl BlockOps<'_> {
             };
             tagged.push((op.clone(), leaf));
         }
+        // Key/value gradients leave after the step that computed them: the previous op's step.
+        let mut previous = None;
+        for (op, leaf) in tagged.iter_mut() {
+            if leaf.is_none() && matches!(op.kind, OpKind::SendRecv { tensor: Tensor::DKv, .. }) {
+                *leaf = previous;
+            }
+            previous = leaf.or(previous);
+        }
         let mut next = None;
         for (op, leaf) in tagged.iter_mut().rev() {
             match leaf {
@@ -217,9 +225,12 @@ impl BlockOps<'_> {
         Ok(())
     }
 
+    /// The leaf's memory-bound passes, but those the executor does with ops of its own (priced
+    /// by their shapes): the accumulators' conversion (fp32 accumulators in the kernels, casts
+    /// after them) and the key/value gradients' merge (the adds into the travelling gradients).
     fn memory(&mut self, leaf: &Leaf) {
         for kernel in leaf.kernels(self.slot) {
-            if let Kernel::Memory { .. } = kernel {
+            if matches!(kernel, Kernel::Memory { traffic, .. } if !matches!(traffic, Traffic::Conversion | Traffic::KvGradMerge)) {
                 if let Some(kind) = kernel_op(&leaf.step.label, &kernel) {
                     self.push(Op { at: Some(leaf.at), work: Some(Work::Kernel(kernel)), ..Op::new(Stream::Compute, kind) });
                 }

@@ -13,7 +13,7 @@ use super::program;
 use super::varlen::{GroupVarlen, VarlenMeta};
 use crate::cluster::{Cluster, Collective};
 use crate::cost::{CostModel, Dtype, Scope, Transfer};
-use crate::workload::Kernel;
+use crate::workload::{Kernel, Traffic};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
 use crate::plan::{BatchPlan, Plan};
@@ -1254,7 +1254,7 @@ fn sync_ops(cm: &CostModel, peers: &[u32]) -> Vec<Op> {
             Op { work: Some(Work::Transfer(t)), ..Op::new(Stream::Data, kind) }
         })
         .collect();
-    let optimizer = Kernel::Memory { bytes: cm.optimizer_bytes(peers.len() as u32) };
+    let optimizer = Kernel::Memory { traffic: Traffic::Optimizer, bytes: cm.optimizer_bytes(peers.len() as u32) };
     let mut step = Op { work: Some(Work::Kernel(optimizer)), ..Op::new(Stream::Compute, OpKind::Memory { name: "optimizer".into(), bytes: cm.optimizer_bytes(peers.len() as u32).round() as u64 }) };
     // The optimizer waits for the gradients (and the weights' gather waits for the optimizer).
     step.waits = (0..ops.len()).filter(|&i| ops[i].kind.collective().is_some_and(|c| c.0 != Collective::AllGather)).collect();

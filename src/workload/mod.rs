@@ -59,6 +59,45 @@ impl Linear {
     }
 }
 
+/// What a memory-bound pass does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    Norm,
+    Residual,
+    Rotary,
+    Activation,
+    Fp8Cast,
+    Loss,
+    /// The permutes around a Ulysses all-to-all.
+    LayoutCopy,
+    /// A ring step's softmax merge (forward) or query-gradient merge (backward).
+    Merge,
+    /// A ring step's key/value gradients added to the travelling ones (backward).
+    KvGradMerge,
+    /// Attention accumulators converted to fp32 and back.
+    Conversion,
+    Optimizer,
+}
+
+impl Traffic {
+    pub fn name(self) -> &'static str {
+        match self {
+            Traffic::Norm => "norm",
+            Traffic::Residual => "residual",
+            Traffic::Rotary => "rotary",
+            Traffic::Activation => "activation",
+            Traffic::Fp8Cast => "fp8_cast",
+            Traffic::Loss => "loss",
+            Traffic::LayoutCopy => "layout_copy",
+            Traffic::Merge => "merge",
+            Traffic::KvGradMerge => "kv_grad_merge",
+            Traffic::Conversion => "conversion",
+            Traffic::Optimizer => "optimizer",
+        }
+    }
+}
+
 /// One kernel a rank runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kernel", rename_all = "snake_case")]
@@ -66,7 +105,7 @@ pub enum Kernel {
     /// `[m, k] x [k, n]` in the training dtype, of `linear`.
     Gemm { linear: Linear, m: f64, n: f64, k: f64 },
     /// A memory-bound pass that reads and writes `bytes` in all.
-    Memory { bytes: f64 },
+    Memory { traffic: Traffic, bytes: f64 },
     /// A FlashAttention call: `tiles` tiles of `ATTENTION_TILE_TOKENS` a side with work, led by
     /// `lead` thread blocks (query tiles forward, key tiles backward), for `heads` heads;
     /// `causal` when a diagonal block is part of it.
@@ -78,7 +117,7 @@ impl Kernel {
     pub fn is_empty(&self) -> bool {
         match *self {
             Kernel::Gemm { m, n, k, .. } => m <= 0.0 || n <= 0.0 || k <= 0.0,
-            Kernel::Memory { bytes } => bytes <= 0.0,
+            Kernel::Memory { bytes, .. } => bytes <= 0.0,
             Kernel::Attention { tiles, .. } => tiles <= 0.0,
         }
     }
@@ -148,6 +187,9 @@ pub struct Workload {
     /// Tokens (padding included) each GPU holds outside attention.
     pub tokens_per_gpu: f64,
 }
+
+/// What each of `elementwise_ops`' passes is.
+const ELEMENTWISE: [Traffic; 6] = [Traffic::Norm, Traffic::Norm, Traffic::Residual, Traffic::Residual, Traffic::Rotary, Traffic::Activation];
 
 /// Label prefix of recomputed forward steps.
 pub const RECOMPUTE: &str = "recompute ";
@@ -247,7 +289,10 @@ pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: 
         match cm.train.checkpointing {
             Checkpointing::Full => ctx.layer(layers, Pass::Fwd, RECOMPUTE),
             Checkpointing::Selective => {
-                ctx.attention_compute(layers, Pass::Fwd, RECOMPUTE);
+                // The attention core is what is recomputed, its ring or gather included
+                // (Transformer Engine's context-parallel attention sits inside Megatron's
+                // recomputed core attention); the Ulysses all-to-alls around it are not.
+                ctx.attention(layers, Pass::Fwd, RECOMPUTE);
                 if scope != Scope::Attention {
                     ctx.activation_recompute(layers);
                 }
@@ -380,7 +425,7 @@ impl Ctx<'_> {
                 Pass::Bwd => m * n,
             })
             .sum();
-        Some(Kernel::Memory { bytes: elements * self.cm.train.stack.precision.fp8_cast_bytes_per_element })
+        Some(Kernel::Memory { traffic: Traffic::Fp8Cast, bytes: elements * self.cm.train.stack.precision.fp8_cast_bytes_per_element })
     }
 
     fn linear(&mut self, layers: u32, pass: Pass, prefix: &str) {
@@ -389,7 +434,7 @@ impl Ctx<'_> {
         // Backward elementwise kernels read the gradient and the saved input and write one
         // gradient: about twice the forward's bytes.
         let mut elementwise: Vec<Kernel> =
-            self.elementwise_ops().iter().map(|&bytes| Kernel::Memory { bytes: bytes * self.tokens * pass_factor(pass) }).collect();
+            ELEMENTWISE.iter().zip(self.elementwise_ops()).map(|(&traffic, bytes)| Kernel::Memory { traffic, bytes: bytes * self.tokens * pass_factor(pass) }).collect();
         elementwise.extend(self.fp8_cast(pass));
         self.flops += f64::from(layers) * gemm_flops * pass_factor(pass);
         // With tensor-parallel communication overlap, each TP collective runs inside the GEMM
@@ -425,7 +470,7 @@ impl Ctx<'_> {
     /// The selective policy recomputes the MLP activation in the backward pass.
     fn activation_recompute(&mut self, layers: u32) {
         let bytes = self.elementwise_ops()[5] * self.tokens;
-        self.stage("recompute activation fwd".into(), Part::Linear, Pass::Fwd, layers, Compute::uniform(vec![Kernel::Memory { bytes }]), None);
+        self.stage("recompute activation fwd".into(), Part::Linear, Pass::Fwd, layers, Compute::uniform(vec![Kernel::Memory { traffic: Traffic::Activation, bytes }]), None);
     }
 
     /// A collective over every data-parallel rank of the cluster (ZeRO's parameter and gradient
@@ -545,7 +590,7 @@ impl Ctx<'_> {
         for (name, heads) in tensors {
             // Each rank's send buffer: its tokens for all `heads` heads (nccl-tests' all-to-all size).
             let bytes = self.tokens * self.head_bytes(heads);
-            let copy = Kernel::Memory { bytes: 2.0 * bytes };
+            let copy = Kernel::Memory { traffic: Traffic::LayoutCopy, bytes: 2.0 * bytes };
             let t = Transfer::new(Collective::AllToAll, u, nodes, bytes).with_network_senders(span.div_ceil(nodes));
             let label = format!("{prefix}ulysses all_to_all {direction} {name} {}", pass_name(pass));
             self.stage(label, Part::Attention, pass, layers, Compute::uniform(vec![copy, copy]), Some((t, false)));
@@ -607,21 +652,31 @@ impl Ctx<'_> {
         self.stage(format!("{prefix}attention {}", pass_name(pass)), Part::Attention, pass, layers, Compute::Slots(per_slot), None);
     }
 
-    /// Bytes of the K/V block one rank passes along the ring, for the tokens that travel:
-    /// forward K and V (bf16); backward K and V (bf16) and the dK, dV accumulators, which travel
-    /// in fp32 (ring-flash-attention, USP and Transformer Engine all accumulate them in fp32).
+    /// Bytes of the K/V block one rank passes along the ring, for the tokens that travel: K and V
+    /// (bf16), and in the backward the dK, dV accumulators, which travel in fp32
+    /// (ring-flash-attention, USP and Transformer Engine all accumulate them in fp32).
     fn ring_block_bytes(&self, pass: Pass) -> f64 {
-        // After the all-to-all a rank holds its slot's every token for its share of the heads.
-        let travelling = match self.shape.scheme {
-            // Only split documents' pieces (and their padding) circulate.
+        self.kv_block_bytes() + if pass == Pass::Bwd { self.dkv_block_bytes() } else { 0.0 }
+    }
+
+    /// K and V of the travelling tokens, bf16.
+    fn kv_block_bytes(&self) -> f64 {
+        self.travelling_tokens() * 2.0 * 2.0 * self.kv_heads * self.head_dim()
+    }
+
+    /// dK and dV of the travelling tokens, fp32.
+    fn dkv_block_bytes(&self) -> f64 {
+        self.travelling_tokens() * 2.0 * 4.0 * self.kv_heads * self.head_dim()
+    }
+
+    /// Tokens whose keys and values travel around the ring: after the all-to-all a rank holds
+    /// its slot's every token for its share of the heads; the sequence-aware layout circulates
+    /// only split documents' pieces (and their padding).
+    fn travelling_tokens(&self) -> f64 {
+        match self.shape.scheme {
             Scheme::Hsap => self.split_tokens_per_slot(),
             _ => self.slot_tokens(),
-        };
-        let bytes_per_element = match pass {
-            Pass::Fwd => 2.0 * 2.0,
-            Pass::Bwd => 2.0 * 2.0 + 2.0 * 4.0,
-        };
-        travelling * bytes_per_element * self.kv_heads * self.head_dim()
+        }
     }
 
     /// Tokens of split documents a slot holds (the largest over slots, padding included).
@@ -647,19 +702,23 @@ impl Ctx<'_> {
     /// log-sum-exp difference (read 4, write 4; the per-row factor is negligible) and `out - that`
     /// (read 8, write 4): 38 bytes; the log-sum-exp update, about 40 bytes per row and head; and
     /// when only part of the rows got work (zigzag's second half), the slice written back (8).
-    /// Backward: `dq += dq_block` and `dk, dv += block` on fp32 accumulators (read 4 + 2, write 4).
-    fn merge(&self, pass: Pass, i: usize, j: usize) -> Kernel {
+    /// Backward: `dq += dq_block`, then `dk, dv += block`, on fp32 accumulators (read 4 + 2,
+    /// write 4), two kernels.
+    fn merge(&self, pass: Pass, i: usize, j: usize) -> Vec<Kernel> {
         let d = self.head_dim();
         let rows = self.work.q_rows[i][j];
-        let bytes = match pass {
+        let memory = |traffic, bytes| Kernel::Memory { traffic, bytes };
+        match pass {
             Pass::Fwd => {
                 let partial = rows + 0.5 < self.slot_real_tokens(i);
                 let per_element = 38.0 + if partial { 8.0 } else { 0.0 };
-                rows * self.heads * (per_element * d + 40.0)
+                vec![memory(Traffic::Merge, rows * self.heads * (per_element * d + 40.0))]
             }
-            Pass::Bwd => (rows * self.heads + 2.0 * self.work.k_rows[i][j] * self.kv_heads) * 10.0 * d,
-        };
-        Kernel::Memory { bytes }
+            Pass::Bwd => vec![
+                memory(Traffic::Merge, rows * self.heads * 10.0 * d),
+                memory(Traffic::KvGradMerge, 2.0 * self.work.k_rows[i][j] * self.kv_heads * 10.0 * d),
+            ],
+        }
     }
 
     /// Real tokens of slot i.
@@ -674,7 +733,7 @@ impl Ctx<'_> {
             Pass::Fwd => self.heads,
             Pass::Bwd => self.heads + 2.0 * self.kv_heads,
         };
-        Kernel::Memory { bytes: self.slot_tokens() * heads * self.head_dim() * 12.0 }
+        Kernel::Memory { traffic: Traffic::Conversion, bytes: self.slot_tokens() * heads * self.head_dim() * 12.0 }
     }
 
     /// Tokens of one slot: what each of its ranks computes attention over after the all-to-all.
@@ -693,7 +752,7 @@ impl Ctx<'_> {
                 let mut kernels: Vec<Kernel> = self.block(pass, i, k).into_iter().collect();
                 // The first step writes the accumulators; later ones merge into them.
                 if j > 0 && !kernels.is_empty() {
-                    kernels.push(self.merge(pass, i, k));
+                    kernels.extend(self.merge(pass, i, k));
                 }
                 kernels.extend(last);
                 kernels
@@ -701,27 +760,37 @@ impl Ctx<'_> {
             .collect()
     }
 
-    /// A ring hop: at a node's edge the `ulysses` x `tp` ranks of one slot send across together.
-    fn ring_transfer(&self, pass: Pass, ranks: u32, nodes: u32) -> Transfer {
-        Transfer::new(Collective::SendRecv, ranks, nodes, self.ring_block_bytes(pass))
-            .with_network_senders(self.shape.ulysses * self.cm.train.tp)
+    /// A ring hop of `bytes`: at a node's edge the `ulysses` x `tp` ranks of one slot send across
+    /// together.
+    fn ring_transfer(&self, bytes: f64, ranks: u32, nodes: u32) -> Transfer {
+        Transfer::new(Collective::SendRecv, ranks, nodes, bytes).with_network_senders(self.shape.ulysses * self.cm.train.tp)
+    }
+
+    /// What travels at ring step `j` of `steps`, and whether it runs beside the step's compute:
+    /// the block for step j + 1 (K and V) and, backward, the dK and dV of step j - 1 (ring-flash-
+    /// attention sends each step's gradients on after computing them, beside the next step). The
+    /// last step's dK and dV return home after it, exposed; the last forward step sends nothing.
+    fn ring_hop(&self, pass: Pass, j: usize, steps: usize, ranks: u32, nodes: u32) -> Option<(Transfer, bool)> {
+        let last = j + 1 == steps;
+        let kv = if last { 0.0 } else { self.kv_block_bytes() };
+        let dkv = if pass == Pass::Bwd && j >= 1 { self.dkv_block_bytes() } else { 0.0 };
+        let bytes = kv + dkv;
+        (bytes > 0.0).then(|| (self.ring_transfer(bytes, ranks, nodes), !last))
     }
 
     fn ring_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let r = self.shape.ring as usize;
-        let transfer = self.ring_transfer(pass, self.shape.ring, self.nodes);
         let p = pass_name(pass);
         self.flops += f64::from(layers) * self.attention_flops(pass);
         let conversion = self.accumulator_conversion(pass);
         for j in 0..r {
             let slots = self.step_kernels(pass, j, (j + 1 == r).then_some(conversion));
-            // The block for step j + 1 travels while step j computes; the last step sends nothing.
-            let sends = j + 1 < r && transfer.bytes > 0.0;
-            if !sends && slots.iter().flatten().all(Kernel::is_empty) {
+            let hop = self.ring_hop(pass, j, r, self.shape.ring, self.nodes);
+            if hop.is_none() && slots.iter().flatten().all(Kernel::is_empty) {
                 continue;
             }
             let label = format!("{prefix}ring step {j} {p}");
-            self.stage(label, Part::Attention, pass, layers, Compute::Slots(slots), sends.then_some((transfer, true)));
+            self.stage(label, Part::Attention, pass, layers, Compute::Slots(slots), hop);
             if let Some(step) = self.steps.last_mut() {
                 step.ring_step = Some(j as u32);
             }
@@ -729,7 +798,9 @@ impl Ctx<'_> {
     }
 
     /// Double ring: the inner ring runs over the slots of one node, its transfers inside the node;
-    /// each round's hop to the next node overlaps the whole round.
+    /// each round's hop to the next node overlaps the whole round. Backward, gradients travel as
+    /// in [`Self::ring_hop`] on both rings: each round's last inner hop and the last round's outer
+    /// hop return them home, exposed.
     fn double_ring_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let r = self.shape.ring as usize;
         let gpn = self.cluster().gpus_per_node;
@@ -738,8 +809,6 @@ impl Ctx<'_> {
             return self.ring_attention(layers, pass, prefix);
         }
         let outer = r / inner;
-        let inner_t = self.ring_transfer(pass, inner as u32, 1);
-        let outer_t = self.ring_transfer(pass, self.shape.ring, self.nodes);
         let p = pass_name(pass);
         self.flops += f64::from(layers) * self.attention_flops(pass);
         let conversion = self.accumulator_conversion(pass);
@@ -747,15 +816,18 @@ impl Ctx<'_> {
             // Each inner step overlaps the inner hop that brings the next block (none after the
             // last inner step).
             let mut steps: Vec<Step> = (0..inner)
-                .map(|k| Step {
-                    label: format!("{prefix}double ring round {round} inner step {k} {p}"),
-                    part: Part::Attention,
-                    pass,
-                    repeat: 1,
-                    compute: Compute::Slots(self.step_kernels(pass, round * inner + k, None)),
-                    transfer: (k + 1 < inner).then_some(inner_t),
-                    overlapped: true,
-                    ring_step: Some((round * inner + k) as u32),
+                .map(|k| {
+                    let hop = self.ring_hop(pass, k, inner, inner as u32, 1);
+                    Step {
+                        label: format!("{prefix}double ring round {round} inner step {k} {p}"),
+                        part: Part::Attention,
+                        pass,
+                        repeat: 1,
+                        compute: Compute::Slots(self.step_kernels(pass, round * inner + k, None)),
+                        transfer: hop.map(|h| h.0),
+                        overlapped: hop.is_some_and(|h| h.1),
+                        ring_step: Some((round * inner + k) as u32),
+                    }
                 })
                 .collect();
             if round + 1 == outer {
@@ -770,30 +842,28 @@ impl Ctx<'_> {
                     ring_step: None,
                 });
             }
-            let sends = round + 1 < outer && outer_t.bytes > 0.0;
+            let hop = self.ring_hop(pass, round, outer, self.shape.ring, self.nodes);
             let label = format!("{prefix}double ring round {round} {p}");
-            self.stage(label, Part::Attention, pass, layers, Compute::Steps(steps), sends.then_some((outer_t, true)));
+            self.stage(label, Part::Attention, pass, layers, Compute::Steps(steps), hop);
         }
     }
 
-    /// All-gather K and V over the ring dimension (gradients reduce-scattered in the backward),
-    /// then each slot's queries against all keys in one kernel.
+    /// All-gather K and V over the ring dimension, then each slot's queries against all keys in
+    /// one kernel. The backward gathers them again (Llama 3 keeps no gathered copy, to save
+    /// memory) and reduce-scatters the dK, dV accumulators (fp32, as the ring sends them).
     fn allgather_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let r = self.shape.ring;
         // The gathered K and V of every slot, for this rank's share of the KV heads.
         let gathered = f64::from(r) * self.slot_tokens() * 2.0 * self.head_bytes(self.kv_heads);
-        let collective = match pass {
-            Pass::Fwd => Collective::AllGather,
-            Pass::Bwd => Collective::ReduceScatter,
-        };
-        let t = Transfer::new(collective, r, self.nodes, gathered).with_network_senders(self.shape.ulysses * self.cm.train.tp);
+        let (nodes, senders) = (self.nodes, self.shape.ulysses * self.cm.train.tp);
+        let group = |collective, bytes| Transfer::new(collective, r, nodes, bytes).with_network_senders(senders);
         let p = pass_name(pass);
-        if pass == Pass::Fwd {
-            self.stage(format!("{prefix}allgather kv {p}"), Part::Attention, pass, layers, Compute::idle(), Some((t, false)));
-        }
+        let gather = group(Collective::AllGather, gathered);
+        self.stage(format!("{prefix}allgather kv {p}"), Part::Attention, pass, layers, Compute::idle(), Some((gather, false)));
         self.attention_compute(layers, pass, prefix);
         if pass == Pass::Bwd {
-            self.stage(format!("{prefix}reduce_scatter dkv {p}"), Part::Attention, pass, layers, Compute::idle(), Some((t, false)));
+            let scatter = group(Collective::ReduceScatter, 2.0 * gathered);
+            self.stage(format!("{prefix}reduce_scatter dkv {p}"), Part::Attention, pass, layers, Compute::idle(), Some((scatter, false)));
         }
     }
 
@@ -804,7 +874,7 @@ impl Ctx<'_> {
         let m = &cm.model;
         let (t, h, v) = (self.tokens, f64::from(m.hidden), f64::from(m.vocab) / self.tp());
         let logits = Kernel::Gemm { linear: Linear::LmHead, m: t, n: v, k: h };
-        let loss = Kernel::Memory { bytes: t * v * cm.train.stack.elementwise.loss_bytes_per_logit };
+        let loss = Kernel::Memory { traffic: Traffic::Loss, bytes: t * v * cm.train.stack.elementwise.loss_bytes_per_logit };
         self.flops += 2.0 * t * v * h;
         self.stage("lm head fwd".into(), Part::Head, Pass::Fwd, 1, Compute::uniform(vec![logits, loss]), None);
         if self.cm.train.backward {
