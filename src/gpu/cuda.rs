@@ -1609,6 +1609,33 @@ mod tests {
         Schedule::for_plan(&plan, None, Tiling::default()).unwrap()
     }
 
+    /// A data-parallel collective's buckets hand NCCL the bytes the schedule declares (nccl-tests'
+    /// size: a gather's output, a scatter's input), short by less than one bf16 element per rank
+    /// and bucket where a bucket does not split evenly over the ranks; no side exceeds the bucket.
+    #[test]
+    fn data_parallel_buckets_move_the_declared_bytes() {
+        for collective in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter] {
+            for (bytes, bucket, ranks) in [(1_000_000u64, 80_000_000u64, 16u64), (200_000_000, 80_000_000, 16), (7_000_006, 1_000_000, 3)] {
+                let (mut left, mut size, mut calls) = (bytes, 0, 0);
+                while left > 0 {
+                    let n = left.min(bucket);
+                    let (sent, elements, received) = dp_elements(collective, n, ranks);
+                    assert!(sent <= n && received <= n, "{collective:?}: {sent} / {received} of a {n}-byte bucket");
+                    let given = match collective {
+                        Collective::AllGather => sent,
+                        Collective::ReduceScatter => received,
+                        _ => n,
+                    };
+                    assert_eq!(elements as u64 * BF16_BYTES, given, "{collective:?}");
+                    size += if collective == Collective::ReduceScatter { sent } else { received };
+                    left -= n;
+                    calls += 1;
+                }
+                assert!(size <= bytes && bytes - size < calls * ranks * BF16_BYTES, "{collective:?}: {size} of {bytes}");
+            }
+        }
+    }
+
     /// What the executor hands NCCL is what the schedule declares, for every rank and op.
     #[test]
     fn transfers_move_the_bytes_the_schedule_declares() {
