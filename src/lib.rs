@@ -21,6 +21,7 @@ pub mod stack;
 pub mod trace;
 pub mod tune;
 pub mod units;
+pub mod workload;
 
 mod toml_input;
 

@@ -35,7 +35,14 @@ fn every_rank_of_every_group_has_its_blocks() {
         let phases: Vec<(Phase, Option<usize>, u32)> = rs.blocks.iter().map(|b| (b.phase, b.microbatch, b.repeat)).collect();
         let mut want = Vec::new();
         for m in 0..2 {
-            want.extend([(Phase::LayerForward, Some(m), 32), (Phase::Head, Some(m), 1), (Phase::LayerBackward, Some(m), 32)]);
+            // Full checkpointing (the plan's training configuration) recomputes every layer's
+            // forward before its backward.
+            want.extend([
+                (Phase::LayerForward, Some(m), 32),
+                (Phase::Head, Some(m), 1),
+                (Phase::LayerRecompute, Some(m), 32),
+                (Phase::LayerBackward, Some(m), 32),
+            ]);
         }
         want.push((Phase::GradSync, None, 1));
         assert_eq!(phases, want, "rank {}", rs.rank);
@@ -101,10 +108,12 @@ fn gemms_have_the_models_linear_shapes() {
             ("mlp_down".into(), 1000, 4096, 14336, 1),
         ]
     );
+    // The backward: input and weight gradients of each, priced as the forward's shape each (the
+    // same FLOPs).
     let bwd = ops(block(&s, 12, 0, Phase::LayerBackward), |k| matches!(k, OpKind::Gemm { .. }));
     assert_eq!(bwd.len(), 8);
-    let OpKind::Gemm { name, m, n, k, .. } = bwd[1] else { unreachable!() };
-    assert_eq!((name.as_str(), *m, *n, *k), ("mlp_down wgrad", 14336, 4096, 1000));
+    let OpKind::Gemm { name, m, n, k, .. } = bwd[5] else { unreachable!() };
+    assert_eq!((name.as_str(), *m, *n, *k), ("o_proj wgrad", 1000, 4096, 4096));
     let head = ops(block(&s, 12, 0, Phase::Head), |_| true);
     let OpKind::Gemm { m, n, k, count, .. } = head[0] else { unreachable!() };
     assert_eq!((*m, *n, *k, *count), (1000, 128256, 4096, 1));
@@ -174,14 +183,20 @@ fn the_double_ring_has_an_inner_ring_in_the_node_and_an_outer_ring_across() {
 }
 
 #[test]
-fn the_step_ends_with_a_gradient_all_reduce_over_every_gpu() {
-    let s = schedule();
-    let plan = two_node_plan();
+fn under_zero_0_the_step_ends_with_a_gradient_all_reduce_over_every_gpu() {
+    let mut plan = two_node_plan();
+    plan.train.zero = 0;
+    let s = Schedule::for_plan(&plan, Some(4), Tiling::default()).unwrap().remove(0);
     for rs in &s.ranks {
         let last = rs.blocks.last().unwrap();
-        let OpKind::AllReduce { peers, bytes, .. } = &last.ops[0].kind else { panic!() };
+        let OpKind::DataParallel { collective, peers, bytes, .. } = &last.ops[0].kind else { panic!() };
+        assert_eq!(*collective, Collective::AllReduce);
         assert_eq!(peers, &(0..16).collect::<Vec<_>>());
         assert_eq!(*bytes, plan.model.params() * 2);
+        // Then the optimizer over the whole model (ZeRO 0 does not shard it): Adam's 28 bytes and
+        // clipping's 12 per parameter.
+        let OpKind::Memory { name, bytes } = &last.ops[1].kind else { panic!() };
+        assert_eq!((name.as_str(), *bytes), ("optimizer", plan.model.params() * 40));
     }
 }
 
@@ -192,11 +207,13 @@ fn every_block_orders_its_streams() {
         for b in &rs.blocks {
             check_races(&b.ops).unwrap_or_else(|e| panic!("rank {} {:?}: {e}", rs.rank, b.phase));
             // A transfer waits for the compute op issued before it (so a layer's first transfer
-            // never runs ahead into the previous layer).
+            // never runs ahead into the previous layer), except ZeRO's weight gather at the
+            // start of a layer: prefetched while the layer before computes.
             let mut last_compute = None;
             for (k, op) in b.ops.iter().enumerate() {
                 match (op.stream, last_compute) {
                     (Stream::Compute, _) => last_compute = Some(k),
+                    (Stream::Data, None) => {}
                     (_, Some(c)) => assert!(op.waits.contains(&c), "rank {} {:?} op {k} waits {:?}, not {c}", rs.rank, b.phase, op.waits),
                     (_, None) => panic!("rank {} {:?}: a transfer before any compute op", rs.rank, b.phase),
                 }

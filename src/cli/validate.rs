@@ -2,6 +2,7 @@
 //! the prediction, or (`--dry-run`) print what every rank would run. docs/validate.md.
 
 use super::{io_out, thousands};
+use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::gpu::attention::Tiling;
 use crate::gpu::pricing::CostModelPricer;
@@ -26,6 +27,10 @@ pub struct ValidateArgs {
     /// With --dry-run, print only this rank's schedule.
     #[arg(long, value_name = "R", requires = "dry_run")]
     pub rank: Option<u32>,
+    /// With --dry-run, print JSON: per batch `predicted_step_s` (the plan's), `schedule_step_s`
+    /// (the schedule priced by the cost model) and every rank's ops.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Measurements CSV written by rank 0 (docs/measurements.md); a plot goes beside it (.svg).
     #[arg(long, value_name = "FILE", default_value = "measurements.csv")]
     pub out: PathBuf,
@@ -51,7 +56,10 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
         if let Some(r) = args.rank.filter(|&r| r >= plan.cluster.gpus()) {
             return Err(Error::invalid(format!("--rank {r}: the plan runs on {} GPUs", plan.cluster.gpus()), "ranks count from 0"));
         }
-        return write_dry_run(&plan, &args.plan, &schedules, args.rank, out).map_err(io_out);
+        if args.json {
+            return write_dry_run_json(&schedules, pricer.cost_model(), args.rank, out);
+        }
+        return write_dry_run(&plan, &args.plan, &schedules, pricer.cost_model(), args.rank, out).map_err(io_out);
     }
     let options = crate::gpu::cuda::RunOptions {
         repeats: args.repeats,
@@ -81,7 +89,27 @@ fn short_list(v: &[u32]) -> String {
     format!("[{},...,{}] ({} entries)", ranks_text(&v[..SHOWN - 1]), v[v.len() - 1], v.len())
 }
 
-fn write_dry_run(plan: &Plan, path: &Path, schedules: &[Schedule], only: Option<u32>, out: &mut dyn Write) -> std::io::Result<()> {
+/// The dry run as JSON: per batch the two step times and the schedule (every rank's, or `only`'s).
+fn write_dry_run_json(schedules: &[Schedule], cm: &CostModel, only: Option<u32>, out: &mut dyn Write) -> Result<()> {
+    let batches: Vec<serde_json::Value> = schedules
+        .iter()
+        .map(|s| {
+            let mut s2 = s.clone();
+            s2.ranks.retain(|r| only.is_none_or(|o| o == r.rank));
+            serde_json::json!({
+                "batch": s.batch,
+                "predicted_step_s": s.predicted_step_s,
+                "schedule_step_s": s.schedule_step_s(cm),
+                "schedule": s2,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "batches": batches }))
+        .map_err(|e| Error::internal(format!("writing the dry run as JSON: {e}")))?;
+    writeln!(out, "{text}").map_err(io_out)
+}
+
+fn write_dry_run(plan: &Plan, path: &Path, schedules: &[Schedule], cm: &CostModel, only: Option<u32>, out: &mut dyn Write) -> std::io::Result<()> {
     let c = &plan.cluster;
     writeln!(
         out,
@@ -96,7 +124,14 @@ fn write_dry_run(plan: &Plan, path: &Path, schedules: &[Schedule], only: Option<
     )?;
     for s in schedules {
         writeln!(out)?;
-        writeln!(out, "batch {}: {} micro-batches, predicted step {}", s.batch, s.microbatches.len(), seconds(Some(s.predicted_step_s)))?;
+        writeln!(
+            out,
+            "batch {}: {} micro-batches, predicted step {}, schedule step {}",
+            s.batch,
+            s.microbatches.len(),
+            seconds(Some(s.predicted_step_s)),
+            seconds(s.schedule_step_s(cm))
+        )?;
         for mb in &s.microbatches {
             writeln!(out, "  micro-batch {}: predicted {}", mb.index, seconds(Some(mb.predicted_s)))?;
             for g in &mb.groups {
@@ -203,8 +238,9 @@ fn describe(op: &Op, varlen: Option<&crate::gpu::varlen::GroupVarlen>) -> String
             format!("ranks {}; {}", ranks_text(peers), b(*bytes))
         }
         OpKind::SendRecv { rows, send_to, recv_from, bytes, .. } => format!("to {send_to}, from {recv_from}; {rows} rows; {}", b(*bytes)),
-        OpKind::AllReduce { peers, bytes, bucket_bytes, .. } => {
+        OpKind::DataParallel { peers, bytes, bucket_bytes, .. } => {
             format!("{} ranks; {} in buckets of {}", peers.len(), b(*bytes), b(*bucket_bytes))
         }
+        OpKind::Memory { bytes, .. } => format!("{} read and written", b(*bytes)),
     }
 }

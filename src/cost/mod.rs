@@ -1,9 +1,10 @@
 //! The analytic cost model: what one SP group's micro-batch costs in time and memory on a cluster.
 //!
-//! A group's work is described as a [`Program`]: stages of compute and collectives, each stage
-//! either exposed (transfer, then compute) or overlapped (transfer alongside compute, as ring
-//! attention does). The cost model evaluates a program on an idle cluster; the simulator replays
-//! the same programs with several groups sharing links. docs/cost-model.md states the formulas.
+//! A group's work is described once, as a [`crate::workload::Workload`]: steps of kernels and
+//! collectives, each step either exposed (transfer, then compute) or overlapped (transfer
+//! alongside compute, as ring attention does). The cost model prices it into a [`Program`] and
+//! evaluates that on an idle cluster; the simulator replays the same programs with several groups
+//! sharing links. docs/cost-model.md states the formulas.
 
 pub mod attention;
 pub mod comm;
@@ -22,7 +23,8 @@ pub use attention::{AttentionKernel, AttentionModel};
 pub use comm::Transfer;
 pub use compute::{Dtype, Pass};
 pub use memory::{Checkpointing, MemoryBreakdown};
-pub use program::{batch_layout, OverlapSplit, Part, Program, Stage};
+pub use crate::workload::batch_layout;
+pub use program::{kernel_s, OverlapSplit, Part, Program, Stage};
 
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
@@ -224,19 +226,24 @@ impl CostModel {
     pub fn hsap_params(&self) -> HsapParams {
         HsapParams {
             split_threshold: None,
-            linear_weight: program::linear_weight(&self.model),
+            linear_weight: crate::workload::linear_weight(&self.model),
         }
     }
 
     /// The stage program of one group running `docs` (lengths, packing order) as one micro-batch.
     pub fn program(&self, shape: &GroupShape, docs: &[u32]) -> Program {
-        program::build(self, shape, &[docs.to_vec()], Scope::Step)
+        self.program_batch(shape, &[docs.to_vec()], Scope::Step)
+    }
+
+    /// What one group running a micro-batch of `sequences` does, unpriced (`crate::workload`).
+    pub fn workload(&self, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> crate::workload::Workload {
+        crate::workload::build(self, shape, sequences, scope)
     }
 
     /// The stage program of one group running a micro-batch of independent sequences (each a
     /// packed list of document lengths, laid out over the group on its own), for `scope`.
     pub fn program_batch(&self, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> Program {
-        program::build(self, shape, sequences, scope)
+        Program::price(self, self.workload(shape, sequences, scope))
     }
 
     /// Cost of one group's micro-batch on an idle cluster.
@@ -352,10 +359,16 @@ impl CostModel {
     /// The optimizer step over this GPU's shard of the weights, gradient clipping included
     /// (memory-bound).
     pub fn optimizer_s(&self, gpus: u32) -> f64 {
+        compute::memory_time_s(&self.cluster, self.optimizer_bytes(gpus))
+    }
+
+    /// Bytes the optimizer step moves through HBM on one GPU (Adam and gradient clipping over
+    /// its shard).
+    pub fn optimizer_bytes(&self, gpus: u32) -> f64 {
         let tp = self.train.tp;
         let shard = if self.train.zero >= 1 { f64::from((gpus / tp).max(1)) } else { 1.0 };
         let params = self.model.params() as f64 / f64::from(tp) / shard;
-        compute::memory_time_s(&self.cluster, params * (ADAM_BYTES_PER_PARAM + GRAD_CLIP_BYTES_PER_PARAM))
+        params * (ADAM_BYTES_PER_PARAM + GRAD_CLIP_BYTES_PER_PARAM)
     }
 
     /// The step-level synchronisation and optimizer step after the last micro-batch, whose
@@ -363,11 +376,15 @@ impl CostModel {
     pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
         let (overlapped, after) = self.sync_transfers(gpus);
         let time = |t: Option<Transfer>| t.map_or(0.0, |t| comm::time_s(&self.cluster, &t));
-        let (overlappable, gather) = (time(overlapped), time(after));
+        self.sync_cost(time(overlapped), time(after), self.optimizer_s(gpus), last_backward_s)
+    }
+
+    /// The synchronisation's cost from its parts' times: the reduction that may overlap the last
+    /// backward pass of `last_backward_s`, the weights' gather after the optimizer, the optimizer.
+    pub fn sync_cost(&self, overlappable: f64, gather: f64, optimizer_s: f64, last_backward_s: f64) -> SyncCost {
         // The weights' all-gather after the optimizer can run during the next step's forward.
         let exposed = if self.train.stack.overlap.param_gather { 0.0 } else { gather };
         let hidden = if self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce { last_backward_s } else { 0.0 };
-        let optimizer_s = self.optimizer_s(gpus);
         SyncCost {
             time_s: overlappable + gather,
             exposed_s: (overlappable - hidden).max(0.0) + exposed + optimizer_s,

@@ -105,10 +105,10 @@ enum Arg {
     I32(i32),
 }
 
-/// One process's GPU: context, the schedule's three streams, cuBLAS and the compiled kernels.
+/// One process's GPU: context, the schedule's streams, cuBLAS and the compiled kernels.
 struct Gpu {
     ctx: Arc<CudaContext>,
-    streams: [Arc<CudaStream>; 3],
+    streams: [Arc<CudaStream>; 4],
     blas: cudarc::cublas::CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     /// Allocations kept alive (addresses are used raw).
@@ -134,7 +134,7 @@ impl Gpu {
         // SAFETY: no slice exists yet; every later use is ordered by the schedule's waits.
         unsafe { ctx.disable_event_tracking() };
         let stream = || ctx.new_stream().map_err(fail("creating a stream"));
-        let streams = [stream()?, stream()?, stream()?];
+        let streams = [stream()?, stream()?, stream()?, stream()?];
         let blas = cudarc::cublas::CudaBlas::new(streams[0].clone()).map_err(fail("creating a cuBLAS handle"))?;
         let (major, minor) = ctx.compute_capability().map_err(fail("reading the compute capability"))?;
         // NVRTC takes the architecture as a 'static string; one per process.
@@ -581,6 +581,7 @@ impl Comms {
             Stream::Compute => &self.compute,
             Stream::Ring => &self.ring,
             Stream::Outer => &self.outer,
+            Stream::Data => &self.grads,
         }
     }
 }
@@ -615,6 +616,26 @@ struct Samples {
 /// The median of an op's timings (crate::stats); 0 s for one no repetition timed.
 fn median(v: &[f64]) -> f64 {
     crate::stats::median(v).unwrap_or(0.0)
+}
+
+/// Most bytes one copy of a memory-bound op moves (its workspace is the gradient buckets').
+const MEMORY_CHUNK_BYTES: u64 = 256 << 20;
+
+/// Bytes per copy of a memory-bound op of `bytes` (read and written: half of them copied).
+fn memory_chunk(bytes: u64) -> u64 {
+    (bytes / 2).clamp(1, MEMORY_CHUNK_BYTES)
+}
+
+/// A data-parallel collective's call for a bucket of `n` bytes (nccl-tests' size: an
+/// all-gather's output, a reduce-scatter's input, an all-reduce's buffer) over `ranks` ranks:
+/// (bytes sent, bf16 elements NCCL is given (per rank for gathers and scatters), bytes received).
+fn dp_elements(collective: Collective, n: u64, ranks: u64) -> (u64, usize, u64) {
+    let share = n / ranks / BF16_BYTES * BF16_BYTES;
+    match collective {
+        Collective::AllGather => (share, (share / BF16_BYTES) as usize, share * ranks),
+        Collective::ReduceScatter => (share * ranks, (share / BF16_BYTES) as usize, share),
+        _ => (n, (n / BF16_BYTES) as usize, n),
+    }
 }
 
 /// Bytes a Ulysses all-to-all sends to and receives from each peer (in peer order).
@@ -655,8 +676,10 @@ impl<'a> Executor<'a> {
                     Geometry::new(&s.microbatches[m].groups[mem.group].varlen, AttnDims::of(&s.model), mem.local_rank)
                 });
                 for op in &b.ops {
-                    if let OpKind::AllReduce { bucket_bytes, .. } = op.kind {
-                        bucket = bucket.max(bucket_bytes);
+                    match op.kind {
+                        OpKind::DataParallel { bucket_bytes, .. } => bucket = bucket.max(bucket_bytes),
+                        OpKind::Memory { bytes, .. } => bucket = bucket.max(memory_chunk(bytes)),
+                        _ => {}
                     }
                     let (reads, writes) = op.kind.access();
                     for (buf, geo) in reads.into_iter().chain(writes).zip(std::iter::repeat(&geo)) {
@@ -724,7 +747,7 @@ impl<'a> Executor<'a> {
         let ev = |n: usize| (0..n).map(|_| self.gpu.event()).collect::<Result<Vec<_>>>();
         let block_start = ev(rs.blocks.len())?;
         let block_end = ev(rs.blocks.len())?;
-        let joins = ev(3)?;
+        let joins = ev(Stream::ALL.len())?;
         let mut op_events: Vec<Vec<(CudaEvent, CudaEvent)>> = Vec::new();
         for b in &rs.blocks {
             let n = b.ops.len() * b.repeat as usize;
@@ -735,8 +758,9 @@ impl<'a> Executor<'a> {
             for (bi, b) in rs.blocks.iter().enumerate() {
                 // Join: every stream starts after everything before the block.
                 self.gpu.record(&joins[0], Stream::Compute)?;
-                self.gpu.wait(Stream::Ring, &joins[0])?;
-                self.gpu.wait(Stream::Outer, &joins[0])?;
+                for &other in &Stream::ALL[1..] {
+                    self.gpu.wait(other, &joins[0])?;
+                }
                 self.gpu.record(&block_start[bi], Stream::Compute)?;
                 let m = b.microbatch;
                 for layer in 0..b.repeat as usize {
@@ -752,10 +776,10 @@ impl<'a> Executor<'a> {
                         self.gpu.record(end, op.stream)?;
                     }
                 }
-                self.gpu.record(&joins[1], Stream::Ring)?;
-                self.gpu.record(&joins[2], Stream::Outer)?;
-                self.gpu.wait(Stream::Compute, &joins[1])?;
-                self.gpu.wait(Stream::Compute, &joins[2])?;
+                for (i, &other) in Stream::ALL.iter().enumerate().skip(1) {
+                    self.gpu.record(&joins[i], other)?;
+                    self.gpu.wait(Stream::Compute, &joins[i])?;
+                }
                 self.gpu.record(&block_end[bi], Stream::Compute)?;
             }
             self.gpu.synchronize()?;
@@ -882,24 +906,38 @@ impl<'a> Executor<'a> {
                     Ok(())
                 })
             }
-            OpKind::AllReduce { bytes, bucket_bytes, .. } => {
+            OpKind::DataParallel { collective, peers, bytes, bucket_bytes, .. } => {
                 let bucket = (*bucket_bytes).min(self.grad_bucket).max(BF16_BYTES);
+                let ranks = peers.len().max(1) as u64;
                 let mut left = *bytes;
                 while left > 0 {
                     let n = left.min(bucket);
-                    // SAFETY: both gradient buffers hold `bucket` bytes.
+                    let (_, elements, _) = dp_elements(*collective, n, ranks);
+                    let (send, recv) = (self.grads.0 as *const _, self.grads.1 as *mut _);
+                    let (comm, bf16, sum) = (self.comms.grads.raw, nccl::ncclDataType_t::ncclBfloat16, nccl::ncclRedOp_t::ncclSum);
+                    // SAFETY: both workspaces hold `bucket` bytes: the larger side of every call
+                    // below is `n` bytes at most (`dp_elements`).
                     let r = unsafe {
-                        nccl::ncclAllReduce(
-                            self.grads.0 as *const _,
-                            self.grads.1 as *mut _,
-                            (n / BF16_BYTES) as usize,
-                            nccl::ncclDataType_t::ncclBfloat16,
-                            nccl::ncclRedOp_t::ncclSum,
-                            self.comms.grads.raw,
-                            s.cu_stream() as _,
-                        )
+                        match collective {
+                            Collective::AllGather => nccl::ncclAllGather(send, recv, elements, bf16, comm, s.cu_stream() as _),
+                            Collective::ReduceScatter => nccl::ncclReduceScatter(send, recv, elements, bf16, sum, comm, s.cu_stream() as _),
+                            _ => nccl::ncclAllReduce(send, recv, elements, bf16, sum, comm, s.cu_stream() as _),
+                        }
                     };
-                    nccl_check(r, "gradient all-reduce")?;
+                    nccl_check(r, op.name())?;
+                    left -= n;
+                }
+                Ok(())
+            }
+            OpKind::Memory { bytes, .. } => {
+                // A pass that reads and writes `bytes` in all: copies of half of them.
+                let chunk = memory_chunk(*bytes).min(self.grad_bucket);
+                let mut left = bytes / 2;
+                while left > 0 {
+                    let n = left.min(chunk);
+                    // SAFETY: both workspaces hold at least `chunk` bytes.
+                    unsafe { cudarc::driver::result::memcpy_dtod_async(self.grads.1, self.grads.0, n as usize, s.cu_stream()) }
+                        .map_err(fail(op.name()))?;
                     left -= n;
                 }
                 Ok(())
@@ -1569,6 +1607,33 @@ mod tests {
             }],
         };
         Schedule::for_plan(&plan, None, Tiling::default()).unwrap()
+    }
+
+    /// A data-parallel collective's buckets hand NCCL the bytes the schedule declares (nccl-tests'
+    /// size: a gather's output, a scatter's input), short by less than one bf16 element per rank
+    /// and bucket where a bucket does not split evenly over the ranks; no side exceeds the bucket.
+    #[test]
+    fn data_parallel_buckets_move_the_declared_bytes() {
+        for collective in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter] {
+            for (bytes, bucket, ranks) in [(1_000_000u64, 80_000_000u64, 16u64), (200_000_000, 80_000_000, 16), (7_000_006, 1_000_000, 3)] {
+                let (mut left, mut size, mut calls) = (bytes, 0, 0);
+                while left > 0 {
+                    let n = left.min(bucket);
+                    let (sent, elements, received) = dp_elements(collective, n, ranks);
+                    assert!(sent <= n && received <= n, "{collective:?}: {sent} / {received} of a {n}-byte bucket");
+                    let given = match collective {
+                        Collective::AllGather => sent,
+                        Collective::ReduceScatter => received,
+                        _ => n,
+                    };
+                    assert_eq!(elements as u64 * BF16_BYTES, given, "{collective:?}");
+                    size += if collective == Collective::ReduceScatter { sent } else { received };
+                    left -= n;
+                    calls += 1;
+                }
+                assert!(size <= bytes && bytes - size < calls * ranks * BF16_BYTES, "{collective:?}: {size} of {bytes}");
+            }
+        }
     }
 
     /// What the executor hands NCCL is what the schedule declares, for every rank and op.

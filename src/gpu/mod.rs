@@ -5,6 +5,7 @@
 //! - [`attention`]: the attention kernels' algorithm on the CPU, tile for tile.
 //! - [`kernels`]: the CUDA C sources of `kernels/` and their NVRTC compilation.
 //! - [`schedule`]: each rank's ordered ops (kernels, collectives, streams, waits).
+//! - [`program`]: a rank's blocks laid out from its group's workload, and priced back.
 //! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
 //! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
@@ -17,5 +18,6 @@ pub mod launch;
 pub mod reference;
 pub mod report;
 pub mod pricing;
+pub mod program;
 pub mod schedule;
 pub mod varlen;

@@ -1,8 +1,8 @@
 //! The cost model's prediction for every op of a validation schedule: what `validate` compares
 //! its measurements with (and what `--dry-run` prints).
 
-use super::schedule::{OpKind, PriceContext, Pricer};
-use crate::cost::{comm, compute, CostModel, Pass, Transfer};
+use super::schedule::{Op, OpKind, PriceContext, Pricer, Work};
+use crate::cost::{comm, compute, kernel_s, CostModel, Pass, Transfer};
 use crate::cost::pairs::ATTENTION_TILE_TOKENS;
 use crate::error::Result;
 use crate::plan::Plan;
@@ -14,6 +14,11 @@ pub struct CostModelPricer {
 }
 
 impl CostModelPricer {
+    /// The plan's cost model, which the schedule's step is priced with.
+    pub fn cost_model(&self) -> &CostModel {
+        &self.cm
+    }
+
     pub fn new(plan: &Plan) -> Result<CostModelPricer> {
         Ok(CostModelPricer {
             cm: CostModel::new(plan.model.clone(), plan.cluster.clone(), plan.train.clone())?,
@@ -27,7 +32,15 @@ impl CostModelPricer {
 }
 
 impl Pricer for CostModelPricer {
-    fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64> {
+    /// An op that runs part of the workload is priced as the cost model priced that part; the
+    /// executor's own ops by their shapes.
+    fn price(&self, op: &Op, ctx: &PriceContext) -> Option<f64> {
+        match op.work {
+            Some(Work::Kernel(k)) => return Some(kernel_s(&self.cm, &k)),
+            Some(Work::Transfer(t)) => return Some(comm::time_s(&self.cm.cluster, &t)),
+            None => {}
+        }
+        let op = &op.kind;
         let cluster = &self.cm.cluster;
         let dtype = self.cm.train.dtype;
         let head_dim = f64::from(self.cm.model.head_dim);
@@ -58,6 +71,7 @@ impl Pricer for CostModelPricer {
             // Two f32 operands in, one out.
             OpKind::Add { elems, .. } => self.memory(*elems as f64 * 12.0),
             OpKind::SumReplicas { elems, .. } => self.memory(*elems as f64 * 8.0),
+            OpKind::Memory { bytes, .. } => self.memory(*bytes as f64),
             _ => {
                 let (collective, bytes, ranks) = op.collective()?;
                 comm::time_s(cluster, &Transfer::new(collective, ranks, ctx.nodes, bytes as f64))

@@ -494,7 +494,8 @@ impl Ctx<'_> {
                 rank.bufs.insert(*dst, out);
                 Ok(())
             }
-            OpKind::Gemm { .. } => Ok(()),
+            // GEMMs and memory-bound passes stand for work outside attention: nothing to compute.
+            OpKind::Gemm { .. } | OpKind::Memory { .. } => Ok(()),
             other => Err(format!("{} is not a local op", other.name())),
         }
     }
@@ -682,12 +683,13 @@ fn shape_check(t: &T, m: &VarlenMeta, what: &str) -> Result<(), String> {
 /// is ordered by the waits: then running the list in order and running it on streams agree.
 pub fn check_races(ops: &[Op]) -> Result<(), String> {
     let idx = |s: Stream| Stream::ALL.iter().position(|&x| x == s).unwrap_or(0);
-    let mut clock: Vec<[usize; 3]> = Vec::with_capacity(ops.len());
+    const STREAMS: usize = Stream::ALL.len();
+    let mut clock: Vec<[usize; STREAMS]> = Vec::with_capacity(ops.len());
     let mut seq = vec![0usize; ops.len()];
-    let mut last_on = [None::<usize>; 3];
+    let mut last_on = [None::<usize>; STREAMS];
     for (k, op) in ops.iter().enumerate() {
         let s = idx(op.stream);
-        let mut c = last_on[s].map_or([0; 3], |p| clock[p]);
+        let mut c = last_on[s].map_or([0; STREAMS], |p| clock[p]);
         for &w in &op.waits {
             if w >= k {
                 return Err(format!("op {k} waits for a later op {w}"));

@@ -9,10 +9,13 @@
 //! list order, or concurrently with those waits, the results are the same.
 
 use super::attention::{count, HeadMap, TileCount, Tiling};
+use super::program;
 use super::varlen::{GroupVarlen, VarlenMeta};
 use crate::cluster::{Cluster, Collective};
+use crate::cost::{CostModel, Dtype, Scope, Transfer};
+use crate::workload::{Kernel, Traffic};
 use crate::error::{Error, Result};
-use crate::model::{Mlp, ModelShape};
+use crate::model::ModelShape;
 use crate::plan::{BatchPlan, Plan};
 use crate::scheme::GroupShape;
 use crate::scheme::Scheme;
@@ -24,9 +27,6 @@ pub const BF16_BYTES: u64 = 2;
 /// Bytes of one f32 element: attention accumulators and the key/value gradients that travel
 /// around the ring (summed over many ranks, so kept in f32 as ring-flash-attention does).
 pub const F32_BYTES: u64 = 4;
-/// Rows of the output projection (logits) computed at once, so that the logits of a long shard
-/// (rows x vocabulary) need not fit in memory at once.
-pub const LM_HEAD_CHUNK_ROWS: u64 = 4096;
 /// Gradient all-reduce bucket (PyTorch DDP's default is 25 MiB; Megatron uses 40M elements).
 pub const GRAD_BUCKET_BYTES: u64 = 40_000_000 * BF16_BYTES;
 
@@ -39,16 +39,20 @@ pub enum Stream {
     Ring,
     /// The double ring's outer (inter-node) send/recv, overlapping the whole inner ring.
     Outer,
+    /// Data-parallel collectives over every rank (ZeRO's weight gathers and gradient
+    /// reduce-scatters, the step's gradient synchronisation), beside the layer's compute.
+    Data,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Compute, Stream::Ring, Stream::Outer];
+    pub const ALL: [Stream; 4] = [Stream::Compute, Stream::Ring, Stream::Outer, Stream::Data];
 
     pub fn name(self) -> &'static str {
         match self {
             Stream::Compute => "compute",
             Stream::Ring => "ring",
             Stream::Outer => "outer",
+            Stream::Data => "data",
         }
     }
 }
@@ -155,6 +159,8 @@ pub enum Tensor {
     DKv,
     /// Parameter gradients (data-parallel reduction).
     Grads,
+    /// Parameters (ZeRO's gathers).
+    Weights,
 }
 
 impl Tensor {
@@ -171,6 +177,7 @@ impl Tensor {
             Tensor::Kv => "kv",
             Tensor::DKv => "dkv",
             Tensor::Grads => "grads",
+            Tensor::Weights => "weights",
         }
     }
 
@@ -266,7 +273,14 @@ pub enum OpKind {
     SendRecv { tensor: Tensor, src: Buf, dst: Buf, rows: u32, send_to: u32, recv_from: u32, bytes: u64 },
     AllGather { tensor: Tensor, src: Buf, dst: Buf, peers: Vec<u32>, bytes: u64 },
     ReduceScatter { tensor: Tensor, src: Buf, dst: Buf, peers: Vec<u32>, bytes: u64 },
-    AllReduce { tensor: Tensor, peers: Vec<u32>, bytes: u64, bucket_bytes: u64 },
+    /// A memory-bound pass reading and writing `bytes` in all (norms, residual adds, rotary, the
+    /// MLP activation, the loss, ring merges, layout copies around an all-to-all): the executor
+    /// copies `bytes / 2` within device memory, which moves the same bytes.
+    Memory { name: String, bytes: u64 },
+    /// A collective over the data-parallel ranks on workspaces of its own, in buckets of at most
+    /// `bucket_bytes`: ZeRO's weight all-gathers and gradient reduce-scatters, the step's
+    /// gradient all-reduce.
+    DataParallel { collective: Collective, tensor: Tensor, peers: Vec<u32>, bytes: u64, bucket_bytes: u64 },
 }
 
 impl OpKind {
@@ -274,7 +288,7 @@ impl OpKind {
     /// their own on the compute stream).
     pub fn access(&self) -> (Vec<Buf>, Vec<Buf>) {
         match self {
-            OpKind::Gemm { .. } | OpKind::AllReduce { .. } => (vec![], vec![]),
+            OpKind::Gemm { .. } | OpKind::Memory { .. } | OpKind::DataParallel { .. } => (vec![], vec![]),
             OpKind::AttnFwd(a) => (vec![a.q, a.kv], vec![Buf::Oacc, Buf::Lse]),
             OpKind::AttnBwd(a) => {
                 let d_o = if a.q == Buf::Q { Buf::DO } else { Buf::DOh };
@@ -300,7 +314,7 @@ impl OpKind {
                 | OpKind::SendRecv { .. }
                 | OpKind::AllGather { .. }
                 | OpKind::ReduceScatter { .. }
-                | OpKind::AllReduce { .. }
+                | OpKind::DataParallel { .. }
         )
     }
 
@@ -311,7 +325,7 @@ impl OpKind {
             OpKind::SendRecv { bytes, .. } => Some((Collective::SendRecv, *bytes, 2)),
             OpKind::AllGather { peers, bytes, .. } => Some((Collective::AllGather, *bytes, peers.len() as u32)),
             OpKind::ReduceScatter { peers, bytes, .. } => Some((Collective::ReduceScatter, *bytes, peers.len() as u32)),
-            OpKind::AllReduce { peers, bytes, .. } => Some((Collective::AllReduce, *bytes, peers.len() as u32)),
+            OpKind::DataParallel { collective, peers, bytes, .. } => Some((*collective, *bytes, peers.len() as u32)),
             _ => None,
         }
     }
@@ -327,7 +341,7 @@ impl OpKind {
             OpKind::AllToAll { peers, .. }
             | OpKind::AllGather { peers, .. }
             | OpKind::ReduceScatter { peers, .. }
-            | OpKind::AllReduce { peers, .. } => peers.iter().copied().filter(|&p| p != me).collect(),
+            | OpKind::DataParallel { peers, .. } => peers.iter().copied().filter(|&p| p != me).collect(),
             _ => vec![],
         }
     }
@@ -354,7 +368,8 @@ impl OpKind {
             OpKind::SendRecv { tensor, .. } => format!("send_recv {}", tensor.name()),
             OpKind::AllGather { tensor, .. } => format!("all_gather {}", tensor.name()),
             OpKind::ReduceScatter { tensor, .. } => format!("reduce_scatter {}", tensor.name()),
-            OpKind::AllReduce { tensor, .. } => format!("all_reduce {}", tensor.name()),
+            OpKind::Memory { name, .. } => format!("memory {name}"),
+            OpKind::DataParallel { collective, tensor, .. } => format!("{} {}", collective.name(), tensor.name()),
         }
     }
 }
@@ -367,6 +382,46 @@ pub struct Op {
     pub kind: OpKind,
     /// The cost model's time for this op, seconds, once priced (see [`Schedule::price`]).
     pub predicted_s: Option<f64>,
+    /// The step of the group's workload this op belongs to (`GroupRun::steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<StepAt>,
+    /// What of the workload the op runs, as the cost model describes it: a kernel with its shape
+    /// or a collective with its group. None for the executor's own work (casts, zeroing, the
+    /// attention backward's preprocessing), which the cost model does not describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Work>,
+}
+
+impl Op {
+    pub fn new(stream: Stream, kind: OpKind) -> Op {
+        Op { stream, waits: Vec::new(), kind, predicted_s: None, at: None, work: None }
+    }
+}
+
+/// A step of a group's workload: `steps[step]`, or its inner step `inner` (the double ring's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StepAt {
+    pub step: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner: Option<u32>,
+}
+
+/// The workload item an op runs (`crate::workload`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Kernel(Kernel),
+    Transfer(Transfer),
+}
+
+/// A workload step as the schedule prices it: whether its transfer overlaps its compute, and
+/// its inner steps (the double ring's rounds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outline {
+    pub label: String,
+    pub overlapped: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inner: Vec<Outline>,
 }
 
 /// Appends ops, deriving each op's waits from the buffers it touches.
@@ -398,12 +453,7 @@ impl Ops {
             self.last_write.insert(b, id);
             self.reads_since.remove(&b);
         }
-        self.ops.push(Op {
-            stream,
-            waits,
-            kind,
-            predicted_s: None,
-        });
+        self.ops.push(Op { waits, ..Op::new(stream, kind) });
         id
     }
 }
@@ -412,7 +462,7 @@ impl Ops {
 /// as a framework's communication stream waits for the compute stream when a transfer is issued
 /// (PyTorch's NCCL process group does so at every call). Without it, a layer's first transfer,
 /// which reads only the layer's inputs, could start while the previous layer still computes.
-fn issue_order(ops: &mut [Op]) {
+pub fn issue_order(ops: &mut [Op]) {
     let mut last_compute = None;
     for (k, op) in ops.iter_mut().enumerate() {
         if op.stream == Stream::Compute {
@@ -907,6 +957,8 @@ impl RankCtx<'_> {
 pub enum Phase {
     /// One transformer layer's forward (repeated for every layer).
     LayerForward,
+    /// One layer's forward recomputed before its backward (activation checkpointing).
+    LayerRecompute,
     /// The output projection (logits) forward and backward.
     Head,
     /// One transformer layer's backward (repeated for every layer).
@@ -919,6 +971,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::LayerForward => "layer forward",
+            Phase::LayerRecompute => "layer recompute",
             Phase::Head => "output head",
             Phase::LayerBackward => "layer backward",
             Phase::GradSync => "gradient sync",
@@ -962,6 +1015,8 @@ pub struct GroupRun {
     pub tokens: u64,
     pub varlen: GroupVarlen,
     pub predicted_s: f64,
+    /// The steps of the group's workload its ranks' ops are tagged with (`Op::at`).
+    pub steps: Vec<Outline>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1019,9 +1074,11 @@ impl Schedule {
 
     /// Lays out one batch: every micro-batch's groups must cover every GPU exactly once.
     pub fn build(plan: &Plan, batch: &BatchPlan, tiling: Tiling) -> Result<Schedule> {
+        let cm = runnable(plan)?;
         let model = &plan.model;
         let cluster = &plan.cluster;
         let world = cluster.gpus();
+        let dp_peers: Vec<u32> = (0..world).collect();
         let gpn = cluster.gpus_per_node.max(1);
         let dims = AttnDims::of(model);
         let mut ranks: Vec<RankSchedule> = (0..world)
@@ -1054,10 +1111,12 @@ impl Schedule {
                 }
                 let inner = inner_ring(&shape, &group.ranks, gpn).map_err(context)?;
                 let attn = group_attention(&varlen, dims, &group.ranks, inner, tiling).map_err(context)?;
-                for (q, (ops, &rank)) in attn.into_iter().zip(&group.ranks).enumerate() {
+                let work = cm.workload(&shape, &[group.doc_lengths()], Scope::Step);
+                for (q, (ops, &rank)) in attn.iter().zip(&group.ranks).enumerate() {
                     let rs = &mut ranks[rank as usize];
                     rs.membership.push(Membership { group: g, local_rank: q as u32 });
-                    rs.blocks.extend(layer_blocks(model, m, varlen.shard_rows, ops));
+                    let slot = q / shape.ulysses.max(1) as usize;
+                    rs.blocks.extend(program::group_blocks(&work, m, slot, ops, &dp_peers).map_err(context)?);
                 }
                 groups.push(GroupRun {
                     index: g,
@@ -1068,6 +1127,7 @@ impl Schedule {
                     tokens: group.docs.iter().map(|d| u64::from(d.len)).sum(),
                     varlen,
                     predicted_s: group.predicted_time_s,
+                    steps: program::outline(&work.steps),
                 });
             }
             if let Some(idle) = owner.iter().position(Option::is_none) {
@@ -1082,24 +1142,9 @@ impl Schedule {
                 groups,
             });
         }
-        let grad_bytes = model.params() * BF16_BYTES;
+        let sync = sync_ops(&cm, &dp_peers);
         for rs in &mut ranks {
-            rs.blocks.push(Block {
-                phase: Phase::GradSync,
-                microbatch: None,
-                repeat: 1,
-                ops: vec![Op {
-                    stream: Stream::Compute,
-                    waits: vec![],
-                    kind: OpKind::AllReduce {
-                        tensor: Tensor::Grads,
-                        peers: (0..world).collect(),
-                        bytes: grad_bytes,
-                        bucket_bytes: GRAD_BUCKET_BYTES.min(grad_bytes),
-                    },
-                    predicted_s: None,
-                }],
-            });
+            rs.blocks.push(Block { phase: Phase::GradSync, microbatch: None, repeat: 1, ops: sync.clone() });
         }
         Ok(Schedule {
             batch: batch.index,
@@ -1139,7 +1184,7 @@ impl Schedule {
                         ranks: members.len() as u32,
                         nodes,
                     };
-                    op.predicted_s = pricer.price(&op.kind, &ctx);
+                    op.predicted_s = pricer.price(op, &ctx);
                 }
             }
         }
@@ -1164,65 +1209,61 @@ fn inner_ring(shape: &GroupShape, ranks: &[u32], gpus_per_node: u32) -> Result<u
     Ok(inner)
 }
 
-/// A rank's blocks for one micro-batch: the layer forward (GEMMs around the attention), the
-/// output head, the layer backward.
-fn layer_blocks(model: &ModelShape, microbatch: usize, rows: u32, attn: AttnOps) -> Vec<Block> {
-    let m = u64::from(rows);
-    let (h, d) = (u64::from(model.hidden), u64::from(model.head_dim));
-    let (q, kv, f) = (u64::from(model.heads) * d, u64::from(model.kv_heads) * d, u64::from(model.ffn));
-    let up = match model.mlp {
-        Mlp::Gated => 2 * f,
-        Mlp::Plain => f,
-    };
-    // (name, n, k) of the layer's linear layers, in forward order: y[m, n] = x[m, k] w[k, n].
-    let linears = [("qkv_proj", q + 2 * kv, h), ("o_proj", h, q), ("mlp_up", up, h), ("mlp_down", h, f)];
-    let gemm = |name: String, m: u64, n: u64, k: u64, count: u64| Op {
-        stream: Stream::Compute,
-        waits: vec![],
-        kind: OpKind::Gemm { name, m, n, k, count },
-        predicted_s: None,
-    };
-    let mut fwd = vec![gemm(linears[0].0.into(), m, linears[0].1, linears[0].2, 1)];
-    splice(&mut fwd, attn.fwd);
-    for (name, n, k) in &linears[1..] {
-        fwd.push(gemm(name.to_string(), m, *n, *k, 1));
+/// The cost model of a plan, if the executor can run what it describes: one GPU per SP rank
+/// (no tensor parallelism), bf16 GEMMs, the backward pass, Q, K and V in three all-to-alls, and
+/// ZeRO over every GPU. Anything else is refused rather than run differently.
+fn runnable(plan: &Plan) -> Result<CostModel> {
+    let t = &plan.train;
+    let world = plan.cluster.gpus();
+    let refuse = |what: String| Err(Error::invalid(format!("validate cannot run this plan: {what}"), "plan with --tp 1 and the default dtype, or run it in a framework"));
+    if t.tp != 1 {
+        return refuse(format!("tensor parallelism (tp = {}) is not implemented by the executor", t.tp));
     }
-    let backward = |(name, n, k): &(&str, u64, u64)| {
-        [gemm(format!("{name} dgrad"), m, *k, *n, 1), gemm(format!("{name} wgrad"), *k, *n, m, 1)]
-    };
-    let mut bwd: Vec<Op> = linears[1..].iter().rev().flat_map(backward).collect();
-    splice(&mut bwd, attn.bwd);
-    bwd.extend(backward(&linears[0]));
-    let vocab = u64::from(model.vocab);
-    let chunks = m.div_ceil(LM_HEAD_CHUNK_ROWS).max(1);
-    let rows = m.div_ceil(chunks);
-    let head = vec![
-        gemm("lm_head".into(), rows, vocab, h, chunks),
-        gemm("lm_head dgrad".into(), rows, h, vocab, chunks),
-        gemm("lm_head wgrad".into(), h, vocab, rows, chunks),
-    ];
-    issue_order(&mut fwd);
-    issue_order(&mut bwd);
-    let block = |phase, repeat, ops| Block {
-        phase,
-        microbatch: Some(microbatch),
-        repeat,
-        ops,
-    };
-    vec![
-        block(Phase::LayerForward, model.layers, fwd),
-        block(Phase::Head, 1, head),
-        block(Phase::LayerBackward, model.layers, bwd),
-    ]
+    if t.dtype != Dtype::Bf16 {
+        return refuse(format!("its GEMMs are {}; the executor runs bf16", t.dtype.name()));
+    }
+    if !t.backward {
+        return refuse("it prices the forward pass only; the executor runs a training step".into());
+    }
+    if t.qkv_packed {
+        return refuse("Q, K and V cross the all-to-all packed; the executor sends three tensors".into());
+    }
+    if let Some(dp) = t.data_parallel_gpus.filter(|&dp| dp != world) {
+        return refuse(format!("ZeRO shards over {dp} GPUs, not the plan's {world}"));
+    }
+    CostModel::new(plan.model.clone(), plan.cluster.clone(), t.clone())
 }
 
-/// Appends `more`, shifting its waits by the ops already there.
-fn splice(ops: &mut Vec<Op>, more: Vec<Op>) {
-    let base = ops.len();
-    ops.extend(more.into_iter().map(|mut op| {
-        op.waits.iter_mut().for_each(|w| *w += base);
-        op
-    }));
+/// The step-level synchronisation after the last micro-batch, on the data stream: the
+/// collectives of `CostModel::sync_transfers` (the overlappable one first), then the optimizer.
+fn sync_ops(cm: &CostModel, peers: &[u32]) -> Vec<Op> {
+    let (overlapped, after) = cm.sync_transfers(peers.len() as u32);
+    let mut ops: Vec<Op> = overlapped
+        .into_iter()
+        .chain(after)
+        .map(|t| {
+            let bytes = t.bytes.round() as u64;
+            let tensor = if t.collective == Collective::AllGather { Tensor::Weights } else { Tensor::Grads };
+            let kind = OpKind::DataParallel {
+                collective: t.collective,
+                tensor,
+                peers: peers.to_vec(),
+                bytes,
+                bucket_bytes: GRAD_BUCKET_BYTES.min(bytes).max(1),
+            };
+            Op { work: Some(Work::Transfer(t)), ..Op::new(Stream::Data, kind) }
+        })
+        .collect();
+    let optimizer = Kernel::Memory { traffic: Traffic::Optimizer, bytes: cm.optimizer_bytes(peers.len() as u32) };
+    let mut step = Op { work: Some(Work::Kernel(optimizer)), ..Op::new(Stream::Compute, OpKind::Memory { name: "optimizer".into(), bytes: cm.optimizer_bytes(peers.len() as u32).round() as u64 }) };
+    // The optimizer waits for the gradients (and the weights' gather waits for the optimizer).
+    step.waits = (0..ops.len()).filter(|&i| ops[i].kind.collective().is_some_and(|c| c.0 != Collective::AllGather)).collect();
+    let at = ops.iter().position(|o| matches!(o.kind, OpKind::DataParallel { collective: Collective::AllGather, .. })).unwrap_or(ops.len());
+    ops.insert(at, step);
+    if at + 1 < ops.len() {
+        ops[at + 1].waits = vec![at];
+    }
+    ops
 }
 
 /// What a pricer knows about an op besides the op itself.
@@ -1239,6 +1280,100 @@ pub struct PriceContext<'a> {
 
 /// Prices ops: the cost model plugs in here. `None` means "no prediction for this op".
 pub trait Pricer {
-    fn price(&self, op: &OpKind, ctx: &PriceContext) -> Option<f64>;
+    fn price(&self, op: &Op, ctx: &PriceContext) -> Option<f64>;
+}
+
+/// The lock-step combination of a step: compute and transfer side by side, or one after the other.
+fn combine(overlapped: bool, compute_s: f64, transfer_s: f64) -> f64 {
+    if overlapped {
+        compute_s.max(transfer_s)
+    } else {
+        compute_s + transfer_s
+    }
+}
+
+/// Per step (and inner step): each rank's time on the compute stream and on the others.
+type StepTimes = BTreeMap<StepAt, Vec<(f64, f64)>>;
+
+/// A step's time from its ranks' ops: the slowest rank's compute stream (with its inner steps),
+/// combined with the slowest rank's other streams as the step's transfer.
+fn step_time_s(outline: &Outline, at: StepAt, times: &StepTimes) -> f64 {
+    let (serial, side) = times.get(&at).map_or((0.0, 0.0), |v| {
+        v.iter().fold((0.0f64, 0.0f64), |(a, b), &(s, o)| (a.max(s), b.max(o)))
+    });
+    let inner: f64 = outline
+        .inner
+        .iter()
+        .enumerate()
+        .map(|(k, o)| step_time_s(o, StepAt { step: at.step, inner: Some(k as u32) }, times))
+        .sum();
+    combine(outline.overlapped, serial + inner, side)
+}
+
+impl Schedule {
+    /// Group `g` of micro-batch `m` priced from its ranks' priced ops as the cost model prices a
+    /// workload: step after step in lock step, each step's compute the slowest rank's, its
+    /// transfer beside or before it. Returns (the micro-batch, its layer forward), or None when an
+    /// op is unpriced or untagged.
+    pub fn group_time_s(&self, m: usize, g: usize) -> Option<(f64, f64)> {
+        let group = self.microbatches.get(m)?.groups.get(g)?;
+        let blocks: Vec<Vec<&Block>> =
+            group.ranks.iter().map(|&r| self.ranks[r as usize].blocks.iter().filter(|b| b.microbatch == Some(m)).collect()).collect();
+        let (mut total, mut forward) = (0.0, 0.0);
+        for bi in 0..blocks.first()?.len() {
+            let mut times: StepTimes = BTreeMap::new();
+            for (q, rank) in blocks.iter().enumerate() {
+                for op in &rank.get(bi)?.ops {
+                    let at = op.at?;
+                    let t = if is_skipped(op) { 0.0 } else { op.predicted_s? };
+                    let e = times.entry(at).or_insert_with(|| vec![(0.0, 0.0); blocks.len()]);
+                    if op.stream == Stream::Compute {
+                        e[q].0 += t;
+                    } else {
+                        e[q].1 += t;
+                    }
+                }
+            }
+            let mut steps: Vec<u32> = times.keys().map(|a| a.step).collect();
+            steps.dedup();
+            let one: f64 = steps
+                .iter()
+                .map(|&k| group.steps.get(k as usize).map(|o| step_time_s(o, StepAt { step: k, inner: None }, &times)))
+                .sum::<Option<f64>>()?;
+            let block = blocks[0][bi];
+            let t = one * f64::from(block.repeat);
+            total += t;
+            if block.phase == Phase::LayerForward {
+                forward += t;
+            }
+        }
+        Some((total, forward))
+    }
+
+    /// The step priced from the schedule: every micro-batch's slowest group, then the gradient
+    /// synchronisation's exposed part and the optimizer (`CostModel::sync_cost`), hidden behind
+    /// the last micro-batch's backward as the cost model hides it. None when an op is unpriced.
+    pub fn schedule_step_s(&self, cm: &CostModel) -> Option<f64> {
+        let mut busy = 0.0;
+        let mut last_backward = 0.0;
+        for (m, mb) in self.microbatches.iter().enumerate() {
+            let times: Vec<(f64, f64)> = (0..mb.groups.len()).map(|g| self.group_time_s(m, g)).collect::<Option<_>>()?;
+            let end = times.iter().map(|t| t.0).fold(0.0, f64::max);
+            let start = times.iter().map(|t| t.1).fold(0.0, f64::max);
+            busy += end;
+            last_backward = end - start;
+        }
+        let sync = self.ranks.first()?.blocks.iter().find(|b| b.phase == Phase::GradSync)?;
+        let (mut overlappable, mut gather, mut optimizer) = (0.0, 0.0, 0.0);
+        for op in &sync.ops {
+            let t = op.predicted_s?;
+            match op.kind.collective() {
+                Some((Collective::AllGather, _, _)) => gather += t,
+                Some(_) => overlappable += t,
+                None => optimizer += t,
+            }
+        }
+        Some(busy + cm.sync_cost(overlappable, gather, optimizer, last_backward).exposed_s)
+    }
 }
 
