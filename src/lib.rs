@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod model;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod reference;
 pub mod scheme;

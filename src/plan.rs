@@ -29,7 +29,66 @@ pub struct Plan {
     pub batches: Vec<BatchPlan>,
 }
 
+/// A plan without its batches: the run's configuration, written as `plan-header.json` beside
+/// the batches streamed one per line into `plan.jsonl` (docs/plan-format.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanHeader {
+    pub format_version: u32,
+    pub strategy: String,
+    pub trace: String,
+    pub model: crate::model::ModelShape,
+    pub cluster: crate::cluster::Cluster,
+    #[serde(default)]
+    pub train: crate::cost::TrainConfig,
+    #[serde(default)]
+    pub memory_limit_bytes: f64,
+    /// Lines (batches) of the plan's `.jsonl`.
+    pub batches: usize,
+}
+
+impl PlanHeader {
+    /// The model and the cluster are valid: what [`PlanHeader::check_batch`] relies on.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        self.model.check(path)?;
+        self.cluster.check(path)
+    }
+
+    /// One batch holds what [`Plan::check`] checks of every batch; errors name `path` and
+    /// `line` (0 when unknown).
+    pub fn check_batch(&self, b: &BatchPlan, path: &Path, line: usize) -> Result<()> {
+        check_batch(b, self.cluster.gpus()).map_err(|f| Error::input(path, line, format!("{}: {}", f.at, f.what), CHECK_HINT))
+    }
+}
+
 impl Plan {
+    /// The plan's header (its batches counted, not copied).
+    pub fn header(&self) -> PlanHeader {
+        PlanHeader {
+            format_version: self.format_version,
+            strategy: self.strategy.clone(),
+            trace: self.trace.clone(),
+            model: self.model.clone(),
+            cluster: self.cluster.clone(),
+            train: self.train.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
+            batches: self.batches.len(),
+        }
+    }
+
+    /// A plan from its header and batches.
+    pub fn from_parts(header: PlanHeader, batches: Vec<BatchPlan>) -> Plan {
+        Plan {
+            format_version: header.format_version,
+            strategy: header.strategy,
+            trace: header.trace,
+            model: header.model,
+            cluster: header.cluster,
+            train: header.train,
+            memory_limit_bytes: header.memory_limit_bytes,
+            batches,
+        }
+    }
+
     /// The batch with index `k`.
     pub fn batch(&self, k: usize) -> Result<&BatchPlan> {
         self.batches.iter().find(|b| b.index == k).ok_or_else(|| {
@@ -187,13 +246,9 @@ impl Plan {
     /// batch is in exactly one group of one micro-batch. Errors name `path`, the batch, the
     /// micro-batch and the group.
     pub fn check(&self, path: &Path) -> Result<()> {
-        self.model.check(path)?;
-        self.cluster.check(path)?;
-        let gpus = self.cluster.gpus();
-        for b in &self.batches {
-            check_batch(b, gpus).map_err(|f| Error::input(path, 0, format!("{}: {}", f.at, f.what), CHECK_HINT))?;
-        }
-        Ok(())
+        let header = self.header();
+        header.check(path)?;
+        self.batches.iter().try_for_each(|b| header.check_batch(b, path, 0))
     }
 }
 

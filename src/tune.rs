@@ -7,15 +7,18 @@ use crate::cluster::Cluster;
 use crate::cost::{CostModel, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ModelShape;
-use crate::plan::{Plan, PLAN_FORMAT_VERSION};
+use crate::formats::plan::PlanWriter;
+use crate::plan::{Plan, PlanHeader, PLAN_FORMAT_VERSION};
 use crate::formats::run::{
-    is_run_file, strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, PLANS_DIR,
-    PLAN_JSON, SUMMARY_FORMAT_VERSION,
+    is_run_file, strategy_summaries, BatchRow, ErrorBar, GroupRow, PlannerDetails, RunData, SolveMs, Summary, TraceInfo, HSAP, PLANS_DIR,
+    PLAN_JSON, PLAN_JSON_MAX_BATCHES, PLAN_STEM, SUMMARY_FORMAT_VERSION,
 };
 use crate::output::StagedDir;
 use crate::report::ReportFiles;
 use crate::sim::{simulate_batch, SimOptions};
-use crate::solver::{run_all, Ctx, FlexspOptions, HsapOptions, Priced, RunOptions, RunResult, Strategy};
+use crate::solver::{
+    run_all_with, Ctx, CtxOptions, FlexspOptions, GroupSizes, HsapOptions, Priced, RunOptions, RunResult, Strategy, StrategyResult,
+};
 use crate::trace::{make_batches, Batch, BatchBy, BatchSpec, Batches, Trace};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -67,7 +70,9 @@ pub struct TuneOptions {
     pub flexsp_time_limit_s: f64,
     /// Baselines to compare with (hsap always runs).
     pub baselines: Vec<Strategy>,
-    /// Draw progress bars on stderr.
+    /// The group sizes hsap considers (the size ladder by default).
+    pub group_sizes: GroupSizes,
+    /// Show progress on stderr (a live line on a terminal, periodic lines otherwise).
     pub progress: bool,
     /// The command line recorded in summary.json.
     pub command: String,
@@ -133,7 +138,9 @@ impl std::fmt::Display for Notice {
 pub struct TuneOutcome {
     /// The run directory's data, as written.
     pub run: RunData,
-    /// Every strategy's plans, hsap's first.
+    /// Every strategy's plans whole, hsap's first, for runs of at most
+    /// [`PLAN_JSON_MAX_BATCHES`] batches; empty for longer runs, whose plans are streamed into
+    /// the run directory (`plan.jsonl`; read them with `formats::plan::PlanStream`).
     pub plans: Vec<Plan>,
     /// The drawn report, unless the options skipped it.
     pub report: Option<ReportFiles>,
@@ -180,7 +187,8 @@ pub fn tune(
     }
     let cm = CostModel::new(inputs.model.clone(), inputs.cluster.clone(), inputs.train.clone())?;
     let max_len = batches.batches.iter().flat_map(|b| b.docs.iter().map(|d| d.len)).max().unwrap_or(1);
-    let ctx = Ctx::new(cm, max_len)?;
+    let ctx_opts = CtxOptions { sizes: opts.group_sizes, progress: crate::progress::Mode::for_stderr(opts.progress) };
+    let ctx = Ctx::with(cm, max_len, &ctx_opts)?;
     check_holdable(&ctx, max_len)?;
     if opts.baselines.contains(&Strategy::Flexsp) && opts.flexsp_time_limit_s < FLEXSP_PAPER_TIME_LIMIT_S {
         notice(&Notice::FlexspTimeLimit { limit_s: opts.flexsp_time_limit_s })?;
@@ -194,21 +202,28 @@ pub fn tune(
         },
         flexsp: FlexspOptions { time_limit_s: opts.flexsp_time_limit_s, ..FlexspOptions::default() },
         baselines: opts.baselines.clone(),
-        progress: opts.progress,
+        progress: crate::progress::Mode::for_stderr(opts.progress),
     };
-    let result = run_all(&ctx, &batches.batches, &run_opts)?;
+    // hsap's plan is streamed into the run as batches are planned; small runs also get it whole.
+    let keep = batches.batches.len() <= PLAN_JSON_MAX_BATCHES;
+    let mut writer = PlanWriter::create(staged.path(), PLAN_STEM, header_of(&ctx, &trace.source, HSAP), keep)?;
+    let result = run_all_with(&ctx, &batches.batches, &run_opts, &mut |b, p| writer.write(&ctx.to_batch_plan(b, p)))?;
+    let mut plans: Vec<Plan> = writer.finish()?.into_iter().collect();
     let plan_wall_s = started.elapsed().as_secs_f64();
-    let plans: Vec<Plan> = result
-        .strategies
-        .iter()
-        .map(|s| plan_of(&ctx, &trace.source, &batches.batches, &s.name, &s.priced))
-        .collect();
-    let simulated = opts.simulate.then(|| simulate_all(&ctx, &plans, opts.progress));
+    for s in &result.strategies[1..] {
+        if let Some(plan) = write_baseline_plan(&ctx, staged.path(), &trace.source, &batches.batches, s, opts.baseline_plans, keep)? {
+            plans.push(plan);
+        }
+    }
+    if let Some(hsap) = plans.first() {
+        hsap.write(&staged.path().join(PLAN_JSON))?;
+    }
+    let simulated = opts.simulate.then(|| simulate_all(&ctx, &batches.batches, &result, opts.progress));
     let simulate_wall_s = started.elapsed().as_secs_f64() - plan_wall_s;
     let walls = Walls { plan_s: plan_wall_s, simulate_s: simulate_wall_s };
     let run = run_data(inputs, opts, &batches, &ctx, &result, simulated.as_deref(), max_seq, walls, measurements)?;
     // The run is written whole into a staging directory that then replaces --out.
-    write_run(staged.path(), &run, &plans, opts.baseline_plans)?;
+    run.write(staged.path())?;
     staged.commit()?;
     let report = if opts.report { Some(crate::report::render(&opts.out)?) } else { None };
     Ok(TuneOutcome { run, plans, report })
@@ -233,9 +248,9 @@ fn check_holdable(ctx: &Ctx, max_len: u32) -> Result<()> {
     ))
 }
 
-/// The plan.json form of one strategy's plans.
-fn plan_of(ctx: &Ctx, trace: &Path, batches: &[Batch], name: &str, priced: &[Priced]) -> Plan {
-    Plan {
+/// A plan's header: the run's configuration as the planner priced it.
+fn header_of(ctx: &Ctx, trace: &Path, name: &str) -> PlanHeader {
+    PlanHeader {
         format_version: PLAN_FORMAT_VERSION,
         strategy: name.to_string(),
         trace: trace.display().to_string(),
@@ -243,28 +258,61 @@ fn plan_of(ctx: &Ctx, trace: &Path, batches: &[Batch], name: &str, priced: &[Pri
         cluster: ctx.cm.cluster.clone(),
         train: ctx.cm.train.clone(),
         memory_limit_bytes: ctx.limit_bytes,
-        batches: batches.iter().zip(priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect(),
+        batches: 0,
     }
 }
 
+/// A baseline's plan: streamed into plans/ when `write` (whole too when `keep`), and returned
+/// whole when `keep`.
+fn write_baseline_plan(
+    ctx: &Ctx,
+    dir: &Path,
+    trace: &Path,
+    batches: &[Batch],
+    s: &StrategyResult,
+    write: bool,
+    keep: bool,
+) -> Result<Option<Plan>> {
+    let header = header_of(ctx, trace, &s.name);
+    let plans_dir = dir.join(PLANS_DIR);
+    if !write {
+        let plans = keep.then(|| batches.iter().zip(&s.priced).map(|(b, p)| ctx.to_batch_plan(b, p)).collect());
+        return Ok(plans.map(|batches| Plan::from_parts(header, batches)));
+    }
+    let mut writer = PlanWriter::create(&plans_dir, &s.name, header, keep)?;
+    for (b, p) in batches.iter().zip(&s.priced) {
+        writer.write(&ctx.to_batch_plan(b, p))?;
+    }
+    let plan = writer.finish()?;
+    if let Some(plan) = &plan {
+        plan.write(&plans_dir.join(format!("{}.json", s.name)))?;
+    }
+    Ok(plan)
+}
+
 /// Every strategy's every batch replayed in the simulator: simulated step times per strategy.
-fn simulate_all(ctx: &Ctx, plans: &[Plan], progress: bool) -> Vec<Vec<f64>> {
-    let total = plans.iter().map(|p| p.batches.len()).sum::<usize>();
-    let pb = crate::solver::progress_bar(progress, total, "simulate");
-    let steps = plans
+/// Each batch's plan is made again from its priced form and dropped once replayed, so a long
+/// trace's plans are never held.
+fn simulate_all(ctx: &Ctx, batches: &[Batch], result: &RunResult, progress: bool) -> Vec<Vec<f64>> {
+    let total = result.strategies.len() * batches.len();
+    let mode = crate::progress::Mode::for_stderr(progress);
+    let pb = crate::progress::Progress::stderr(mode, "simulating", total as u64, "batches");
+    let steps = result
+        .strategies
         .iter()
-        .map(|plan| {
-            plan.batches
+        .map(|s| {
+            batches
                 .par_iter()
-                .map(|b| {
-                    let (sim, _) = simulate_batch(&ctx.cm, b, &SimOptions::default());
+                .zip(&s.priced)
+                .map(|(b, p)| {
+                    let (sim, _) = simulate_batch(&ctx.cm, &ctx.to_batch_plan(b, p), &SimOptions::default());
                     pb.inc(1);
                     sim.step_s
                 })
                 .collect()
         })
         .collect();
-    pb.finish_and_clear();
+    pb.finish();
     steps
 }
 
@@ -348,6 +396,9 @@ fn run_data(
             flexsp_time_limit_s: opts.flexsp_time_limit_s,
             plan_wall_s: walls.plan_s,
             simulate_wall_s: walls.simulate_s,
+            group_sizes: ctx.sizes.clone(),
+            pods: ctx.pods,
+            pod_nodes: ctx.gpus / ctx.gpus_per_node,
         },
         priced_by: crate::cost::sources::describe(&ctx.cm.cluster),
     };
@@ -423,15 +474,3 @@ fn group_rows_of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<Gr
     rows
 }
 
-/// Writes the run directory: its data files, hsap's plan, and the baselines' plans if asked.
-fn write_run(dir: &Path, run: &RunData, plans: &[Plan], baseline_plans: bool) -> Result<()> {
-    run.write(dir)?;
-    for plan in plans {
-        let hsap = plan.strategy == crate::formats::run::HSAP;
-        if !hsap && !baseline_plans {
-            continue;
-        }
-        plan.write(&if hsap { dir.join(PLAN_JSON) } else { dir.join(PLANS_DIR).join(format!("{}.json", plan.strategy)) })?;
-    }
-    Ok(())
-}

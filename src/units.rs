@@ -55,6 +55,19 @@ pub fn seconds(s: f64) -> String {
     format!("{} {unit}", significant(s * scale))
 }
 
+/// A duration as people read a clock: "4.2 s", "3 min 05 s", "2 h 03 min".
+pub fn clock(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        return format!("{s:.1} s");
+    }
+    let whole = s.round() as u64;
+    if whole < 3600 {
+        return format!("{} min {:02} s", whole / 60, whole % 60);
+    }
+    format!("{} h {:02} min", whole / 3600, (whole % 3600) / 60)
+}
+
 /// Seconds as milliseconds with three decimals, for a column of times: 0.0123456 -> "12.346 ms".
 pub fn ms(s: f64) -> String {
     format!("{:.3} ms", s * 1e3)
@@ -122,6 +135,14 @@ pub fn signed_percent(fraction: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_reads_like_a_clock() {
+        use std::time::Duration;
+        assert_eq!(clock(Duration::from_millis(4200)), "4.2 s");
+        assert_eq!(clock(Duration::from_secs(185)), "3 min 05 s");
+        assert_eq!(clock(Duration::from_secs(7380)), "2 h 03 min");
+    }
 
     #[test]
     fn thousands_separators() {

@@ -25,7 +25,7 @@ fn hsap_is_at_most_every_baseline_on_every_batch() {
         hsap: HsapOptions::default(),
         flexsp: FlexspOptions { time_limit_s: 0.3, ..FlexspOptions::default() },
         baselines: Strategy::BASELINES.to_vec(),
-        progress: false,
+        progress: hsap::progress::Mode::Off,
     };
     let result = run_all(&ctx, &batches, &opts).unwrap();
     assert_eq!(result.strategies.len(), 6, "skipped: {:?}", result.skipped);

@@ -8,7 +8,7 @@
 use hsap::cluster::Cluster;
 use hsap::cost::{CostModel, TrainConfig};
 use hsap::model::ModelShape;
-use hsap::solver::Ctx;
+use hsap::solver::{Ctx, CtxOptions, GroupSizes};
 use hsap::trace::Trace;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -35,7 +35,8 @@ fn surrogate_errors_per_group_size() {
         TrainConfig::default(),
     )
     .unwrap();
-    let ctx = Ctx::new(cm, 196_608).unwrap();
+    let all = CtxOptions { sizes: GroupSizes::All, ..CtxOptions::default() };
+    let ctx = Ctx::with(cm, 196_608, &all).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     // (size class, kind) -> relative errors
     let mut errors: BTreeMap<(u32, Kind), Vec<f64>> = BTreeMap::new();

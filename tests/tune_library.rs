@@ -5,7 +5,7 @@ use hsap::cluster::Cluster;
 use hsap::formats::run::RunData;
 use hsap::model::ModelShape;
 use hsap::plan::Plan;
-use hsap::solver::Strategy;
+use hsap::solver::{GroupSizes, Strategy};
 use hsap::trace::{BatchBy, BatchSpec, OverLong, Trace};
 use hsap::tune::{tune, Notice, TuneInputs, TuneOptions};
 use std::path::Path;
@@ -34,6 +34,7 @@ fn options(out: &Path, baselines: Vec<Strategy>, simulate: bool) -> TuneOptions 
         milp_rounds: 0,
         flexsp_time_limit_s: 0.5,
         baselines,
+        group_sizes: GroupSizes::Ladder,
         progress: false,
         command: "tune_library test".into(),
     }

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
-    /// A plan written by the planner (DIR/plan.json, or DIR/plans/<strategy>.json).
+    /// A plan written by the planner: DIR/plan.jsonl (or its DIR/plan-header.json), DIR/plan.json,
+    /// or a baseline's DIR/plans/<strategy>.jsonl or .json.
     #[arg(long, value_name = "FILE")]
     pub plan: PathBuf,
     /// Simulate only this batch (default: every batch, summarised).
@@ -32,7 +33,11 @@ pub struct SimulateArgs {
 }
 
 pub fn simulate(args: &SimulateArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
-    let plan = Plan::read(&args.plan)?;
+    // One batch of a streamed plan is read without holding the others.
+    let plan = match args.batch {
+        Some(k) => Plan::read_batch(&args.plan, k)?,
+        None => Plan::read(&args.plan)?,
+    };
     let mut train = plan.train.clone();
     if let Some(stack) = &args.stack {
         train.stack = Stack::resolve(stack)?;

@@ -4,10 +4,10 @@
 use super::{io_out, thousands, ClusterArgs, ModelArgs, TraceArgs, TrainArgs};
 use crate::error::Result;
 use crate::formats::run::Summary;
-use crate::solver::Strategy;
+use crate::solver::{GroupSizes, Strategy};
 use crate::tune::{TuneInputs, TuneOptions};
 use clap::Args;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 pub use crate::tune::{DEFAULT_FLEXSP_TIME_LIMIT_S, DEFAULT_MAX_SEQ};
@@ -66,6 +66,11 @@ pub struct TuneArgs {
     /// Plan only the first N batches.
     #[arg(long, value_name = "N")]
     pub limit_batches: Option<usize>,
+    /// Consider every group size (every whole number of nodes) instead of the size ladder
+    /// (powers of two of nodes while they run the longest document faster, and the nodes it
+    /// needs): slower to set up on large clusters, kept to compare plans with.
+    #[arg(long)]
+    pub all_group_sizes: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -81,7 +86,8 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         milp_rounds: args.milp_rounds,
         flexsp_time_limit_s: args.flexsp_time_limit,
         baselines: Vec::new(),
-        progress: std::io::stderr().is_terminal(),
+        group_sizes: if args.all_group_sizes { GroupSizes::All } else { GroupSizes::Ladder },
+        progress: true,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     opts.check()?;
@@ -157,6 +163,15 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         s.gpus(),
         d.memory_limit_bytes / crate::units::GIB
     )?;
+    if d.pods > 1 {
+        writeln!(
+            out,
+            "pods      planned as {} identical pods of {} nodes ({} GPUs each): documents dealt to pods by work, no group spans two",
+            d.pods,
+            d.pod_nodes,
+            d.pod_nodes * s.gpus_per_node
+        )?;
+    }
     if let Some(bar) = s.error_bar {
         writeln!(
             out,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
-    /// The plan to run (plan.json, written by the planner).
+    /// The plan to run, written by the planner: plan.jsonl (or plan-header.json) or plan.json.
     #[arg(long, value_name = "FILE")]
     pub plan: PathBuf,
     /// Only the batch with this index (default: every batch of the plan).
@@ -46,7 +46,11 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
-    let plan = Plan::read(&args.plan)?;
+    // One batch of a streamed plan is read without holding the others.
+    let plan = match args.batch {
+        Some(k) if crate::formats::plan::is_streamed(&args.plan) => Plan::read_batch(&args.plan, k)?,
+        _ => Plan::read(&args.plan)?,
+    };
     let mut schedules = Schedule::for_plan(&plan, args.batch, Tiling::default())?;
     let pricer = CostModelPricer::new(&plan)?;
     for s in &mut schedules {

@@ -22,8 +22,16 @@ pub const BATCHES_CSV: &str = "batches.csv";
 pub const GROUPS_CSV: &str = "groups.csv";
 pub const MEASUREMENTS_CSV: &str = "measurements.csv";
 pub const FIT_POINTS_CSV: &str = "fit_points.csv";
-/// hsap's plan, and the folder of the baselines' plans when they are written.
+/// hsap's plan, and the folder of the baselines' plans when they are written: streamed
+/// (`plan-header.json` and `plan.jsonl`; a baseline's `plans/<strategy>-header.json` and
+/// `plans/<strategy>.jsonl`), and whole (`plan.json`, `plans/<strategy>.json`) for runs of at most
+/// [`PLAN_JSON_MAX_BATCHES`] batches.
 pub const PLAN_JSON: &str = "plan.json";
+pub const PLAN_STEM: &str = "plan";
+pub const PLAN_HEADER_JSON: &str = "plan-header.json";
+pub const PLAN_JSONL: &str = "plan.jsonl";
+/// The most batches a run writes whole plans (`plan.json`) for, besides the streamed ones.
+pub const PLAN_JSON_MAX_BATCHES: usize = 64;
 pub const PLANS_DIR: &str = "plans";
 /// The folder the report is drawn into.
 pub const REPORT_DIR: &str = "report";
@@ -34,8 +42,9 @@ pub fn is_run_file(relative: &Path) -> bool {
     let parts: Vec<&str> = relative.iter().filter_map(|p| p.to_str()).collect();
     let extension = |name: &str, allowed: &[&str]| Path::new(name).extension().and_then(|e| e.to_str()).is_some_and(|e| allowed.contains(&e));
     match parts.as_slice() {
-        [name] => [SUMMARY_JSON, TRACE_JSON, BATCHES_CSV, GROUPS_CSV, MEASUREMENTS_CSV, FIT_POINTS_CSV, PLAN_JSON].contains(name),
-        [dir, name] if *dir == PLANS_DIR => extension(name, &["json"]),
+        [name] => [SUMMARY_JSON, TRACE_JSON, BATCHES_CSV, GROUPS_CSV, MEASUREMENTS_CSV, FIT_POINTS_CSV, PLAN_JSON, PLAN_HEADER_JSON, PLAN_JSONL]
+            .contains(name),
+        [dir, name] if *dir == PLANS_DIR => extension(name, &["json", "jsonl"]),
         [dir, name] if *dir == REPORT_DIR => extension(name, &["svg", "png", "csv", "md", "html"]),
         _ => false,
     }
@@ -213,6 +222,13 @@ pub struct PlannerDetails {
     pub plan_wall_s: f64,
     /// Seconds spent simulating every strategy's plans.
     pub simulate_wall_s: f64,
+    /// The group sizes (GPUs) hsap considered: the size ladder, or every size with
+    /// `--all-group-sizes`.
+    pub group_sizes: Vec<u32>,
+    /// Identical pods the cluster was planned as, and the nodes of each (0 in runs from before
+    /// pods: the cluster planned whole).
+    pub pods: u32,
+    pub pod_nodes: u32,
 }
 
 impl Summary {

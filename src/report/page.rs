@@ -147,8 +147,15 @@ fn run_line(s: &Summary) -> String {
         .max_seq
         .map(|m| format!(", max sequence {m} tokens"))
         .unwrap_or_default();
+    let pods = match s.planner.pods {
+        p if p > 1 => format!(
+            " Planned as {p} identical pods of {} nodes: each micro-batch's documents dealt to the pods by work, every pod planned with the same group shapes, no group spanning two pods.",
+            s.planner.pod_nodes
+        ),
+        _ => String::new(),
+    };
     format!(
-        "Model {} on {}: {} nodes × {} GPUs ({} GPUs); {batch}{max_seq}; {} batches.",
+        "Model {} on {}: {} nodes × {} GPUs ({} GPUs); {batch}{max_seq}; {} batches.{pods}",
         s.model,
         s.cluster,
         s.nodes,

@@ -18,35 +18,38 @@ pub fn work(len: u32, linear_weight: f64) -> f64 {
 pub fn split_microbatches(batch: &Batch, tokens_per_micro: u64, min_micro: usize, linear_weight: f64) -> Vec<Vec<usize>> {
     let total = batch.tokens();
     let mut m = (total.div_ceil(tokens_per_micro.max(1)) as usize).max(min_micro).max(1);
-    let mut order: Vec<usize> = (0..batch.docs.len()).collect();
-    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    let docs: Vec<usize> = (0..batch.docs.len()).collect();
     loop {
-        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); m];
-        let mut tokens = vec![0u64; m];
-        let mut load = vec![0.0f64; m];
-        let mut ok = true;
-        for &d in &order {
-            let len = u64::from(batch.docs[d].len);
-            let target = (0..m)
-                .filter(|&i| tokens[i] + len <= tokens_per_micro || tokens[i] == 0)
-                .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)));
-            let Some(i) = target else {
-                ok = false;
-                break;
-            };
-            parts[i].push(d);
-            tokens[i] += len;
-            load[i] += work(batch.docs[d].len, linear_weight);
-        }
-        if ok {
-            for p in &mut parts {
-                p.sort_unstable();
-            }
+        if let Some(mut parts) = deal(batch, &docs, m, tokens_per_micro, linear_weight) {
             parts.retain(|p| !p.is_empty());
             return parts;
         }
         m += 1;
     }
+}
+
+/// Deals `docs` into `parts` parts of at most `tokens_cap` tokens each (a document longer than
+/// that gets an empty part of its own), balancing work: longest first, each to the part with the
+/// least work that has room. None when some document finds no room. Each part sorted.
+pub fn deal(batch: &Batch, docs: &[usize], parts: usize, tokens_cap: u64, linear_weight: f64) -> Option<Vec<Vec<usize>>> {
+    let mut order = docs.to_vec();
+    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); parts];
+    let mut tokens = vec![0u64; parts];
+    let mut load = vec![0.0f64; parts];
+    for &d in &order {
+        let len = u64::from(batch.docs[d].len);
+        let i = (0..parts)
+            .filter(|&i| tokens[i] + len <= tokens_cap || tokens[i] == 0)
+            .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)))?;
+        out[i].push(d);
+        tokens[i] += len;
+        load[i] += work(batch.docs[d].len, linear_weight);
+    }
+    for p in &mut out {
+        p.sort_unstable();
+    }
+    Some(out)
 }
 
 /// A group being filled: its candidate shape, documents, surrogate terms (`Candidate::finish_s`)
@@ -98,11 +101,26 @@ impl<'a> Bin<'a> {
 pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> bool {
     let mut order = docs.to_vec();
     order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    // Empty bins of one candidate are interchangeable: only the first is priced (ties go to the
+    // lowest index anyway), which keeps a large cluster's many idle GPUs cheap.
+    let mut empty_seen: Vec<*const Candidate> = Vec::new();
     for d in order {
         let len = batch.docs[d].len;
+        empty_seen.clear();
         let best = bins
             .iter()
             .enumerate()
+            .filter(|(_, b)| {
+                if !b.docs.is_empty() {
+                    return true;
+                }
+                let c: *const Candidate = b.cand;
+                let first = !empty_seen.contains(&c);
+                if first {
+                    empty_seen.push(c);
+                }
+                first
+            })
             .filter(|(_, b)| b.fits(len))
             .map(|(i, b)| (i, b.finish_with_s(len), b.load_s))
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));

@@ -13,13 +13,14 @@
 //! The result is the best of these and of the incumbents passed in (the baselines' plans of the
 //! same batch), priced exactly: never worse than any incumbent.
 
-use super::assign::{choose_schemes, earliest_finish, makespan, split_microbatches, Bin};
+use super::assign::{choose_schemes, deal, earliest_finish, makespan, split_microbatches, Bin};
 use super::local::{improve, Search};
 use super::milp::{MilpStatus, Solve};
 use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
 use crate::trace::Batch;
 use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable};
+use rayon::prelude::*;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -61,16 +62,19 @@ pub fn hsap(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, incumbents: &[Priced])
     let start = Instant::now();
     let deadline = start + std::time::Duration::from_secs_f64(opts.time_limit_s.max(0.0));
     let per_gpu = ctx.candidates.iter().filter(|c| c.size == 1).map(|c| c.max_tokens).max().unwrap_or(0);
-    let tokens_per_micro = (f64::from(per_gpu) * f64::from(ctx.gpus) * 0.9) as u64;
+    let tokens_per_micro = (f64::from(per_gpu) * f64::from(ctx.cluster_gpus()) * 0.9) as u64;
     let lw = ctx.cm.hsap_params().linear_weight;
     let parts = split_microbatches(batch, tokens_per_micro, 1, lw);
     let mut micro = Vec::with_capacity(parts.len());
     let mut statuses = Vec::new();
     let mut from_milp = false;
     for docs in &parts {
-        let (groups, origin, status) = plan_micro(ctx, batch, docs, opts, deadline);
-        statuses.extend(summarize_micro(&status));
-        from_milp |= origin == Origin::Milp;
+        let mut groups = Vec::new();
+        for (pod_groups, origin, status) in plan_pods(ctx, batch, docs, opts, deadline, tokens_per_micro) {
+            statuses.extend(summarize_micro(&status));
+            from_milp |= origin == Origin::Milp;
+            groups.extend(pod_groups);
+        }
         micro.push(Micro { groups });
     }
     let milp = summarize(&statuses);
@@ -137,7 +141,29 @@ fn summarize(micros: &[Solve]) -> Option<Solve> {
     micros.iter().min_by_key(|s| rank(s)).cloned()
 }
 
-/// Plans one micro-batch: greedy, then the type MILP within the deadline, then exact packing.
+/// Plans one micro-batch on every pod ([`Ctx::pods`]): its documents dealt to the pods by work
+/// (each pod within its share of the micro-batch's tokens when that can be), each pod planned
+/// alone, in parallel. One pod: the micro-batch planned whole.
+fn plan_pods(
+    ctx: &Ctx,
+    batch: &Batch,
+    docs: &[usize],
+    opts: &HsapOptions,
+    deadline: Instant,
+    tokens_per_micro: u64,
+) -> Vec<(Vec<Group>, Origin, Vec<Solve>)> {
+    if ctx.pods <= 1 {
+        return vec![plan_micro(ctx, batch, docs, opts, deadline)];
+    }
+    let lw = ctx.cm.hsap_params().linear_weight;
+    let pods = ctx.pods as usize;
+    let share = tokens_per_micro.div_ceil(u64::from(ctx.pods));
+    let dealt = deal(batch, docs, pods, share, lw).or_else(|| deal(batch, docs, pods, u64::MAX, lw)).unwrap_or_default();
+    dealt.par_iter().map(|pod_docs| plan_micro(ctx, batch, pod_docs, opts, deadline)).collect()
+}
+
+/// Plans one micro-batch on `ctx.gpus` GPUs: greedy, then the type MILP within the deadline,
+/// then exact packing.
 fn plan_micro(
     ctx: &Ctx,
     batch: &Batch,
@@ -232,11 +258,14 @@ enum Origin {
     Milp,
 }
 
+/// Every document on one group of the largest candidate size (the whole cluster or pod when
+/// the candidates have it), the other GPUs idle.
 fn whole_cluster(ctx: &Ctx, docs: &[usize]) -> Vec<Group> {
+    let largest = ctx.sizes.last().copied().unwrap_or(1);
     let shape = ctx
         .candidates
         .iter()
-        .filter(|c| c.size == ctx.gpus)
+        .filter(|c| c.size == largest)
         .max_by_key(|c| (c.max_tokens, c.shape.ulysses))
         .map(|c| c.shape)
         .unwrap_or(crate::scheme::GroupShape {

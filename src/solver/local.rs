@@ -220,6 +220,24 @@ impl<'a> Local<'a> {
         }
         let mut fastest: Vec<usize> = (0..self.groups.len()).filter(|&j| j != k).collect();
         fastest.sort_by(|&a, &b| self.time[a].total_cmp(&self.time[b]).then(a.cmp(&b)));
+        // Groups without documents of one (u, r) are interchangeable as a move's target: the
+        // first stands for them all (a large cluster has hundreds of idle GPUs).
+        let mut empty_seen = Vec::new();
+        let targets: Vec<usize> = (0..self.groups.len())
+            .filter(|&j| j != k)
+            .filter(|&j| {
+                let g = &self.groups[j];
+                if !g.docs.is_empty() {
+                    return true;
+                }
+                let key = (g.shape.ulysses, g.shape.ring);
+                let first = !empty_seen.contains(&key);
+                if first {
+                    empty_seen.push(key);
+                }
+                first
+            })
+            .collect();
         for &d in &tried {
             let len = self.len(d);
             let without = ak.remove(ck, d, len);
@@ -228,7 +246,7 @@ impl<'a> Local<'a> {
             if tk_new >= tk {
                 continue;
             }
-            for j in (0..self.groups.len()).filter(|&j| j != k) {
+            for &j in &targets {
                 let gj = &self.groups[j];
                 let Some(cj) = self.cand(gj.shape.ulysses, gj.shape.ring) else { continue };
                 let aj = self.agg[j].unwrap_or_else(|| Agg::empty(cj));

@@ -20,13 +20,15 @@ pub use baselines::{static_family, static_plan, DcpChoice, Family, MegatronDcp, 
 pub use flexsp::{Flexsp, FlexspOptions};
 pub use hsap::{hsap, HsapOptions};
 pub use milp::{MilpStatus, Solve};
-pub use run::{progress_bar, run_all, RunOptions, RunResult, StrategyResult, Strategy};
+pub use run::{run_all, run_all_with, RunOptions, RunResult, StrategyResult, Strategy};
 pub use surrogate::Candidate;
+
 
 use crate::cost::{CostModel, GroupCost};
 use crate::error::{Error, Result};
 use crate::plan::{BatchPlan, GroupPlan, MicroBatch, RankLayout};
 use crate::scheme::{layout, GroupShape, RingVariant, Scheme};
+use crate::progress::{Mode, Progress};
 use crate::trace::Batch;
 use serde::Serialize;
 
@@ -87,23 +89,65 @@ pub struct Priced {
     pub milp: Option<Solve>,
 }
 
+/// Which group sizes the planner considers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupSizes {
+    /// 1, 2, 4, ... GPUs inside a node, then powers of two of nodes while a doubling still runs
+    /// the longest document faster, and the nodes the longest document needs: logarithmic in
+    /// the cluster ([`size_ladder`]).
+    #[default]
+    Ladder,
+    /// Every size: 1, 2, 4, ... GPUs inside a node and every whole number of nodes (the search
+    /// before the ladder, kept to compare with).
+    All,
+}
+
+/// How the planner's context is built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CtxOptions {
+    pub sizes: GroupSizes,
+    /// Progress of the surrogate tables' setup on stderr.
+    pub progress: Mode,
+}
+
+/// Largest pod the planner plans as one: clusters of more nodes are planned as identical pods
+/// of at most this many nodes ([`pod_nodes`]).
+pub const MAX_POD_NODES: u32 = 128;
+
+/// A longer group is worth considering only while a doubling of its size runs the longest
+/// document at least this much faster alone (relative).
+const LADDER_MIN_GAIN: f64 = 0.05;
+
 /// What the planner and the baselines share for one run: the cost model and the candidate group
 /// shapes with their tabulated costs.
 pub struct Ctx {
     pub cm: CostModel,
+    /// GPUs of the unit the planner partitions into groups: the cluster, or one pod of it.
     pub gpus: u32,
+    /// Identical pods the cluster is planned as (1: the cluster is planned whole). Each
+    /// micro-batch's documents are dealt to the pods by work and each pod is planned with the
+    /// same candidate shapes; groups never span pods.
+    pub pods: u32,
     pub gpus_per_node: u32,
     pub limit_bytes: f64,
     /// The longest document the run plans for.
     pub max_len: u32,
     /// Candidate shapes of the hierarchical planner (one per size, u, r; scheme chosen per group).
     pub candidates: Vec<Candidate>,
+    /// The group sizes the candidates have, ascending.
+    pub sizes: Vec<u32>,
 }
 
 impl Ctx {
-    /// Builds the context for documents up to `max_len` tokens.
+    /// Builds the context for documents up to `max_len` tokens, with the default options: the
+    /// size ladder, no progress.
     pub fn new(cm: CostModel, max_len: u32) -> Result<Ctx> {
-        let gpus = cm.cluster.gpus();
+        Ctx::with(cm, max_len, &CtxOptions::default())
+    }
+
+    /// Builds the context for documents up to `max_len` tokens. Clusters of more than
+    /// [`MAX_POD_NODES`] nodes are planned as identical pods ([`pod_nodes`]).
+    pub fn with(cm: CostModel, max_len: u32, opts: &CtxOptions) -> Result<Ctx> {
         let gpus_per_node = cm.cluster.gpus_per_node;
         if !gpus_per_node.is_power_of_two() {
             return Err(Error::invalid(
@@ -132,16 +176,32 @@ impl Ctx {
                 "raise --nodes so that ZeRO shards the states over more GPUs, or use GPUs with more memory",
             ));
         }
-        let shapes = hierarchical_shapes(&cm);
-        let candidates = surrogate::tabulate(&cm, &shapes, max_len.max(1), limit_bytes);
+        let max_len = max_len.max(1);
+        let pod = pod_nodes(cm.cluster.nodes);
+        let pods = cm.cluster.nodes / pod;
+        let sizes = match opts.sizes {
+            GroupSizes::All => all_sizes(gpus_per_node, pod),
+            GroupSizes::Ladder => size_ladder(&cm, pod, max_len, limit_bytes),
+        };
+        let shapes = group_shapes(&cm, &sizes);
+        let progress = Progress::stderr(opts.progress, "setup: surrogate tables", shapes.len() as u64, "group shapes");
+        let candidates = surrogate::tabulate(&cm, &shapes, max_len, limit_bytes, &progress);
+        progress.finish();
         Ok(Ctx {
             cm,
-            gpus,
+            gpus: pod * gpus_per_node,
+            pods,
             gpus_per_node,
             limit_bytes,
-            max_len: max_len.max(1),
+            max_len,
             candidates,
+            sizes,
         })
+    }
+
+    /// Every GPU of the cluster (all pods).
+    pub fn cluster_gpus(&self) -> u32 {
+        self.gpus * self.pods
     }
 
     pub fn candidate(&self, shape: &GroupShape) -> Option<&Candidate> {
@@ -191,7 +251,7 @@ impl Ctx {
         let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
         let mut micro: Vec<PricedMicro> = Vec::with_capacity(sol.micro.len());
         for m in &sol.micro {
-            let ranks = place(&m.groups, self.gpus, self.gpus_per_node)?;
+            let ranks = place_pods(&m.groups, self.pods, self.gpus, self.gpus_per_node)?;
             let groups: Vec<PricedGroup> = m
                 .groups
                 .iter()
@@ -217,7 +277,7 @@ impl Ctx {
                 .filter(|g| !g.docs.is_empty())
                 .map(|g| self.cm.program(&g.shape, &lens(&g.docs)))
                 .collect();
-            self.cm.grad_sync_after(self.gpus, &programs.iter().collect::<Vec<_>>())
+            self.cm.grad_sync_after(self.cluster_gpus(), &programs.iter().collect::<Vec<_>>())
         };
         let syncs: Vec<_> = micro.iter().map(sync_of).collect();
         let last = (0..micro.len()).min_by(|&a, &b| syncs[a].exposed_s.total_cmp(&syncs[b].exposed_s).then(a.cmp(&b)));
@@ -225,9 +285,9 @@ impl Ctx {
             let m = micro.remove(last);
             micro.push(m);
         }
-        let sync = last.map_or_else(|| self.cm.grad_sync(self.gpus, 0.0), |l| syncs[l]);
+        let sync = last.map_or_else(|| self.cm.grad_sync(self.cluster_gpus(), 0.0), |l| syncs[l]);
         let (mut compute_s, mut exposed_comm_s, mut idle_s, mut peak) = (0.0, 0.0, 0.0, 0.0f64);
-        let g = f64::from(self.gpus);
+        let g = f64::from(self.cluster_gpus());
         for m in &micro {
             for grp in &m.groups {
                 let w = f64::from(grp.shape.size()) / g;
@@ -321,16 +381,12 @@ impl Ctx {
     }
 }
 
-/// The (u, r) splits the hierarchical planner considers: groups of 1, 2, 4, ... GPUs inside a
-/// node, or k whole nodes (any k); Ulysses degree a power of two that divides the heads and stays
-/// inside a node; ring over the rest.
-pub fn hierarchical_shapes(cm: &CostModel) -> Vec<GroupShape> {
+/// The (u, r) splits of the given group sizes: Ulysses degree a power of two that divides the
+/// heads and stays inside a node; ring over the rest.
+pub fn group_shapes(cm: &CostModel, sizes: &[u32]) -> Vec<GroupShape> {
     let gpn = cm.cluster.gpus_per_node;
-    let gpus = cm.cluster.gpus();
-    let mut sizes: Vec<u32> = std::iter::successors(Some(1u32), |s| Some(s * 2)).take_while(|&s| s < gpn).collect();
-    sizes.extend((1..=cm.cluster.nodes).map(|k| k * gpn));
     let mut shapes = Vec::new();
-    for g in sizes.into_iter().filter(|&g| g <= gpus) {
+    for &g in sizes {
         let mut u = 1;
         while u <= g.min(gpn) {
             if g % u == 0 && cm.model.heads % u == 0 {
@@ -342,6 +398,89 @@ pub fn hierarchical_shapes(cm: &CostModel) -> Vec<GroupShape> {
         }
     }
     shapes
+}
+
+/// 1, 2, 4, ... GPUs inside a node, then every whole number of nodes up to `nodes`.
+fn all_sizes(gpus_per_node: u32, nodes: u32) -> Vec<u32> {
+    let mut sizes = sub_node_sizes(gpus_per_node);
+    sizes.extend((1..=nodes).map(|k| k * gpus_per_node));
+    sizes
+}
+
+fn sub_node_sizes(gpus_per_node: u32) -> Vec<u32> {
+    std::iter::successors(Some(1u32), |s| Some(s * 2)).take_while(|&s| s < gpus_per_node).collect()
+}
+
+/// The nodes of one pod: the cluster itself up to [`MAX_POD_NODES`] nodes, else the largest
+/// divisor of the node count that is at most that (so that the pods are identical).
+pub fn pod_nodes(nodes: u32) -> u32 {
+    if nodes <= MAX_POD_NODES {
+        return nodes.max(1);
+    }
+    (1..=MAX_POD_NODES).rev().find(|p| nodes % p == 0).unwrap_or(1)
+}
+
+/// The group sizes worth considering on `nodes` nodes for documents up to `max_len` tokens,
+/// logarithmic in the cluster: 1, 2, 4, ... GPUs inside a node; 1, 2, 4, ... nodes while
+/// doubling the group still runs the longest document at least [`LADDER_MIN_GAIN`] faster alone
+/// (past that, a larger group only adds collectives; smaller groups in parallel use the GPUs
+/// better), and always up to the smallest power of two of nodes that holds it; and the smallest
+/// number of nodes that holds the longest document, when that is not a power of two. Each test
+/// prices one document alone, which costs little next to tabulating a shape.
+pub fn size_ladder(cm: &CostModel, nodes: u32, max_len: u32, limit_bytes: f64) -> Vec<u32> {
+    let gpn = cm.cluster.gpus_per_node;
+    let mut sizes = sub_node_sizes(gpn);
+    let mut memo = std::collections::BTreeMap::new();
+    let mut alone = |k: u32| *memo.entry(k).or_insert_with(|| longest_alone_s(cm, k * gpn, max_len, limit_bytes));
+    let (mut k, mut prev) = (1, alone(1));
+    sizes.push(gpn);
+    while k * 2 <= nodes {
+        let next = alone(k * 2);
+        if prev.is_finite() && next >= prev * (1.0 - LADDER_MIN_GAIN) {
+            break;
+        }
+        k *= 2;
+        sizes.push(k * gpn);
+        prev = next;
+    }
+    // The fewest nodes that hold the longest document (memory per GPU falls as nodes are added):
+    // between the last power of two that does not and the first that does (or the cluster).
+    let powers: Vec<u32> = std::iter::successors(Some(1u32), |p| Some(p * 2)).take_while(|&p| p <= k).collect();
+    let first = match powers.into_iter().find(|&p| alone(p).is_finite()) {
+        Some(p) => Some(p),
+        None => (nodes > k && alone(nodes).is_finite()).then_some(nodes),
+    };
+    if let Some(first) = first {
+        let (mut lo, mut hi) = (if first <= k { first / 2 } else { k }, first);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if alone(mid).is_finite() {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        for extra in [hi, first] {
+            if !sizes.contains(&(extra * gpn)) {
+                sizes.push(extra * gpn);
+            }
+        }
+    }
+    sizes.sort_unstable();
+    sizes
+}
+
+/// The time of one document of `len` tokens alone on the best split and scheme of `size` GPUs
+/// that holds it in memory; infinite when none does.
+fn longest_alone_s(cm: &CostModel, size: u32, len: u32, limit_bytes: f64) -> f64 {
+    let gpn = cm.cluster.gpus_per_node;
+    group_shapes(cm, &[size])
+        .iter()
+        .flat_map(|s| scheme_options(s.ulysses, s.ring, gpn))
+        .map(|s| cm.group(&s, &[len]))
+        .filter(|c| c.memory_bytes <= limit_bytes)
+        .map(|c| c.time_s)
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// The schemes a (u, r) group may run.
@@ -387,6 +526,34 @@ pub fn place(groups: &[Group], gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<
         }
         ranks[i] = (next..next + g).collect();
         next += g;
+    }
+    Ok(ranks)
+}
+
+/// Places the groups of `pods` pods of `pod_gpus` GPUs each: the groups are listed pod by pod
+/// (each pod's covering its GPUs exactly), and each pod's are placed inside it ([`place`]), so
+/// that no group spans two pods.
+pub fn place_pods(groups: &[Group], pods: u32, pod_gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<u32>>> {
+    if pods <= 1 {
+        return place(groups, pod_gpus, gpus_per_node);
+    }
+    let mut ranks = Vec::with_capacity(groups.len());
+    let mut start = 0;
+    for pod in 0..pods {
+        let mut used = 0u32;
+        let mut end = start;
+        while end < groups.len() && used < pod_gpus {
+            used += groups[end].shape.size();
+            end += 1;
+        }
+        let offset = pod * pod_gpus;
+        for group in place(&groups[start..end], pod_gpus, gpus_per_node)? {
+            ranks.push(group.into_iter().map(|r| r + offset).collect());
+        }
+        start = end;
+    }
+    if start != groups.len() {
+        return Err(Error::internal(format!("a micro-batch's groups cover more than its {pods} pods")));
     }
     Ok(ranks)
 }

@@ -7,7 +7,7 @@ use super::hsap::{hsap, HsapOptions};
 use super::{Ctx, Priced};
 use crate::error::{Error, Result};
 use crate::trace::Batch;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use crate::progress::{Mode, Progress};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
@@ -57,8 +57,8 @@ pub struct RunOptions {
     pub flexsp: FlexspOptions,
     /// Baselines to run (hsap always runs).
     pub baselines: Vec<Strategy>,
-    /// Draw progress bars on stderr (only when it is a terminal).
-    pub progress: bool,
+    /// How progress is shown on stderr.
+    pub progress: Mode,
 }
 
 /// One strategy over the whole trace.
@@ -91,31 +91,40 @@ pub struct RunResult {
     pub skipped: Vec<(String, String)>,
 }
 
-/// A progress bar on stderr for `len` batches (hidden unless `progress`).
-pub fn progress_bar(progress: bool, len: usize, what: &str) -> ProgressBar {
-    if !progress {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} batches, {elapsed} (eta {eta})") {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// Plans every batch with hsap and the chosen baselines. hsap sees each batch's baseline plans as
 /// incumbents, so on every batch it is at least as good as each of them.
 pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunResult> {
+    run_all_with(ctx, batches, opts, &mut |_, _| Ok(()))
+}
+
+/// Batches hsap plans in parallel before handing them on in order: a few per thread, so that
+/// plans leave the planner (and can be written) as batches finish.
+const BATCHES_PER_ROUND: usize = 256;
+
+/// [`run_all`], handing every hsap plan to `planned` in batch order as soon as its round of
+/// [`BATCHES_PER_ROUND`] batches is planned.
+pub fn run_all_with(
+    ctx: &Ctx,
+    batches: &[Batch],
+    opts: &RunOptions,
+    planned: &mut dyn FnMut(&Batch, &Priced) -> Result<()>,
+) -> Result<RunResult> {
     let mut strategies = Vec::new();
     let mut static_choices = Vec::new();
     let mut skipped = Vec::new();
-    let flexsp = opts
-        .baselines
-        .contains(&Strategy::Flexsp)
-        .then(|| Flexsp::new(ctx, opts.flexsp.clone()));
+    let flexsp = (opts.baselines.contains(&Strategy::Flexsp) && ctx.pods == 1).then(|| Flexsp::new(ctx, opts.flexsp.clone()));
     for &s in &opts.baselines {
-        let pb = progress_bar(opts.progress, batches.len(), s.name());
+        if ctx.pods > 1 {
+            let why = format!(
+                "the cluster is planned as {} pods of {} nodes; the baselines plan clusters of at most {} nodes whole",
+                ctx.pods,
+                ctx.gpus / ctx.gpus_per_node,
+                super::MAX_POD_NODES
+            );
+            skipped.push((s.name().to_string(), why));
+            continue;
+        }
+        let pb = Progress::stderr(opts.progress, &format!("planning {}", s.name()), batches.len() as u64, "batches");
         let timed = |f: &dyn Fn(&Batch) -> Option<super::Solution>, b: &Batch| {
             let t0 = Instant::now();
             let sol = f(b);
@@ -128,14 +137,14 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
                 Some((choice, sols)) => {
                     let detail = format!("u{}xr{}", choice.shape.ulysses, choice.shape.ring);
                     static_choices.push(choice);
-                    pb.set_position(batches.len() as u64);
+                    pb.inc(batches.len() as u64);
                     (detail, Some(sols.into_iter().map(|s| (s, f64::NAN)).collect()))
                 }
                 None => (String::new(), None),
             },
             Strategy::MegatronDcp => match MegatronDcp::new(ctx).tune(ctx, batches) {
                 Some(choice) => {
-                    pb.set_position(batches.len() as u64);
+                    pb.inc(batches.len() as u64);
                     let detail = format!("{} tokens/rank", choice.max_tokens_per_rank);
                     (detail, Some(choice.solutions.into_iter().map(|s| (s, f64::NAN)).collect()))
                 }
@@ -148,7 +157,7 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
             }
             Strategy::Hsap => continue,
         };
-        pb.finish_and_clear();
+        pb.finish();
         let Some(sols) = sols else {
             skipped.push((s.name().to_string(), "no configuration holds the longest document in memory".to_string()));
             continue;
@@ -172,21 +181,29 @@ pub fn run_all(ctx: &Ctx, batches: &[Batch], opts: &RunOptions) -> Result<RunRes
             solve_ms: sols.iter().map(|s| s.1).filter(|m| m.is_finite()).collect(),
         });
     }
-    let pb = progress_bar(opts.progress, batches.len(), "hsap");
-    let planned: Vec<(Priced, f64)> = batches
-        .par_iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let incumbents: Vec<Priced> = strategies.iter().map(|s| s.priced[i].clone()).collect();
-            let t0 = Instant::now();
-            let p = hsap(ctx, b, &opts.hsap, &incumbents)?;
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            pb.inc(1);
-            Ok((p, ms))
-        })
-        .collect::<Result<_>>()?;
-    pb.finish_and_clear();
-    let (priced, solve_ms): (Vec<Priced>, Vec<f64>) = planned.into_iter().unzip();
+    let pb = Progress::stderr(opts.progress, "planning hsap", batches.len() as u64, "batches");
+    let (mut priced, mut solve_ms) = (Vec::with_capacity(batches.len()), Vec::with_capacity(batches.len()));
+    for (round, chunk) in batches.chunks(BATCHES_PER_ROUND).enumerate() {
+        let first = round * BATCHES_PER_ROUND;
+        let solved: Vec<(Priced, f64)> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let incumbents: Vec<Priced> = strategies.iter().map(|s| s.priced[first + j].clone()).collect();
+                let t0 = Instant::now();
+                let p = hsap(ctx, b, &opts.hsap, &incumbents)?;
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                pb.inc(1);
+                Ok((p, ms))
+            })
+            .collect::<Result<_>>()?;
+        for (b, (p, ms)) in chunk.iter().zip(solved) {
+            planned(b, &p)?;
+            priced.push(p);
+            solve_ms.push(ms);
+        }
+    }
+    pb.finish();
     strategies.insert(
         0,
         StrategyResult { name: "hsap".into(), detail: String::new(), priced, solve_ms },

@@ -17,6 +17,7 @@
 //! cost model, and the exact price decides.
 
 use crate::cost::CostModel;
+use crate::progress::{Mode, Progress};
 use crate::scheme::GroupShape;
 use rayon::prelude::*;
 
@@ -127,14 +128,15 @@ fn interpolate(grid: &[u32], values: &[f64], len: u32) -> f64 {
 
 /// Tabulates every shape for documents up to `max_len` tokens (in parallel over shapes), each
 /// priced by the best of its (u, r)'s schemes.
-pub fn tabulate(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64) -> Vec<Candidate> {
+pub fn tabulate(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64, progress: &Progress) -> Vec<Candidate> {
     let gpn = cm.cluster.gpus_per_node;
-    tabulate_with(cm, shapes, max_len, limit_bytes, |s| super::scheme_options(s.ulysses, s.ring, gpn))
+    tabulate_with(cm, shapes, max_len, limit_bytes, progress, |s| super::scheme_options(s.ulysses, s.ring, gpn))
 }
 
 /// Tabulates shapes that run exactly their own scheme (the static baselines).
 pub fn tabulate_fixed(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64) -> Vec<Candidate> {
-    tabulate_with(cm, shapes, max_len, limit_bytes, |s| vec![*s])
+    let quiet = Progress::stderr(Mode::Off, "", 0, "");
+    tabulate_with(cm, shapes, max_len, limit_bytes, &quiet, |s| vec![*s])
 }
 
 fn tabulate_with(
@@ -142,6 +144,7 @@ fn tabulate_with(
     shapes: &[GroupShape],
     max_len: u32,
     limit_bytes: f64,
+    progress: &Progress,
     schemes: impl Fn(&GroupShape) -> Vec<GroupShape> + Sync,
 ) -> Vec<Candidate> {
     let grid = grid(max_len);
@@ -169,29 +172,29 @@ fn tabulate_with(
             let bg_len = fill.div_ceil(bg_docs).clamp(1, u64::from(u32::MAX)) as u32;
             let background = vec![bg_len; bg_docs as usize];
             let t_bg = best_time(&background);
-            let mut with = background.clone();
             // A document's marginal time is averaged over copies adding a quarter of the
             // background's tokens, spread evenly over the ring slots when it is shorter than a
             // slot: one short document lands on one slot, or tips a GEMM into another wave, so a
             // single copy's step is either far above its share of the group's time or nothing.
-            let mut marginal = |len: u32| {
+            let marginal = |len: u32| {
                 let len64 = u64::from(len).max(1);
                 let mut copies = (fill / (MARGINAL_SHARE * len64)).max(1);
                 if len64 * ring < fill && copies >= ring {
                     copies -= copies % ring;
                 }
                 let copies = copies.min(bg_docs) as usize;
+                let mut with = background.clone();
                 with.extend(std::iter::repeat_n(len, copies));
-                let t = best_time(&with);
-                with.truncate(background.len());
-                ((t - t_bg) / copies as f64).max(0.0)
+                ((best_time(&with) - t_bg) / copies as f64).max(0.0)
             };
-            let marginal_s: Vec<f64> = grid.iter().map(|&len| marginal(len)).collect();
+            // The grid points in parallel too: a large group's table is the setup's longest.
+            let marginal_s: Vec<f64> = grid.par_iter().map(|&len| marginal(len)).collect();
             let base_s = t_bg - background.len() as f64 * marginal(bg_len);
             let alone_s: Vec<f64> = grid
-                .iter()
+                .par_iter()
                 .map(|&len| if len <= max_tokens { best_time(&[len]) } else { f64::INFINITY })
                 .collect();
+            progress.inc(1);
             Candidate {
                 shape: *shape,
                 size: shape.size(),
