@@ -90,3 +90,16 @@ ensure_test_deps() {
     lib=$(dirname "$(compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" | head -n 1)")
     export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
+
+# The Python package in a cached virtual environment: maturin and pytest once (pinned), then
+# python/ reinstalled on every call without build isolation, so that maturin's cargo build reuses
+# $CARGO_TARGET_DIR and only recompiles what changed.
+ensure_python_package() {
+    local venv="$HSAP_CACHE/python-venv"
+    if [ ! -x "$venv/bin/maturin" ] || [ ! -x "$venv/bin/pytest" ]; then
+        echo "making $venv (maturin, pytest)" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet "maturin>=1.9,<2" "pytest>=7,<9"
+    fi
+    "$venv/bin/pip" install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+}

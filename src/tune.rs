@@ -144,6 +144,8 @@ pub struct TuneOutcome {
     pub plans: Vec<Plan>,
     /// The drawn report, unless the options skipped it.
     pub report: Option<ReportFiles>,
+    /// The verdict and the best static plan's launch configuration (recommendation.json).
+    pub recommendation: crate::formats::recommendation::Recommendation,
 }
 
 /// Plans every batch, writes the run directory, simulates and draws the report. `notice` hears
@@ -222,15 +224,23 @@ pub fn tune(
     let simulate_wall_s = started.elapsed().as_secs_f64() - plan_wall_s;
     let walls = Walls { plan_s: plan_wall_s, simulate_s: simulate_wall_s };
     let run = run_data(inputs, opts, &batches, &ctx, &result, simulated.as_deref(), max_seq, walls, measurements)?;
+    let recommendation = crate::recommend::recommend(&run, static_shape(&result, &run.summary.best_static), &ctx.cm.model, &ctx.cm.train);
     // The run is written whole into a staging directory that then replaces --out.
     run.write(staged.path())?;
+    recommendation.write(staged.path())?;
     staged.commit()?;
     let report = if opts.report { Some(crate::report::render(&opts.out)?) } else { None };
-    Ok(TuneOutcome { run, plans, report })
+    Ok(TuneOutcome { run, plans, report, recommendation })
+}
+
+/// The group shape of a static strategy's plans (every group of a static plan has it).
+fn static_shape(result: &RunResult, name: &str) -> Option<crate::scheme::GroupShape> {
+    let s = result.strategies.iter().find(|s| s.name == name)?;
+    s.priced.iter().flat_map(|p| &p.micro).flat_map(|m| &m.groups).map(|g| g.shape).next()
 }
 
 /// A document no SP group can hold in memory is an error, not a plan.
-fn check_holdable(ctx: &Ctx, max_len: u32) -> Result<()> {
+pub fn check_holdable(ctx: &Ctx, max_len: u32) -> Result<()> {
     use crate::units::thousands;
     let holdable = ctx.candidates.iter().map(|c| c.max_tokens).max().unwrap_or(0);
     if max_len <= holdable {

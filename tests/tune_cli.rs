@@ -451,3 +451,28 @@ fn a_plan_the_lp_proved_is_called_proved_not_infeasible() {
     let batches = std::fs::read_to_string(dir.path().join("batches.csv")).unwrap();
     assert!(batches.lines().nth(1).unwrap().ends_with(",greedy,proved_within_gap"), "{batches}");
 }
+
+#[test]
+fn tune_ends_with_the_verdict_and_the_launch_in_each_framework() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin_at_root()
+        .args(SMALL)
+        .args(["--baselines", "static-ulysses,static-ring", "--no-report", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("recommendation.json")).unwrap()).unwrap();
+    let paragraph = rec["verdict"]["paragraph"].as_str().unwrap();
+    assert!(text.contains(&format!("verdict: {paragraph}\n")), "{text}");
+    let launch = text.lines().skip_while(|l| !l.starts_with("launch ")).skip(1).take(4).collect::<Vec<_>>();
+    let names: Vec<&str> = launch.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(names, ["megatron-core", "deepspeed", "torchtitan", "yunchang"], "{text}");
+    assert!(dir.path().join("recommendation.md").is_file());
+    // Without a static baseline the verdict says there is nothing to weigh.
+    let out = bin_at_root().args(SMALL).args(["--baselines", "none", "--no-report", "--out"]).arg(dir.path()).assert().success().get_output().stdout.clone();
+    assert!(String::from_utf8(out).unwrap().contains("verdict: No static baseline ran"));
+}

@@ -111,6 +111,7 @@ pub fn tune(args: &TuneArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         writeln!(out).map_err(io_out)?;
     } else {
         write_table(summary, out).map_err(io_out)?;
+        write_recommendation(&outcome.recommendation, out).map_err(io_out)?;
     }
     writeln!(err, "wrote {}", args.out.display()).map_err(io_out)?;
     if let Some(r) = outcome.report {
@@ -238,4 +239,36 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     }
     super::predict::write_priced_by(&s.priced_by, out)?;
     writeln!(out, "planned in {:.1} s, simulated in {:.1} s", d.plan_wall_s, d.simulate_wall_s)
+}
+
+/// The verdict, then each framework's launch settings on one line (recommendation.md has them in
+/// full, with the notes).
+fn write_recommendation(r: &crate::formats::recommendation::Recommendation, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "\nverdict: {}", r.verdict.paragraph)?;
+    let Some(l) = &r.launch else { return Ok(()) };
+    writeln!(
+        out,
+        "launch {} ({} x {}, {}) per framework (recommendation.md has the notes):",
+        l.strategy,
+        l.ulysses,
+        l.ring,
+        l.scheme.name()
+    )?;
+    for f in &r.frameworks {
+        let settings = if f.expressible {
+            f.settings
+                .iter()
+                .map(|s| match &s.value {
+                    serde_json::Value::Null => s.key.clone(),
+                    serde_json::Value::String(v) => format!("{}={v}", s.key),
+                    v => format!("{}={v}", s.key),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            format!("cannot run it: {}", f.notes.first().map_or("", |n| n.as_str()))
+        };
+        writeln!(out, "  {:<14} {:<40} {settings}", f.framework, f.version)?;
+    }
+    Ok(())
 }

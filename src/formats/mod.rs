@@ -14,6 +14,7 @@
 pub mod fit_points;
 pub mod measurements;
 pub mod plan;
+pub mod recommendation;
 pub mod run;
 
 use crate::error::{Error, Result};

@@ -42,8 +42,20 @@ pub fn is_run_file(relative: &Path) -> bool {
     let parts: Vec<&str> = relative.iter().filter_map(|p| p.to_str()).collect();
     let extension = |name: &str, allowed: &[&str]| Path::new(name).extension().and_then(|e| e.to_str()).is_some_and(|e| allowed.contains(&e));
     match parts.as_slice() {
-        [name] => [SUMMARY_JSON, TRACE_JSON, BATCHES_CSV, GROUPS_CSV, MEASUREMENTS_CSV, FIT_POINTS_CSV, PLAN_JSON, PLAN_HEADER_JSON, PLAN_JSONL]
-            .contains(name),
+        [name] => [
+            SUMMARY_JSON,
+            TRACE_JSON,
+            BATCHES_CSV,
+            GROUPS_CSV,
+            MEASUREMENTS_CSV,
+            FIT_POINTS_CSV,
+            PLAN_JSON,
+            PLAN_HEADER_JSON,
+            PLAN_JSONL,
+            super::recommendation::RECOMMENDATION_JSON,
+            super::recommendation::RECOMMENDATION_MD,
+        ]
+        .contains(name),
         [dir, name] if *dir == PLANS_DIR => extension(name, &["json", "jsonl"]),
         [dir, name] if *dir == REPORT_DIR => extension(name, &["svg", "png", "csv", "md", "html"]),
         _ => false,

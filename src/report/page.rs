@@ -30,6 +30,7 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
     if !s.command.is_empty() {
         let _ = writeln!(md, "Produced by `{}`.\n", s.command);
     }
+    let _ = writeln!(md, "## Verdict\n\n{}\n", crate::recommend::verdict(data).paragraph);
     let _ = writeln!(md, "## Headline\n");
     if let Some(line) = dropped_line(data) {
         let _ = writeln!(md, "**{line}**\n");
@@ -250,6 +251,7 @@ figure svg {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 figcaption {{ color: #444; margin-top: 0.4em; }}
 code {{ background: #f3f3f3; padding: 1px 4px; border-radius: 3px; }}
 .warn {{ color: #8a4b00; }}
+.verdict {{ background: #f6f8fa; border-left: 4px solid #d55e00; padding: 8px 12px; }}
 nav a {{ margin-right: 1em; }}
 </style>
 </head>
@@ -263,6 +265,7 @@ nav a {{ margin-right: 1em; }}
     if !s.command.is_empty() {
         let _ = writeln!(h, "<p>Produced by <code>{}</code>.</p>", esc(&s.command));
     }
+    let _ = writeln!(h, "<p class=\"verdict\"><strong>Verdict.</strong> {}</p>", esc(&crate::recommend::verdict(data).paragraph));
     let _ = writeln!(h, "<nav>");
     for f in figures {
         let _ = writeln!(h, "<a href=\"#fig-{}\">{}. {}</a>", f.id, f.number, esc(f.title));
