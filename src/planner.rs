@@ -118,7 +118,7 @@ impl Planner {
             },
             flexsp: FlexspOptions { time_limit_s: self.opts.flexsp_time_limit_s, ..FlexspOptions::default() },
             baselines: self.opts.baselines.clone(),
-            progress: false,
+            progress: crate::progress::Mode::Off,
         };
         let result = run_all(&ctx, std::slice::from_ref(&batch), &run_opts)?;
         let priced = result.strategies.first().and_then(|s| s.priced.first()).ok_or_else(|| Error::internal("hsap planned no batch"))?;

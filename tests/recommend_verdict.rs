@@ -35,6 +35,7 @@ fn run(trace: &str, global_batch: usize, batches: usize, nodes: u32, out: &Path,
         flexsp_time_limit_s: 1.0,
         baselines: STATICS.to_vec(),
         progress: false,
+        group_sizes: hsap::solver::GroupSizes::Ladder,
         command: "recommend_verdict test".into(),
     };
     tune(&inputs, &opts, &mut |_| Ok(())).unwrap()

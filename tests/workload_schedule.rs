@@ -20,7 +20,7 @@ use hsap::gpu::schedule::{OpKind, Phase, Schedule, Work};
 use hsap::model::ModelShape;
 use hsap::plan::{BatchPlan, GroupPlan, MicroBatch, Plan, RankLayout, PLAN_FORMAT_VERSION};
 use hsap::scheme::{layout, GroupShape, RingVariant, Scheme};
-use hsap::solver::{hierarchical_shapes, scheme_options};
+use hsap::solver::{all_sizes, group_shapes, scheme_options};
 use hsap::trace::Doc;
 
 /// Documents of the group under test: long ones that every scheme splits, short ones that the
@@ -88,7 +88,7 @@ fn plan(cm: &CostModel, shape: GroupShape) -> Plan {
 fn shapes(cm: &CostModel) -> Vec<GroupShape> {
     let gpn = cm.cluster.gpus_per_node;
     let mut out: Vec<GroupShape> = Vec::new();
-    for s in hierarchical_shapes(cm) {
+    for s in group_shapes(cm, &all_sizes(gpn, cm.cluster.nodes)) {
         for o in scheme_options(s.ulysses, s.ring, gpn) {
             if !out.contains(&o) {
                 out.push(o);

@@ -401,7 +401,7 @@ pub fn group_shapes(cm: &CostModel, sizes: &[u32]) -> Vec<GroupShape> {
 }
 
 /// 1, 2, 4, ... GPUs inside a node, then every whole number of nodes up to `nodes`.
-fn all_sizes(gpus_per_node: u32, nodes: u32) -> Vec<u32> {
+pub fn all_sizes(gpus_per_node: u32, nodes: u32) -> Vec<u32> {
     let mut sizes = sub_node_sizes(gpus_per_node);
     sizes.extend((1..=nodes).map(|k| k * gpus_per_node));
     sizes
