@@ -89,11 +89,15 @@ fn ring_steps_and_bytes() {
     let steps = |pass: &str| p.stages.iter().filter(|s| s.label.starts_with("ring step") && s.label.ends_with(pass)).count();
     assert_eq!((steps("fwd"), steps("bwd")), (4, 4));
     // Forward: K and V of 2048 tokens x 8 heads x 128 in bf16 = 8,388,608 bytes per hop, three hops.
-    // Backward: K, V in bf16 and dK, dV in fp32: 2048 x 8 x 128 x (2 + 2 + 4 + 4) = 25,165,824.
+    // Backward: step j sends the K, V block for step j + 1 (bf16) and the dK, dV of step j - 1
+    // (fp32, 16,777,216 bytes): step 0 the block alone, steps 1 and 2 both, 2048 x 8 x 128 x
+    // (2 + 2 + 4 + 4) = 25,165,824; the last step's dK, dV go home after it, exposed.
     let fwd: Vec<f64> = transfers(&p, "ring step").filter(|(l, _)| l.ends_with("fwd")).map(|(_, t)| t.bytes).collect();
     let bwd: Vec<f64> = transfers(&p, "ring step").filter(|(l, _)| l.ends_with("bwd")).map(|(_, t)| t.bytes).collect();
     assert_eq!(fwd, [8_388_608.0; 3]);
-    assert_eq!(bwd, [25_165_824.0; 3]);
+    assert_eq!(bwd, [8_388_608.0, 25_165_824.0, 25_165_824.0, 16_777_216.0]);
+    let overlapped: Vec<bool> = p.stages.iter().filter(|s| s.label.starts_with("ring step") && s.label.ends_with("bwd")).map(|s| s.overlapped).collect();
+    assert_eq!(overlapped, [true, true, true, false]);
     // Each hop at the measured A100 send/recv rate: 8,388,608 / 195 GB/s = 43.02 us, plus the
     // simple protocol's 8.4 + 3.4 us (LL128: 15.9 us + 46.76 us; LL: 7.2 us + 86.04 us: slower).
     let hop = p.stages.iter().find(|s| s.label == "ring step 0 fwd").unwrap();
