@@ -68,7 +68,7 @@ pub fn nccl_tests_log(data: &[u8]) {
         let _ = run.summary();
     }
     let hints = Hints { op: Some(NcclOp::AllReduce), ranks: Some(16), nodes: Some(2) };
-    let _ = profile::calibrate(&base(), &[log], &[], &hints);
+    let _ = profile::calibrate(base(), &[log], &[], &hints);
 }
 
 /// A measurements CSV read and fitted as `calibrate --measurements` does.
@@ -76,7 +76,7 @@ pub fn measurements(data: &[u8]) {
     let path = Path::new("fuzz.csv");
     let Ok(rows) = hsap::formats::measurements::parse_located(path, data) else { return };
     let file = MeasurementFile { path: path.to_path_buf(), rows };
-    let _ = profile::calibrate(&base(), &[], &[file], &Hints::default());
+    let _ = profile::calibrate(base(), &[], &[file], &Hints::default());
 }
 
 pub fn scenario_toml(data: &[u8]) {
@@ -140,6 +140,9 @@ pub fn plan_json(data: &[u8]) {
     let _ = Plan::parse(Path::new("plan.json"), data);
 }
 
-fn base() -> Cluster {
-    Cluster::resolve("dgx-h100").expect("dgx-h100 is a preset")
+/// The cluster the calibration targets fit against, resolved once: parsing the preset again for
+/// every input would spend the fuzzer's executions on a file that never changes.
+fn base() -> &'static Cluster {
+    static BASE: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| Cluster::resolve("dgx-h100").expect("dgx-h100 is a preset"))
 }
