@@ -101,5 +101,6 @@ ensure_python_package() {
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet "maturin>=1.9,<2" "pytest>=7,<9"
     fi
-    "$venv/bin/pip" install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+    # maturin's build backend runs the maturin on PATH: the venv's.
+    PATH="$venv/bin:$PATH" "$venv/bin/pip" install --quiet --no-build-isolation --no-deps --force-reinstall ./python
 }

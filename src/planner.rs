@@ -56,18 +56,7 @@ impl Planner {
     /// Checks the setup once (the model states fit, the limits are sane), so that a training loop
     /// learns of a bad configuration before its first batch.
     pub fn new(model: ModelShape, cluster: Cluster, train: TrainConfig, opts: PlannerOptions) -> Result<Planner> {
-        if !(opts.time_limit_s.is_finite() && opts.time_limit_s >= 0.0) {
-            return Err(Error::invalid(
-                format!("time limit {} must be a non-negative number of seconds", opts.time_limit_s),
-                "try 2",
-            ));
-        }
-        if !(opts.flexsp_time_limit_s.is_finite() && opts.flexsp_time_limit_s > 0.0) {
-            return Err(Error::invalid(
-                format!("flexsp time limit {} must be a positive number of seconds", opts.flexsp_time_limit_s),
-                "the paper's is 5",
-            ));
-        }
+        crate::tune::check_time_limits(opts.time_limit_s, opts.flexsp_time_limit_s)?;
         let cm = CostModel::new(model.clone(), cluster.clone(), train.clone())?;
         Ctx::new(cm, 1)?;
         Ok(Planner { model, cluster, train, opts })

@@ -200,16 +200,20 @@ fn setting(key: &str, value: Value) -> Setting {
     Setting { key: key.to_string(), value }
 }
 
-fn unexpressible(framework: &str, version: String, sources: &[&str], why: String) -> FrameworkLaunch {
+fn expressible(framework: &str, version: String, sources: &[&str], settings: Vec<Setting>, snippet: String, notes: Vec<String>) -> FrameworkLaunch {
     FrameworkLaunch {
         framework: framework.to_string(),
         version,
         sources: sources.iter().map(|s| s.to_string()).collect(),
-        expressible: false,
-        settings: Vec::new(),
-        snippet: String::new(),
-        notes: vec![why],
+        expressible: true,
+        settings,
+        snippet,
+        notes,
     }
+}
+
+fn unexpressible(framework: &str, version: String, sources: &[&str], why: String) -> FrameworkLaunch {
+    FrameworkLaunch { expressible: false, ..expressible(framework, version, sources, Vec::new(), String::new(), vec![why]) }
 }
 
 /// The longest packed sequence rounded up to what Megatron asserts: a multiple of 2 x cp (and of
@@ -332,15 +336,7 @@ fn megatron(l: &Launch, model: &ModelShape) -> FrameworkLaunch {
         })
         .collect::<Vec<_>>()
         .join(" \\\n  ");
-    FrameworkLaunch {
-        framework: "megatron-core".into(),
-        version,
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-        expressible: true,
-        settings,
-        snippet,
-        notes,
-    }
+    expressible("megatron-core", version, &sources, settings, snippet, notes)
 }
 
 /// DeepSpeed: Ulysses (`DistributedAttention` over a sequence-parallel group) and ZeRO.
@@ -380,15 +376,7 @@ fn deepspeed(l: &Launch) -> FrameworkLaunch {
     if l.checkpointing != Checkpointing::None {
         notes.push(format!("{} activation recomputation is applied in the model code (deepspeed.checkpointing)", l.checkpointing.name()));
     }
-    FrameworkLaunch {
-        framework: "deepspeed".into(),
-        version,
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-        expressible: true,
-        settings,
-        snippet: format!("{snippet}\n"),
-        notes,
-    }
+    expressible("deepspeed", version, &sources, settings, format!("{snippet}\n"), notes)
 }
 
 /// TorchTitan: PyTorch's context parallel (ring attention over SDPA), FSDP2 and activation
@@ -443,15 +431,7 @@ fn torchtitan(l: &Launch) -> FrameworkLaunch {
     if rotate.is_some() {
         notes.push("the default context_parallel_load_balancer \"headtail\" is the zigzag layout hsap priced".into());
     }
-    FrameworkLaunch {
-        framework: "torchtitan".into(),
-        version,
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-        expressible: true,
-        settings,
-        snippet,
-        notes,
-    }
+    expressible("torchtitan", version, &sources, settings, snippet, notes)
 }
 
 /// Dotted keys as TOML tables, in the order the settings first name them.
@@ -513,13 +493,5 @@ fn yunchang(l: &Launch) -> FrameworkLaunch {
             l.tensor_parallel, l.zero
         ));
     }
-    FrameworkLaunch {
-        framework: "yunchang".into(),
-        version,
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-        expressible: true,
-        settings,
-        snippet,
-        notes,
-    }
+    expressible("yunchang", version, &sources, settings, snippet, notes)
 }

@@ -88,20 +88,22 @@ impl TuneOptions {
     }
 
     fn check_limits(&self) -> Result<()> {
-        if !(self.hsap_time_limit_s.is_finite() && self.hsap_time_limit_s >= 0.0) {
-            return Err(Error::invalid(
-                format!("--time-limit {} must be a non-negative number of seconds", self.hsap_time_limit_s),
-                "try --time-limit 2",
-            ));
-        }
-        if !(self.flexsp_time_limit_s.is_finite() && self.flexsp_time_limit_s > 0.0) {
-            return Err(Error::invalid(
-                format!("--flexsp-time-limit {} must be a positive number of seconds", self.flexsp_time_limit_s),
-                "the paper's is 5; leave flexsp out with --baselines",
-            ));
-        }
-        Ok(())
+        check_time_limits(self.hsap_time_limit_s, self.flexsp_time_limit_s)
     }
+}
+
+/// hsap's LP/MILP and FlexSP's time limits, as `tune` and `planner::Planner` take them.
+pub fn check_time_limits(hsap_s: f64, flexsp_s: f64) -> Result<()> {
+    if !(hsap_s.is_finite() && hsap_s >= 0.0) {
+        return Err(Error::invalid(format!("--time-limit {hsap_s} must be a non-negative number of seconds"), "try --time-limit 2"));
+    }
+    if !(flexsp_s.is_finite() && flexsp_s > 0.0) {
+        return Err(Error::invalid(
+            format!("--flexsp-time-limit {flexsp_s} must be a positive number of seconds"),
+            "the paper's is 5; leave flexsp out with --baselines",
+        ));
+    }
+    Ok(())
 }
 
 /// Something the user should know about a run that still goes ahead; told as it happens, so that

@@ -16,13 +16,17 @@ const STATICS: [Strategy; 3] = [Strategy::Static(Family::Ulysses), Strategy::Sta
 /// `nodes` nodes of FlexSP's A100 cluster, against the three static families; the greedy planner
 /// only (no LP stage), no simulation.
 fn run(trace: &str, global_batch: usize, batches: usize, nodes: u32, out: &Path, report: bool) -> TuneOutcome {
+    run_on(trace, global_batch, batches, nodes, out, report, hsap::stack::Stack::default())
+}
+
+fn run_on(trace: &str, global_batch: usize, batches: usize, nodes: u32, out: &Path, report: bool, stack: hsap::stack::Stack) -> TuneOutcome {
     let inputs = TuneInputs {
         trace: Trace::embedded(trace).unwrap(),
         batching: BatchSpec { by: BatchBy::Count(global_batch), max_seq: None, over_long: OverLong::Drop, shuffle_seed: None },
         limit_batches: Some(batches),
         model: ModelShape::resolve("gpt-7b").unwrap(),
         cluster: Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(nodes).unwrap(),
-        train: hsap::cost::TrainConfig::default(),
+        train: hsap::cost::TrainConfig { stack, ..hsap::cost::TrainConfig::default() },
         measurements: None,
     };
     let opts = TuneOptions {
@@ -106,4 +110,23 @@ fn every_run_writes_the_recommendation_it_returns_with_four_frameworks() {
     for f in &written.frameworks {
         assert!(md.contains(&format!("### {} ({})", f.framework, f.version)), "{md}");
     }
+}
+
+#[test]
+fn a_stacks_error_bar_turns_adopt_into_measure_where_the_intervals_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = |name| hsap::stack::Stack::resolve(name).unwrap();
+    // Megatron-Core's bar (-14.6% to +1.4%) is narrow: the textbook chapters' gain stays apart.
+    let narrow = run_on("distca_textbookchapters_llama3.csv", 512, 3, 8, &dir.path().join("a"), false, stack("megatron-core"));
+    let v = &narrow.recommendation.verdict;
+    assert_eq!((v.decision, v.intervals_overlap), (Decision::Adopt, Some(false)), "{}", v.paragraph);
+    assert!(v.paragraph.contains("with the stack's error bar (-14.6% to +1.4%) the two totals' intervals are apart"), "{}", v.paragraph);
+    // DeepSpeed's (-18.3% to +28.9%) spans a factor 1.58 between totals: the gain is beyond the
+    // ranking tolerance but the intervals overlap.
+    let wide = run_on("distca_textbookchapters_llama3.csv", 512, 3, 8, &dir.path().join("b"), false, stack("deepspeed"));
+    let v = &wide.recommendation.verdict;
+    let bar = v.error_bar.unwrap();
+    assert!(v.whole_run_gain.unwrap() + 1.0 < (1.0 + bar.high) / (1.0 + bar.low), "{}", v.paragraph);
+    assert_eq!((v.decision, v.intervals_overlap), (Decision::Measure, Some(true)), "{}", v.paragraph);
+    assert!(v.paragraph.ends_with("measure both before adopting."), "{}", v.paragraph);
 }

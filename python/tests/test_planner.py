@@ -28,6 +28,17 @@ LENGTHS = sharegpt_lengths(48) + [61_000, 23_456, 40_960]
 SETUP = dict(model="gpt-7b", cluster="a100-40g-ib400", nodes=2)
 
 
+def same(a, b):
+    """Equal, floats to a part in 1e15."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= 1e-15 * max(abs(a), abs(b))
+    return a == b
+
+
 def hsap_tune():
     explicit = os.environ.get("HSAP_TUNE")
     if explicit:
@@ -85,7 +96,8 @@ def test_read_plan_streams_the_written_batches(tmp_path):
     )
     written = json.loads((out / "plan.json").read_text())
     batches = list(hsap.read_plan(out / "plan.json"))
-    assert [b.raw for b in batches] == written["batches"]
+    # hsap's reader parses floats as serde_json does by default, which may move a last digit.
+    assert same([b.raw for b in batches], written["batches"])
     assert [b.index for b in batches] == [0, 1, 2]
     assert hsap.PlanFile(out / "plan.json").header["strategy"] == "hsap"
 
