@@ -220,6 +220,22 @@ impl CostModel {
         Ok(CostModel { model, cluster, train, attention })
     }
 
+    /// The stack's fitted time factor (docs/cost-model.md section 12: measured over priced step
+    /// time on the development set), read here only. It multiplies every time of a whole step as
+    /// the step is priced: the stages of step-scope programs (`program::build`), the gradient
+    /// synchronisation and the optimizer ([`Self::step_transfer_s`], [`Self::optimizer_s`]) and
+    /// the host and pipeline terms of `predict`. So `predict`, the planner's pricing, `tune`'s
+    /// error bars and the simulator all use one stack-adjusted model; attention and layer scopes
+    /// (the kernel and collective validations) are priced without it.
+    pub fn step_factor(&self) -> f64 {
+        self.train.stack.fitted.time_factor
+    }
+
+    /// A collective's time on an idle cluster as part of a whole step (the stack's factor applied).
+    pub fn step_transfer_s(&self, t: &Transfer) -> f64 {
+        comm::time_s(&self.cluster, t) * self.step_factor()
+    }
+
     /// The parameters the sequence-aware layout balances with.
     pub fn hsap_params(&self) -> HsapParams {
         HsapParams {
@@ -349,24 +365,35 @@ impl CostModel {
         }
     }
 
+    /// Whether the overlappable part of the step's synchronisation runs beside the last
+    /// micro-batch's backward: the run asks for it and the stack reduces in buckets.
+    pub fn grad_sync_overlaps(&self) -> bool {
+        self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce
+    }
+
+    /// Whether the weights' all-gather after the optimizer (ZeRO 1 and 2) runs during the next
+    /// step's forward (the stack's `overlap.param_gather`) instead of after the optimizer.
+    pub fn param_gather_overlaps(&self) -> bool {
+        self.train.stack.overlap.param_gather
+    }
+
     /// The optimizer step over this GPU's shard of the weights, gradient clipping included
     /// (memory-bound).
     pub fn optimizer_s(&self, gpus: u32) -> f64 {
         let tp = self.train.tp;
         let shard = if self.train.zero >= 1 { f64::from((gpus / tp).max(1)) } else { 1.0 };
         let params = self.model.params() as f64 / f64::from(tp) / shard;
-        compute::memory_time_s(&self.cluster, params * (ADAM_BYTES_PER_PARAM + GRAD_CLIP_BYTES_PER_PARAM))
+        compute::memory_time_s(&self.cluster, params * (ADAM_BYTES_PER_PARAM + GRAD_CLIP_BYTES_PER_PARAM)) * self.step_factor()
     }
 
     /// The step-level synchronisation and optimizer step after the last micro-batch, whose
     /// backward pass of `last_backward_s` hides the overlappable part (see [`Self::sync_transfers`]).
     pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
         let (overlapped, after) = self.sync_transfers(gpus);
-        let time = |t: Option<Transfer>| t.map_or(0.0, |t| comm::time_s(&self.cluster, &t));
+        let time = |t: Option<Transfer>| t.map_or(0.0, |t| self.step_transfer_s(&t));
         let (overlappable, gather) = (time(overlapped), time(after));
-        // The weights' all-gather after the optimizer can run during the next step's forward.
-        let exposed = if self.train.stack.overlap.param_gather { 0.0 } else { gather };
-        let hidden = if self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce { last_backward_s } else { 0.0 };
+        let exposed = if self.param_gather_overlaps() { 0.0 } else { gather };
+        let hidden = if self.grad_sync_overlaps() { last_backward_s } else { 0.0 };
         let optimizer_s = self.optimizer_s(gpus);
         SyncCost {
             time_s: overlappable + gather,

@@ -1,7 +1,7 @@
 //! Building a group's stage program from its scheme and layout, and evaluating it in isolation.
 //! docs/cost-model.md states every formula used here.
 
-use super::attention::flops_per_pair;
+use super::attention::{flops_per_pair, AttentionKernel};
 use super::comm::{self, Transfer};
 use super::compute::{gemm_time_s, launch_s, memory_time_s, Pass};
 use super::memory::{
@@ -314,10 +314,13 @@ impl Ctx<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn stage(&mut self, label: String, part: Part, pass: Pass, repeat: u32, max_s: f64, mean_s: f64, transfer: Option<(Transfer, bool)>) {
+        // A whole step's stages carry the stack's fitted factor (`CostModel::step_factor`).
+        let factor = if self.scope == Scope::Step { self.cm.step_factor() } else { 1.0 };
         let (transfer, transfer_s, overlapped) = match transfer {
-            Some((t, overlapped)) => (Some(t), comm::time_s(self.cluster(), &t), overlapped),
+            Some((t, overlapped)) => (Some(t), factor * comm::time_s(self.cluster(), &t), overlapped),
             None => (None, 0.0, false),
         };
+        let (max_s, mean_s) = (factor * max_s, factor * mean_s);
         self.stages.push(Stage {
             label,
             part,
@@ -402,10 +405,26 @@ impl Ctx<'_> {
         memory_time_s(self.cluster(), elements * self.cm.train.stack.precision.fp8_cast_bytes_per_element)
     }
 
-    fn linear(&mut self, layers: u32, pass: Pass, prefix: &str) {
+    /// The GEMMs of one layer's pass, each priced by its own shape: the forward `(m, n, k)`; the
+    /// backward's input gradient `(m, k, n)` (returned first) and weight gradient `(k, n, m)`,
+    /// whose inner dimension is the tokens (second).
+    fn gemm_times(&self, pass: Pass) -> (Vec<f64>, Vec<f64>) {
         let (c, dtype) = (self.cluster(), self.cm.train.dtype);
-        let gemm_times: Vec<f64> = self.gemms().iter().map(|&(m, n, k)| gemm_time_s(c, dtype, m, n, k)).collect();
+        let time = |shape: fn((f64, f64, f64)) -> (f64, f64, f64)| -> Vec<f64> {
+            self.gemms().iter().map(|&g| shape(g)).map(|(m, n, k)| gemm_time_s(c, dtype, m, n, k)).collect()
+        };
+        match pass {
+            Pass::Fwd => (time(|g| g), Vec::new()),
+            Pass::Bwd => (time(|(m, n, k)| (m, k, n)), time(|(m, n, k)| (k, n, m))),
+        }
+    }
+
+    fn linear(&mut self, layers: u32, pass: Pass, prefix: &str) {
+        let c = self.cluster();
+        // Forward: the four GEMMs; backward: their input gradients (the weight gradients below).
+        let (gemm_times, wgrad_times) = self.gemm_times(pass);
         let gemm_s: f64 = gemm_times.iter().sum();
+        let wgrad_s: f64 = wgrad_times.iter().sum();
         let gemm_flops: f64 = self.gemms().iter().map(|&(m, n, k)| 2.0 * m * n * k).sum();
         // Backward elementwise kernels read the gradient and the saved input and write one
         // gradient: about twice the forward's bytes.
@@ -441,7 +460,7 @@ impl Ctx<'_> {
                 self.stage(format!("linear {p} dgrad"), Part::Linear, pass, layers, dgrad, dgrad, gather.map(|t| (t, prefetch)));
                 // Gradients are reduce-scattered as they are produced under ZeRO 2 and 3.
                 let reduce = self.zero_grad_transfer();
-                self.stage(format!("linear {p} wgrad"), Part::Linear, pass, layers, gemm_s, gemm_s, reduce.map(|t| (t, true)));
+                self.stage(format!("linear {p} wgrad"), Part::Linear, pass, layers, wgrad_s, wgrad_s, reduce.map(|t| (t, true)));
             }
         }
         self.tensor_parallel(layers, pass, prefix, tp_overlap.then_some(&gemm_times[..]));
@@ -630,12 +649,32 @@ impl Ctx<'_> {
                     Pass::Fwd => self.work.q_tiles_any[i],
                     Pass::Bwd => self.work.k_tiles[i].iter().sum(),
                 };
-                self.kernel_s(pass, tiles, lead, self.work.causal[i].iter().any(|&c| c))
+                let kernel = self.kernel_s(pass, tiles, lead, self.work.causal[i].iter().any(|&c| c));
+                let keys: f64 = self.work.k_rows[i].iter().sum();
+                kernel + self.gqa_reduction_s(pass, keys)
             })
             .collect();
         self.flops += f64::from(layers) * self.attention_flops(pass);
         let (max, mean) = max_mean(&per_slot);
         self.stage(format!("{prefix}attention {}", pass_name(pass)), Part::Attention, pass, layers, max, mean, None);
+    }
+
+    /// FlashAttention-2's backward under grouped-query attention (csrc/flash_attn/flash_api.cpp,
+    /// `mha_bwd` and `mha_varlen_bwd`): the kernel writes dK and dV per query head into
+    /// `dk_expanded` and `dv_expanded` (keys x heads x head_dim, in the inputs' bf16), then
+    /// `at::sum_out` sums each group of heads / kv_heads query heads into its KV head: two
+    /// reductions, each reading keys x heads x d and writing keys x kv_heads x d elements of 2
+    /// bytes, for every kernel call (every ring step's call too; ring-flash-attention and USP call
+    /// the same entry point). The kernel itself does what it does without GQA, per query head
+    /// (the tile model prices `heads` heads), so GQA adds no FLOPs. Only FlashAttention-2 works
+    /// this way; FlashAttention-3 and cuDNN reduce over the group inside their kernels.
+    fn gqa_reduction_s(&self, pass: Pass, keys: f64) -> f64 {
+        let grouped = self.heads > self.kv_heads + 1e-9;
+        if pass != Pass::Bwd || !grouped || keys <= 0.0 || self.cm.attention.kernel != AttentionKernel::Fa2 {
+            return 0.0;
+        }
+        let bytes = keys * (self.heads + self.kv_heads) * self.head_dim() * 2.0;
+        2.0 * memory_time_s(self.cluster(), bytes)
     }
 
     /// Bytes of the K/V block one rank passes along the ring, for the tokens that travel:
@@ -721,8 +760,12 @@ impl Ctx<'_> {
             .map(|i| {
                 let k = (i + r - j) % r;
                 let kernel = self.block_s(pass, i, k);
+                if kernel == 0.0 {
+                    return 0.0;
+                }
+                let kernel = kernel + self.gqa_reduction_s(pass, self.work.k_rows[i][k]);
                 // The first step writes the accumulators; later ones merge into them.
-                if j == 0 || kernel == 0.0 {
+                if j == 0 {
                     kernel
                 } else {
                     kernel + self.merge_s(pass, i, k)
@@ -827,7 +870,8 @@ impl Ctx<'_> {
         self.flops += 2.0 * t * v * h;
         self.stage("lm head fwd".into(), Part::Head, Pass::Fwd, 1, fwd, fwd, None);
         if self.cm.train.backward {
-            let bwd = 2.0 * gemm_time_s(c, dtype, t, v, h) + loss_s;
+            // The input gradient (t x h from t x v) and the weight gradient (v x h over t tokens).
+            let bwd = gemm_time_s(c, dtype, t, h, v) + gemm_time_s(c, dtype, v, h, t) + loss_s;
             self.flops += 4.0 * t * v * h;
             self.stage("lm head bwd".into(), Part::Head, Pass::Bwd, 1, bwd, bwd, None);
         }
