@@ -207,6 +207,9 @@ pub fn batch_layout(shape: &GroupShape, sequences: &[Vec<u32>], params: &HsapPar
     merged
 }
 
+/// A GEMM's `(m, n, k)`: an `m x k` by `k x n` product.
+type GemmShape = (f64, f64, f64);
+
 /// Everything about the group that the stages are built from.
 struct Ctx<'a> {
     cm: &'a CostModel,
@@ -353,7 +356,7 @@ impl Ctx<'_> {
     }
 
     /// GEMMs of one layer for this rank's tokens: (m, n, k) of QKV, output, MLP up and down.
-    fn gemms(&self) -> [(f64, f64, f64); 4] {
+    fn gemms(&self) -> [GemmShape; 4] {
         let m = self.model();
         let tp = self.tp();
         let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
@@ -410,7 +413,7 @@ impl Ctx<'_> {
     /// whose inner dimension is the tokens (second).
     fn gemm_times(&self, pass: Pass) -> (Vec<f64>, Vec<f64>) {
         let (c, dtype) = (self.cluster(), self.cm.train.dtype);
-        let time = |shape: fn((f64, f64, f64)) -> (f64, f64, f64)| -> Vec<f64> {
+        let time = |shape: fn(GemmShape) -> GemmShape| -> Vec<f64> {
             self.gemms().iter().map(|&g| shape(g)).map(|(m, n, k)| gemm_time_s(c, dtype, m, n, k)).collect()
         };
         match pass {
