@@ -670,7 +670,8 @@ impl Ctx<'_> {
     /// bytes, for every kernel call (every ring step's call too; ring-flash-attention and USP call
     /// the same entry point). The kernel itself does what it does without GQA, per query head
     /// (the tile model prices `heads` heads), so GQA adds no FLOPs. Only FlashAttention-2 works
-    /// this way; FlashAttention-3 and cuDNN reduce over the group inside their kernels.
+    /// this way; FlashAttention-3 and cuDNN handle the group inside their kernels (not checked
+    /// against their source, nothing added for them).
     fn gqa_reduction_s(&self, pass: Pass, keys: f64) -> f64 {
         let grouped = self.heads > self.kv_heads + 1e-9;
         if pass != Pass::Bwd || !grouped || keys <= 0.0 || self.cm.attention.kernel != AttentionKernel::Fa2 {
