@@ -258,3 +258,46 @@ fn degenerate_batches_are_priced_without_nan() {
         assert!(d.doc_s.is_finite() && d.doc_s >= 0.0, "{s}: {d:?}");
     }
 }
+
+#[test]
+fn gqa_backward_adds_flash_attention_2s_group_reduction_and_no_flops() {
+    use hsap::cost::AttentionKernel;
+    // 32 query heads, 8 KV heads of 128, one 8192-token sequence on one A100, attention scope.
+    // FlashAttention-2's backward writes dK and dV per query head (dk_expanded, dv_expanded) and
+    // sums each group of 4 into its KV head (at::sum_out, csrc/flash_attn/flash_api.cpp): two
+    // reductions of 8192 x (32 + 8) x 128 x 2 B = 83,886,080 bytes each, 2 x 83.9 MB / (2039e9 x
+    // 0.88) = 93.5 us. The kernel itself runs per query head, as for 32 KV heads.
+    let one = shape(Scheme::Ulysses, 1, 1, RingVariant::Zigzag);
+    let train = |kernel| TrainConfig { zero: 0, attention_kernel: Some(kernel), ..TrainConfig::default() };
+    let bwd_on = |cluster: &str, kv: u32, kernel| {
+        let cm = model(attention_shape("gqa", 32, kv, 128), cluster, 1, train(kernel));
+        let p = cm.program_batch(&one, &[vec![8192]], Scope::Attention);
+        let s = p.stages.iter().find(|s| s.label == "attention bwd").unwrap();
+        (s.compute_s, p.flops_per_gpu)
+    };
+    let (gqa_s, gqa_flops) = bwd_on("dgx-a100-80g", 8, AttentionKernel::Fa2);
+    let (mha_s, mha_flops) = bwd_on("dgx-a100-80g", 32, AttentionKernel::Fa2);
+    let expected = 2.0 * 8192.0 * 40.0 * 128.0 * 2.0 / (2039e9 * 0.88);
+    assert!(((gqa_s - mha_s) - expected).abs() < 1e-12, "{} vs {expected}", gqa_s - mha_s);
+    assert!((expected - 93.5e-6).abs() < 0.1e-6);
+    assert_eq!(gqa_flops, mha_flops);
+    // cuDNN and FlashAttention-3 (Hopper) reduce over the group inside their kernels: nothing
+    // added; FlashAttention-2 on the same H100 adds its reduction at H100's bandwidth.
+    for kernel in [AttentionKernel::Cudnn, AttentionKernel::Fa3] {
+        assert_eq!(bwd_on("dgx-h100", 8, kernel).0, bwd_on("dgx-h100", 32, kernel).0, "{kernel:?}");
+    }
+    let h100 = Cluster::resolve("dgx-h100").unwrap();
+    let on_h100 = 2.0 * 8192.0 * 40.0 * 128.0 * 2.0 / (h100.gpu.hbm_gb_per_s * 1e9 * h100.gpu.hbm_efficiency.unwrap());
+    let fa2_added = bwd_on("dgx-h100", 8, AttentionKernel::Fa2).0 - bwd_on("dgx-h100", 32, AttentionKernel::Fa2).0;
+    assert!((fa2_added - on_h100).abs() < 1e-12, "{fa2_added} vs {on_h100}");
+    // Ulysses over 8 GPUs replicates the 8 KV heads to one per rank beside 4 query heads: each
+    // rank reduces 8192 x (4 + 1) x 128 x 2 B twice.
+    let u8 = shape(Scheme::Ulysses, 8, 1, RingVariant::Zigzag);
+    let cm = |kv| model(attention_shape("gqa", 32, kv, 128), "dgx-a100-80g", 1, train(AttentionKernel::Fa2));
+    let stage = |kv| {
+        let p = cm(kv).program_batch(&u8, &[vec![8192]], Scope::Attention);
+        p.stages.iter().find(|s| s.label == "attention bwd").unwrap().compute_s
+    };
+    let per_rank = 2.0 * 8192.0 * 5.0 * 128.0 * 2.0 / (2039e9 * 0.88);
+    assert!(((stage(8) - stage(32)) - per_rank).abs() < 1e-12);
+}

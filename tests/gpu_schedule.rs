@@ -108,12 +108,17 @@ fn gemms_have_the_models_linear_shapes() {
             ("mlp_down".into(), 1000, 4096, 14336, 1),
         ]
     );
-    // The backward: input and weight gradients of each, priced as the forward's shape each (the
-    // same FLOPs).
+    // The backward: input and weight gradients of each by their own shapes (the forward's FLOPs
+    // each): the input gradient (m, k, n), the weight gradient (k, n, m) over the tokens.
     let bwd = ops(block(&s, 12, 0, Phase::LayerBackward), |k| matches!(k, OpKind::Gemm { .. }));
     assert_eq!(bwd.len(), 8);
-    let OpKind::Gemm { name, m, n, k, .. } = bwd[5] else { unreachable!() };
-    assert_eq!((name.as_str(), *m, *n, *k), ("o_proj wgrad", 1000, 4096, 4096));
+    let shape = |op: &OpKind| match op {
+        OpKind::Gemm { name, m, n, k, .. } => (name.clone(), *m, *n, *k),
+        _ => unreachable!(),
+    };
+    assert_eq!(shape(bwd[3]), ("mlp_down dgrad".into(), 1000, 14336, 4096));
+    assert_eq!(shape(bwd[5]), ("o_proj wgrad".into(), 4096, 4096, 1000));
+    assert_eq!(shape(bwd[7]), ("mlp_down wgrad".into(), 14336, 4096, 1000));
     let head = ops(block(&s, 12, 0, Phase::Head), |_| true);
     let OpKind::Gemm { m, n, k, count, .. } = head[0] else { unreachable!() };
     assert_eq!((*m, *n, *k, *count), (1000, 128256, 4096, 1));

@@ -116,12 +116,13 @@ fn every_run_writes_the_recommendation_it_returns_with_four_frameworks() {
 fn a_stacks_error_bar_turns_adopt_into_measure_where_the_intervals_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let stack = |name| hsap::stack::Stack::resolve(name).unwrap();
-    // Megatron-Core's bar (-14.6% to +1.4%) is narrow: the textbook chapters' gain stays apart.
+    // Megatron-Core's bar (+0.1% to +17.7%: out of sample its rows all came out too fast) is narrow:
+    // the textbook chapters' gain stays apart.
     let narrow = run_on("distca_textbookchapters_llama3.csv", 512, 3, 8, &dir.path().join("a"), false, stack("megatron-core"));
     let v = &narrow.recommendation.verdict;
     assert_eq!((v.decision, v.intervals_overlap), (Decision::Adopt, Some(false)), "{}", v.paragraph);
-    assert!(v.paragraph.contains("with the stack's error bar (-14.6% to +1.4%) the two totals' intervals are apart"), "{}", v.paragraph);
-    // DeepSpeed's (-18.3% to +28.9%) spans a factor 1.58 between totals: the gain is beyond the
+    assert!(v.paragraph.contains("with the stack's error bar (+0.1% to +17.7%) the two totals' intervals are apart"), "{}", v.paragraph);
+    // DeepSpeed's (-22.3% to +22.1%) spans a factor 1.57 between totals: the gain is beyond the
     // ranking tolerance but the intervals overlap.
     let wide = run_on("distca_textbookchapters_llama3.csv", 512, 3, 8, &dir.path().join("b"), false, stack("deepspeed"));
     let v = &wide.recommendation.verdict;

@@ -95,3 +95,47 @@ fn bad_time_limits_are_refused_before_any_work() {
     let err = TuneOptions { hsap_time_limit_s: 2.0, flexsp_time_limit_s: 0.0, ..opts }.check().unwrap_err().to_string();
     assert!(err.contains("--flexsp-time-limit 0"), "{err}");
 }
+
+#[test]
+fn predict_the_planner_and_the_simulator_price_a_step_alike_with_the_stacks_factor() {
+    use hsap::cost::scenario::{predict, Scenario};
+    use hsap::cost::{Checkpointing, CostModel, TrainConfig};
+    use hsap::scheme::{GroupShape, RingVariant, Scheme};
+    use hsap::sim::{simulate_batch, SimOptions};
+    use hsap::solver::{Ctx, Group, Micro, Solution};
+    use hsap::stack::Stack;
+    use hsap::trace::{Batch, Doc};
+    // One Ulysses-8 group on a DGX A100 running nine packed documents, ZeRO 1 (a reduce-scatter
+    // beside the backward, an all-gather after the optimizer), Megatron-Core's stack, whose
+    // fitted factor is not 1.
+    let lens: [u32; 9] = [16384, 9000, 4096, 2500, 1200, 800, 300, 120, 40];
+    let packed = lens.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "scope = \"step\"\npasses = \"fwd_bwd\"\n[model]\npreset = \"gpt-7b\"\n[cluster]\npreset = \"dgx-a100-80g\"\nnodes = 1\n[strategy]\nscheme = \"ulysses\"\nulysses = 8\nzero = 1\ncheckpointing = \"full\"\n[stack]\npreset = \"megatron-core\"\n[batch]\npacked = [[{packed}]]\n"
+    );
+    let path = Path::new("step.toml");
+    let predicted = predict(&Scenario::parse(path, &text).unwrap(), path, &text).unwrap();
+    let stack = Stack::resolve("megatron-core").unwrap();
+    let factor = stack.fitted.time_factor;
+    assert!((factor - 1.0).abs() > 0.05, "{factor}");
+    let cluster = Cluster::resolve("dgx-a100-80g").unwrap().with_nodes(1).unwrap();
+    let train = |stack: Stack| TrainConfig { zero: 1, checkpointing: Checkpointing::Full, data_parallel_gpus: Some(8), stack, ..TrainConfig::default() };
+    let model = ModelShape::resolve("gpt-7b").unwrap();
+    let batch = Batch { index: 0, docs: lens.iter().enumerate().map(|(i, &len)| Doc { index: i as u32, offset: 0, len }).collect() };
+    let shape = GroupShape { scheme: Scheme::Ulysses, ulysses: 8, ring: 1, variant: RingVariant::Zigzag };
+    let solution = Solution { micro: vec![Micro { groups: vec![Group { shape, docs: (0..lens.len()).collect() }] }], ..Solution::default() };
+    let priced_step = |stack: Stack| {
+        let ctx = Ctx::new(CostModel::new(model.clone(), cluster.clone(), train(stack)).unwrap(), 16384).unwrap();
+        let priced = ctx.finish(&batch, &solution).unwrap();
+        let (sim, _) = simulate_batch(&ctx.cm, &ctx.to_batch_plan(&batch, &priced), &SimOptions::default());
+        (priced.step_s, sim.step_s)
+    };
+    let (planned, simulated) = priced_step(stack.clone());
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b;
+    assert!(close(planned, predicted.time_s), "planner {planned} vs predict {}", predicted.time_s);
+    assert!(close(simulated, predicted.time_s), "simulator {simulated} vs predict {}", predicted.time_s);
+    // The factor multiplies the whole step, once: the same step with nothing fitted.
+    let (unfitted, _) = priced_step(Stack { fitted: Default::default(), ..stack });
+    assert!(close(planned, factor * unfitted), "{planned} vs {factor} x {unfitted}");
+    assert!(close(predicted.breakdown.stack_fitted_s, planned - unfitted));
+}

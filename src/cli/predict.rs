@@ -130,7 +130,7 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "  {:<22} {:<12} (in idle; stage transfers {})", "pipeline bubble", ms(b.pipeline_bubble_s), ms(b.pipeline_p2p_s))?;
     }
     if b.stack_fitted_s != 0.0 {
-        writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
+        writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor: included in the terms above)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
     }
     writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))?;
     write_priced_by(&p.priced_by, out)

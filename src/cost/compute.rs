@@ -44,10 +44,26 @@ pub enum Pass {
     Bwd,
 }
 
-/// Output rows and columns of the thread-block tile a GEMM is cut into (CUTLASS/cuBLAS's common
-/// 128 x 128 tile for bf16 on Ampere and Hopper). Partial tiles cost full ones; tiles run in waves
-/// of one per SM.
-pub const GEMM_TILE: f64 = 128.0;
+/// Output tiles (rows x columns) cuBLAS cuts a GEMM into, most efficient first: NVIDIA's "Matrix
+/// Multiplication Background User's Guide" (DU-09799-001, section 2.3, "Typical Tile Dimensions
+/// In cuBLAS And Performance") lists 256x128 and 128x256 (most efficient), 128x128, 256x64 and
+/// 64x256, 128x64 and 64x128, and 64x64 (least efficient, for small GEMMs). CUTLASS's Ampere,
+/// Hopper and Blackwell bf16 kernels are built from the same shapes.
+pub const GEMM_TILES: [(f64, f64); 8] =
+    [(256.0, 128.0), (128.0, 256.0), (128.0, 128.0), (256.0, 64.0), (64.0, 256.0), (128.0, 64.0), (64.0, 128.0), (64.0, 64.0)];
+
+/// Operand reuse `rows x cols / (rows + cols)` (FLOPs per operand element a tile loads per step
+/// of K, halved) of the 128 x 128 tile. The guide above: larger tiles "have more data reuse,
+/// allowing them to use less bandwidth and be more efficient than smaller tiles". Assumed: from
+/// 128 x 128 up a tile runs at the GPU's measured maximum matmul rate (CUTLASS's and cuBLAS's
+/// peak kernels are 128 x 128 and larger), and below it its mainloop is bound by the operand
+/// bandwidth that 128 x 128 just saturates, so it runs in proportion to its reuse.
+pub const GEMM_FULL_RATE_REUSE: f64 = 128.0 * 128.0 / 256.0;
+
+/// A tile's mainloop rate as a fraction of the measured maximum matmul rate.
+pub fn tile_efficiency(rows: f64, cols: f64) -> f64 {
+    (rows * cols / (rows + cols) / GEMM_FULL_RATE_REUSE).min(1.0)
+}
 
 /// Peak dense tensor throughput for the dtype, FLOP/s.
 pub fn peak_flops(cluster: &Cluster, dtype: Dtype) -> f64 {
@@ -85,7 +101,11 @@ pub fn memory_time_s(cluster: &Cluster, bytes: f64) -> f64 {
     (bytes / hbm_bytes_per_s(cluster)).max(launch_s(cluster))
 }
 
-/// Time of an `m x k` by `k x n` GEMM.
+/// Time of an `m x k` by `k x n` GEMM: the fastest of cuBLAS's tiles ([`GEMM_TILES`]) under
+/// tile quantisation (a partial tile costs a full one), wave quantisation (tiles run in waves of
+/// one per SM; a partial last wave costs a full one) and the tile's efficiency
+/// ([`tile_efficiency`]), bounded below by the memory roofline (operands read once, the output
+/// written once: what makes small-K GEMMs memory-bound) and the launch.
 pub fn gemm_time_s(cluster: &Cluster, dtype: Dtype, m: f64, n: f64, k: f64) -> f64 {
     if m <= 0.0 || n <= 0.0 || k <= 0.0 {
         return 0.0;
@@ -94,21 +114,30 @@ pub fn gemm_time_s(cluster: &Cluster, dtype: Dtype, m: f64, n: f64, k: f64) -> f
     if let Some(tflops) = calibrated_gemm_tflops(cluster, m * n * k) {
         return (flops / (tflops * 1e12)).max(launch_s(cluster));
     }
-    let (tm, tn) = ((m / GEMM_TILE).ceil(), (n / GEMM_TILE).ceil());
-    let tiles = tm * tn;
-    let wave_efficiency = match cluster.gpu.sms {
-        Some(sms) => {
-            let sms = f64::from(sms);
-            tiles / ((tiles / sms).ceil() * sms)
-        }
-        None => 1.0,
-    };
-    let padded_flops = 2.0 * tm * GEMM_TILE * tn * GEMM_TILE * k;
-    let rate = peak_flops(cluster, dtype) * gemm_efficiency(cluster, dtype) * wave_efficiency;
-    let compute_s = padded_flops / rate;
+    let rate = peak_flops(cluster, dtype) * gemm_efficiency(cluster, dtype);
+    let compute_s = GEMM_TILES
+        .iter()
+        .map(|&(rows, cols)| tiled_gemm_s(cluster.gpu.sms, rate, rows, cols, m, n, k))
+        .fold(f64::INFINITY, f64::min);
     // Operands once from HBM, the output written in bf16: the roofline's memory side.
     let bytes = (m * k + k * n) * dtype.gemm_operand_bytes() + m * n * Dtype::Bf16.activation_bytes();
     compute_s.max(bytes / hbm_bytes_per_s(cluster)).max(launch_s(cluster))
+}
+
+/// Compute time of a GEMM cut into `rows x cols` tiles on `sms` SMs sustaining `rate` FLOP/s
+/// together with the largest tiles: every tile a full one, every wave a full one (without an SM
+/// count, the work spread evenly), each SM at its share of `rate` times the tile's efficiency.
+pub fn tiled_gemm_s(sms: Option<u32>, rate: f64, rows: f64, cols: f64, m: f64, n: f64, k: f64) -> f64 {
+    let tiles = (m / rows).ceil() * (n / cols).ceil();
+    let tile_flops = 2.0 * rows * cols * k;
+    let rate = rate * tile_efficiency(rows, cols);
+    match sms {
+        Some(sms) => {
+            let sms = f64::from(sms);
+            (tiles / sms).ceil() * tile_flops / (rate / sms)
+        }
+        None => tiles * tile_flops / rate,
+    }
 }
 
 /// A calibrated GEMM curve (m x n x k -> TFLOP/s), interpolated in log size, clamped at its ends.
@@ -171,25 +200,70 @@ mod tests {
 
     #[test]
     fn large_gemms_run_at_the_sustained_fraction_of_peak() {
-        // 8192 x 8192 x 8192: 64 x 64 = 4096 tiles in 38 waves of 108 (4096/4104 = 99.8% full);
-        // 2 x 8192^3 = 1.0995e12 FLOPs at 312 x 0.869 (A100's measured MAMF share) x 0.99805
-        // TFLOP/s = 4.0627 ms.
+        // 8192 x 8192 x 8192: 128 x 128 tiles, 64 x 64 = 4096 of them in 38 waves of 108 (4096/4104
+        // = 99.8% full; 256 x 128 tiles fill 19 waves as well); 2 x 8192^3 = 1.0995e12 FLOPs at 312
+        // x 0.869 (A100's measured MAMF share) x 0.99805 TFLOP/s = 4.0627 ms.
         let t = gemm_time_s(&a100(), Dtype::Bf16, 8192.0, 8192.0, 8192.0);
         let expected = 2.0 * 8192f64.powi(3) / (312e12 * 0.869 * (4096.0 / 4104.0));
         assert!((t - expected).abs() / expected < 1e-12, "{t} vs {expected}");
     }
 
     #[test]
-    fn small_m_pads_to_a_tile_and_underfills_the_gpu() {
-        // 16 tokens x 4096 x 4096: 1 x 32 tiles, one wave of 108 SMs (32/108 full), padded to 128
-        // rows: 2 x 128 x 4096 x 4096 / (312e12 x 0.869 x 32/108) = 53.5 us; the operands and output
-        // (33.8 MB) take 18.8 us from HBM, so compute bounds it.
-        let t = gemm_time_s(&a100(), Dtype::Bf16, 16.0, 4096.0, 4096.0);
-        let expected = 2.0 * 128.0 * 4096.0 * 4096.0 / (312e12 * 0.869 * 32.0 / 108.0);
+    fn tile_efficiency_follows_operand_reuse_below_128_by_128() {
+        // rows x cols / (rows + cols) over 128 x 128's 64.
+        assert_eq!(tile_efficiency(256.0, 128.0), 1.0);
+        assert_eq!(tile_efficiency(128.0, 128.0), 1.0);
+        assert!((tile_efficiency(256.0, 64.0) - 0.8).abs() < 1e-15);
+        assert!((tile_efficiency(128.0, 64.0) - 2.0 / 3.0).abs() < 1e-15);
+        assert_eq!(tile_efficiency(64.0, 64.0), 0.5);
+    }
+
+    #[test]
+    fn one_tile_past_a_full_wave_doubles_the_time() {
+        // 1152 x 1536 on an A100: 9 x 12 = 108 tiles of 128 x 128, one full wave on 108 SMs, each SM
+        // one tile of 2 x 128^2 x 4096 FLOPs at 312 x 0.869 / 108 TFLOP/s = 53.46 us.
+        let c = a100();
+        let one_wave = gemm_time_s(&c, Dtype::Bf16, 1152.0, 1536.0, 4096.0);
+        let per_sm = 312e12 * 0.869 / 108.0;
+        let expected = 2.0 * 128.0 * 128.0 * 4096.0 / per_sm;
+        assert!((one_wave - expected).abs() / expected < 1e-12, "{one_wave} vs {expected}");
+        // 128 columns more: 117 tiles, a second wave with 9 tiles in it. No other tile does better:
+        // 256 x 128 and 128 x 256 run 65 and 63 tiles of twice the work in one wave (2x), 128 x 64
+        // and 64 x 128 234 half tiles in 3 waves at 2/3 efficiency (2.25x), 64 x 64 468 quarter
+        // tiles in 5 waves at 1/2 (2.5x), 256 x 64 and 64 x 256 130 and 126 tiles in 2 waves at 0.8
+        // (2.5x).
+        let one_more = gemm_time_s(&c, Dtype::Bf16, 1152.0, 1664.0, 4096.0);
+        assert!((one_more - 2.0 * expected).abs() / expected < 1e-12, "{one_more} vs {}", 2.0 * expected);
+    }
+
+    #[test]
+    fn thin_gemms_take_small_tiles_and_the_memory_roofline() {
+        // 16 tokens x 4096 x 4096 on an A100: 64 x 64 tiles (1 x 64 of them, one wave, at half the
+        // rate) take 2 x 64^2 x 4096 / (312e12 x 0.869 / 108 x 0.5) = 26.7 us; 64 x 128 tiles 40.1
+        // us, 128 x 128 53.5 us. The operands and output (33.8 MB) take 18.8 us from HBM.
+        let c = a100();
+        let t = gemm_time_s(&c, Dtype::Bf16, 16.0, 4096.0, 4096.0);
+        let expected = 2.0 * 64.0 * 64.0 * 4096.0 / (312e12 * 0.869 / 108.0 * 0.5);
         assert!((t - expected).abs() / expected < 1e-12, "{t} vs {expected}");
         let per_token_small = t / 16.0;
-        let per_token_large = gemm_time_s(&a100(), Dtype::Bf16, 16384.0, 4096.0, 4096.0) / 16384.0;
-        assert!(per_token_small > 20.0 * per_token_large);
+        let per_token_large = gemm_time_s(&c, Dtype::Bf16, 16384.0, 4096.0, 4096.0) / 16384.0;
+        // 16384 tokens take 38 waves of 128 x 128 tiles, 2.03 ms: 124 ns a token against 1.67 us.
+        assert!(per_token_small > 13.0 * per_token_large && per_token_small < 14.0 * per_token_large);
+        // One token pads to the same 64 x 64 tiles: 26.7 us again (its weights, 33.6 MB, would take
+        // 18.7 us; split-K and GEMV kernels, which cuBLAS also has, are not modelled).
+        let gemv = gemm_time_s(&c, Dtype::Bf16, 1.0, 4096.0, 4096.0);
+        assert!((gemv - expected).abs() / expected < 1e-12);
+    }
+
+    #[test]
+    fn small_k_gemms_are_memory_bound() {
+        // 8192 x 8192 x 64 on an A100: 8.6 GFLOP take about 32 us at the sustained rate, but the
+        // 8192^2 bf16 output alone is 134 MB: (2 x 8192 x 64 x 2 + 8192^2 x 2) bytes / (2039e9 x
+        // 0.88) = 76.0 us.
+        let t = gemm_time_s(&a100(), Dtype::Bf16, 8192.0, 8192.0, 64.0);
+        let bytes = 2.0 * 8192.0 * 64.0 * 2.0 + 8192f64.powi(2) * 2.0;
+        let expected = bytes / (2039e9 * 0.88);
+        assert!((t - expected).abs() / expected < 1e-12, "{t} vs {expected}");
     }
 
     #[test]

@@ -479,14 +479,17 @@ pub fn cross_validate(checks: &[DevCheck]) -> Vec<CvCheck> {
 }
 
 /// The stack terms fitted on every row, with error bars from the cross-validated residuals of
-/// the stack's rows (10th and 90th percentiles of predicted over measured time, less one; the
-/// pooled residuals for a stack with fewer than five rows).
+/// the stack's rows: 10th and 90th percentiles of measured over predicted time, less one (the
+/// pooled residuals for a stack with fewer than five rows), so that the measured time lies in
+/// `[t (1 + residual_low), t (1 + residual_high)]` around a prediction t as often.
 pub fn fitted_with_bars(checks: &[DevCheck]) -> BTreeMap<String, Fitted> {
     let cv = cross_validate(checks);
-    let all: Vec<f64> = cv.iter().map(|c| c.error).collect();
+    // A row's error is predicted over measured, less one: its residual is the inverse.
+    let residual = |c: &CvCheck| 1.0 / (1.0 + c.error) - 1.0;
+    let all: Vec<f64> = cv.iter().map(residual).collect();
     let mut terms = fit_stack_terms(checks, None);
     for (stack, fitted) in terms.iter_mut() {
-        let mine: Vec<f64> = cv.iter().filter(|c| &c.stack == stack).map(|c| c.error).collect();
+        let mine: Vec<f64> = cv.iter().filter(|c| &c.stack == stack).map(residual).collect();
         let residuals = if mine.len() >= 5 { mine } else { all.clone() };
         fitted.residual_low = quantile(&residuals, 0.1).unwrap_or(0.0);
         fitted.residual_high = quantile(&residuals, 0.9).unwrap_or(0.0);

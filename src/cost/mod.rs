@@ -222,6 +222,22 @@ impl CostModel {
         Ok(CostModel { model, cluster, train, attention })
     }
 
+    /// The stack's fitted time factor (docs/cost-model.md section 12: measured over priced step
+    /// time on the development set), read here only. It multiplies every time of a whole step as
+    /// the step is priced: the stages of step-scope workloads as `Program::price` prices them, the gradient
+    /// synchronisation and the optimizer ([`Self::step_transfer_s`], [`Self::optimizer_s`]) and
+    /// the host and pipeline terms of `predict`. So `predict`, the planner's pricing, `tune`'s
+    /// error bars and the simulator all use one stack-adjusted model; attention and layer scopes
+    /// (the kernel and collective validations) are priced without it.
+    pub fn step_factor(&self) -> f64 {
+        self.train.stack.fitted.time_factor
+    }
+
+    /// A collective's time on an idle cluster as part of a whole step (the stack's factor applied).
+    pub fn step_transfer_s(&self, t: &Transfer) -> f64 {
+        comm::time_s(&self.cluster, t) * self.step_factor()
+    }
+
     /// The parameters the sequence-aware layout balances with.
     pub fn hsap_params(&self) -> HsapParams {
         HsapParams {
@@ -356,10 +372,22 @@ impl CostModel {
         }
     }
 
+    /// Whether the overlappable part of the step's synchronisation runs beside the last
+    /// micro-batch's backward: the run asks for it and the stack reduces in buckets.
+    pub fn grad_sync_overlaps(&self) -> bool {
+        self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce
+    }
+
+    /// Whether the weights' all-gather after the optimizer (ZeRO 1 and 2) runs during the next
+    /// step's forward (the stack's `overlap.param_gather`) instead of after the optimizer.
+    pub fn param_gather_overlaps(&self) -> bool {
+        self.train.stack.overlap.param_gather
+    }
+
     /// The optimizer step over this GPU's shard of the weights, gradient clipping included
     /// (memory-bound).
     pub fn optimizer_s(&self, gpus: u32) -> f64 {
-        compute::memory_time_s(&self.cluster, self.optimizer_bytes(gpus))
+        compute::memory_time_s(&self.cluster, self.optimizer_bytes(gpus)) * self.step_factor()
     }
 
     /// Bytes the optimizer step moves through HBM on one GPU (Adam and gradient clipping over
@@ -375,16 +403,15 @@ impl CostModel {
     /// backward pass of `last_backward_s` hides the overlappable part (see [`Self::sync_transfers`]).
     pub fn grad_sync(&self, gpus: u32, last_backward_s: f64) -> SyncCost {
         let (overlapped, after) = self.sync_transfers(gpus);
-        let time = |t: Option<Transfer>| t.map_or(0.0, |t| comm::time_s(&self.cluster, &t));
+        let time = |t: Option<Transfer>| t.map_or(0.0, |t| self.step_transfer_s(&t));
         self.sync_cost(time(overlapped), time(after), self.optimizer_s(gpus), last_backward_s)
     }
 
     /// The synchronisation's cost from its parts' times: the reduction that may overlap the last
     /// backward pass of `last_backward_s`, the weights' gather after the optimizer, the optimizer.
     pub fn sync_cost(&self, overlappable: f64, gather: f64, optimizer_s: f64, last_backward_s: f64) -> SyncCost {
-        // The weights' all-gather after the optimizer can run during the next step's forward.
-        let exposed = if self.train.stack.overlap.param_gather { 0.0 } else { gather };
-        let hidden = if self.train.overlap_grad_sync && self.train.stack.overlap.grad_reduce { last_backward_s } else { 0.0 };
+        let exposed = if self.param_gather_overlaps() { 0.0 } else { gather };
+        let hidden = if self.grad_sync_overlaps() { last_backward_s } else { 0.0 };
         SyncCost {
             time_s: overlappable + gather,
             exposed_s: (overlappable - hidden).max(0.0) + exposed + optimizer_s,

@@ -5,7 +5,7 @@
 use super::comm::{self, Transfer};
 use super::compute::{gemm_time_s, launch_s, memory_time_s, Pass};
 use super::memory::MemoryBreakdown;
-use super::{CommCost, CostModel, GroupCost};
+use super::{CommCost, CostModel, GroupCost, Scope};
 use crate::cluster::Cluster;
 use crate::scheme::GroupShape;
 use crate::workload::{Compute, Kernel, Step, Workload};
@@ -81,11 +81,13 @@ pub struct OverlapSplit {
 }
 
 impl Program {
-    /// The workload priced: every kernel and collective by the cost model.
+    /// The workload priced: every kernel and collective by the cost model; a whole step's
+    /// (`Scope::Step`) with the stack's fitted factor (`CostModel::step_factor`) on every time.
     pub fn price(cm: &CostModel, workload: Workload) -> Program {
+        let factor = if workload.scope == Scope::Step { cm.step_factor() } else { 1.0 };
         Program {
             shape: workload.shape,
-            stages: workload.steps.iter().map(|s| price_step(cm, s)).collect(),
+            stages: workload.steps.iter().map(|s| price_step(cm, s, factor)).collect(),
             memory_bytes: workload.memory.total_bytes(),
             memory: workload.memory,
             flops_per_gpu: workload.flops_per_gpu,
@@ -173,9 +175,9 @@ pub fn kernel_s(cm: &CostModel, kernel: &Kernel) -> f64 {
 }
 
 /// A step's stage: its compute on the slowest and on the average rank, its transfer's time on an
-/// idle cluster.
-fn price_step(cm: &CostModel, step: &Step) -> Stage {
-    let (compute_s, mean_compute_s) = compute_s(cm, &step.compute);
+/// idle cluster, each times `factor`.
+fn price_step(cm: &CostModel, step: &Step, factor: f64) -> Stage {
+    let (compute_s, mean_compute_s) = compute_s(cm, &step.compute, factor);
     Stage {
         label: step.label.clone(),
         part: step.part,
@@ -184,23 +186,24 @@ fn price_step(cm: &CostModel, step: &Step) -> Stage {
         compute_s,
         mean_compute_s,
         transfer: step.transfer,
-        transfer_s: step.transfer.map_or(0.0, |t| comm::time_s(&cm.cluster, &t)),
+        transfer_s: step.transfer.map_or(0.0, |t| factor * comm::time_s(&cm.cluster, &t)),
         overlapped: step.transfer.is_some() && step.overlapped,
     }
 }
 
-/// (slowest, mean) compute time of one repetition: over slots, or inner steps summed.
-fn compute_s(cm: &CostModel, compute: &Compute) -> (f64, f64) {
+/// (slowest, mean) compute time of one repetition times `factor`: over slots, or inner steps
+/// summed.
+fn compute_s(cm: &CostModel, compute: &Compute, factor: f64) -> (f64, f64) {
     match compute {
         Compute::Slots(slots) => {
-            let times: Vec<f64> = slots.iter().map(|k| k.iter().map(|k| kernel_s(cm, k)).sum()).collect();
+            let times: Vec<f64> = slots.iter().map(|k| factor * k.iter().map(|k| kernel_s(cm, k)).sum::<f64>()).collect();
             if times.is_empty() {
                 return (0.0, 0.0);
             }
             let max = times.iter().copied().fold(0.0, f64::max);
             (max, times.iter().sum::<f64>() / times.len() as f64)
         }
-        Compute::Steps(steps) => steps.iter().map(|s| price_step(cm, s)).fold((0.0, 0.0), |(max, mean), s| {
+        Compute::Steps(steps) => steps.iter().map(|s| price_step(cm, s, factor)).fold((0.0, 0.0), |(max, mean), s| {
             (max + f64::from(s.repeat) * s.time_s(), mean + f64::from(s.repeat) * s.mean_compute_s)
         }),
     }

@@ -4,7 +4,7 @@
 use super::flops::megatron_model_flops_per_token;
 use super::pipeline::{Pipeline, PpSchedule, StageMicrobatch};
 use super::{comm, Checkpointing, CostModel, Dtype, MemoryBreakdown, Part, Program, Scope, TrainConfig, Transfer};
-use super::{AttentionKernel, Pass};
+use super::AttentionKernel;
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, ModelShape};
@@ -217,7 +217,8 @@ pub struct Breakdown {
     pub pipeline_p2p_s: f64,
     /// The stack's host time per step outside the micro-batches, included in `idle_s`.
     pub host_step_s: f64,
-    /// What the stack's fitted time factor adds (development set, `stack::Fitted`).
+    /// What the stack's fitted time factor (development set, `stack::Fitted`) adds to the terms
+    /// above, each of which carries it: `time_s x (1 - 1 / factor)`.
     pub stack_fitted_s: f64,
     /// The step's data-parallel synchronisation after the micro-batches (step scope).
     pub data_parallel_total_s: f64,
@@ -610,7 +611,8 @@ fn host_bound_s(cm: &CostModel, scope: Scope) -> f64 {
     } else {
         3.0
     };
-    layers * passes * host.kernels_per_layer * host.issue_us_per_kernel * 1e-6
+    let factor = if scope == Scope::Step { cm.step_factor() } else { 1.0 };
+    layers * passes * host.kernels_per_layer * host.issue_us_per_kernel * 1e-6 * factor
 }
 
 /// The time of a stage program without its LM head: what a pipeline stage that does not hold
@@ -645,6 +647,7 @@ fn evaluate(
     let cm = &st.stage;
     let pipeline = st.pipeline;
     let pp = f64::from(pipeline.stages);
+    let factor = if scenario.scope == Scope::Step { cm.step_factor() } else { 1.0 };
     let mut time_s = 0.0;
     let (mut flops, mut model_flops) = (0.0, 0.0);
     let mut memory = MemoryBreakdown::default();
@@ -681,7 +684,7 @@ fn evaluate(
             stage_microbatches.push(StageMicrobatch {
                 slowest_s: last.max(first),
                 mean_s: (first * (pp - 1.0) + last) / pp,
-                p2p_s: comm::time_s(&cm.cluster, &stage_boundary_transfer(cm, slowest, gpus / pipeline.stages)),
+                p2p_s: comm::time_s(&cm.cluster, &stage_boundary_transfer(cm, slowest, gpus / pipeline.stages)) * factor,
             });
             if last > 0.0 { (first * (pp - 1.0) + last) / pp / last } else { 1.0 }
         } else {
@@ -712,12 +715,9 @@ fn evaluate(
                 }
             }
         }
-        last_backward_s = slowest
-            .stages
-            .iter()
-            .filter(|s| s.pass == Pass::Bwd)
-            .map(|s| f64::from(s.repeat) * s.time_s())
-            .sum();
+        // What hides the gradient reduction: from the backward's start (recomputation included)
+        // to the micro-batch's end, as the planner prices it (`CostModel::grad_sync_after`).
+        last_backward_s = slowest.time_s() - slowest.forward_s();
     }
     let piped = pipeline.step_time(&stage_microbatches, cm.train.stack.overlap.pp_p2p);
     time_s += piped.time_s;
@@ -729,14 +729,13 @@ fn evaluate(
     }
     let (sync_total, sync_exposed, optimizer_s) = sync.map_or((0.0, 0.0, 0.0), |s| (s.time_s, s.exposed_s, s.optimizer_s));
     time_s += sync_exposed;
-    let host_step_s = if scenario.scope == Scope::Step { cm.train.stack.host.step_s } else { 0.0 };
+    let host_step_s = if scenario.scope == Scope::Step { cm.train.stack.host.step_s * factor } else { 0.0 };
     time_s += host_step_s;
     let idle_s = (time_s - compute_s - exposed_total(&collectives) - sync_exposed).max(0.0);
-    // The stack's fitted factor covers what the priced terms leave out (a whole step only).
+    // Every term above carries the stack's fitted factor (`CostModel::step_factor`); this is
+    // what it added to them in all.
     let fitted = &cm.train.stack.fitted;
-    let factor = if scenario.scope == Scope::Step { fitted.time_factor } else { 1.0 };
-    let stack_fitted_s = time_s * (factor - 1.0);
-    time_s *= factor;
+    let stack_fitted_s = time_s * (1.0 - 1.0 / factor);
     let bar = (fitted.rows > 0 && scenario.scope == Scope::Step).then_some((fitted.residual_low, fitted.residual_high));
     // Megatron counts a whole training step (forward and backward, 3x the forward) with each
     // sequence's full length, documents packed in it or not.

@@ -1352,7 +1352,8 @@ impl Schedule {
 
     /// The step priced from the schedule: every micro-batch's slowest group, then the gradient
     /// synchronisation's exposed part and the optimizer (`CostModel::sync_cost`), hidden behind
-    /// the last micro-batch's backward as the cost model hides it. None when an op is unpriced.
+    /// the last micro-batch's backward as the cost model hides it, times the stack's fitted
+    /// factor. None when an op is unpriced.
     pub fn schedule_step_s(&self, cm: &CostModel) -> Option<f64> {
         let mut busy = 0.0;
         let mut last_backward = 0.0;
@@ -1373,7 +1374,9 @@ impl Schedule {
                 None => optimizer += t,
             }
         }
-        Some(busy + cm.sync_cost(overlappable, gather, optimizer, last_backward).exposed_s)
+        // The ops are priced as kernels and collectives alone; a whole step carries the stack's
+        // fitted factor on every term (`CostModel::step_factor`), and the sum is linear in them.
+        Some(cm.step_factor() * (busy + cm.sync_cost(overlappable, gather, optimizer, last_backward).exposed_s))
     }
 }
 

@@ -56,14 +56,15 @@ struct Flight {
 }
 
 impl Flight {
-    fn new(cluster: &Cluster, t: &Transfer, group_nodes: &[u32], group_size: usize) -> Flight {
+    /// A transfer that alone takes `isolated_s`, the cost model's time for it.
+    fn new(cluster: &Cluster, t: &Transfer, isolated_s: f64, group_nodes: &[u32], group_size: usize) -> Flight {
         let shared = t.ranks as usize > group_size;
         let nodes = if shared { (0..t.nodes.min(cluster.nodes)).collect() } else { group_nodes.to_vec() };
         let parts = comm::parts(cluster, t);
-        // A faster protocol or a calibrated fit changes the isolated time: scale every part alike
-        // so that alone the transfer takes the cost model's time.
+        // A faster protocol, a calibrated fit or the stack's fitted factor changes the isolated
+        // time: scale every part alike so that alone the transfer takes the cost model's time.
         let datasheet = parts.isolated_s();
-        let scale = if datasheet > 0.0 { comm::time_s(cluster, t) / datasheet } else { 1.0 };
+        let scale = if datasheet > 0.0 { isolated_s / datasheet } else { 1.0 };
         let demand = parts.network;
         Flight {
             collective: t.collective,
@@ -151,7 +152,7 @@ impl<'a> Cursor<'a> {
             .transfer
             .as_ref()
             .filter(|_| stage.transfer_s > 0.0)
-            .map(|t| Flight::new(cluster, t, &self.nodes, self.size));
+            .map(|t| Flight::new(cluster, t, stage.transfer_s, &self.nodes, self.size));
     }
 
     /// Computing now: always in overlapped stages, after the transfer in exposed ones.
@@ -232,7 +233,7 @@ fn simulate(
     let mut stage_started: Vec<f64> = vec![now; cursors.len()];
     while cursors.iter().any(|c| c.finished.is_none()) || background.as_ref().is_some_and(|b| !b.done()) {
         if let Some(t) = sync.take_if(|_| cursors.iter().all(|c| c.in_backward || c.finished.is_some())) {
-            background = Some(Flight::new(cluster, &t, &all_nodes, 0));
+            background = Some(Flight::new(cluster, &t, cm.step_transfer_s(&t), &all_nodes, 0));
             background_span = Some((now - start, f64::NAN));
         }
         let rates = flow_rates(cluster, &cursors, background.as_ref());

@@ -79,7 +79,7 @@ pub fn simulate_batch(cm: &CostModel, batch: &BatchPlan, options: &SimOptions) -
             let refs: Vec<&Program> = programs.iter().map(|(p, _)| p).collect();
             sync_isolated = Some(cm.grad_sync_after(gpus, &refs));
         }
-        let run = match overlapped_sync.filter(|_| last && cm.train.overlap_grad_sync) {
+        let run = match overlapped_sync.filter(|_| last && cm.grad_sync_overlaps()) {
             Some(sync) => simulate_microbatch_with_sync(cm, &programs, clock, sync, timeline.as_mut()),
             None => simulate_microbatch(cm, &programs, clock, timeline.as_mut()),
         };
@@ -108,23 +108,27 @@ pub fn simulate_batch(cm: &CostModel, batch: &BatchPlan, options: &SimOptions) -
         });
         clock += run.time_s();
     }
-    let time = |t: Option<crate::cost::Transfer>| t.map_or(0.0, |t| crate::cost::comm::time_s(&cm.cluster, &t));
+    let time = |t: Option<crate::cost::Transfer>| t.map_or(0.0, |t| cm.step_transfer_s(&t));
     // The overlappable part ran beside the last micro-batch (what is left of it is exposed), or,
     // without overlap, alone after it; the rest (ZeRO 1/2 weight all-gathers) runs after it.
-    let overlapped_exposed_s = if cm.train.overlap_grad_sync {
+    // The weights' all-gather is exposed unless the stack runs it during the next forward.
+    let overlapped_exposed_s = if cm.grad_sync_overlaps() {
         (sync_end - clock).max(0.0)
     } else {
         time(overlapped_sync)
     };
-    let after_s = time(after_sync);
-    let grad_sync_s = time(overlapped_sync) + after_s;
+    let after_total_s = time(after_sync);
+    let after_s = if cm.param_gather_overlaps() { 0.0 } else { after_total_s };
+    let grad_sync_s = time(overlapped_sync) + after_total_s;
     let grad_sync_exposed_s = overlapped_exposed_s + after_s;
     if let Some(t) = timeline.as_mut() {
-        let start = if cm.train.overlap_grad_sync { clock + overlapped_exposed_s } else { clock };
-        if !cm.train.overlap_grad_sync && overlapped_exposed_s > 0.0 {
+        let start = if cm.grad_sync_overlaps() { clock + overlapped_exposed_s } else { clock };
+        if !cm.grad_sync_overlaps() && overlapped_exposed_s > 0.0 {
             t.collective_all(gpus, "gradient sync", clock, overlapped_exposed_s);
         }
-        t.collective_all(gpus, "weight all-gather", start.max(clock + overlapped_exposed_s), after_s);
+        if after_s > 0.0 {
+            t.collective_all(gpus, "weight all-gather", start.max(clock + overlapped_exposed_s), after_s);
+        }
     }
     let optimizer_s = cm.optimizer_s(gpus);
     let sync_isolated_exposed = sync_isolated.map_or(grad_sync_exposed_s + optimizer_s, |s| s.exposed_s);

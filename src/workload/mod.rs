@@ -10,7 +10,7 @@
 //! docs/cost-model.md states every formula used here.
 
 use crate::cluster::{Cluster, Collective};
-use crate::cost::attention::flops_per_pair;
+use crate::cost::attention::{flops_per_pair, AttentionKernel};
 use crate::cost::memory::{
     kept_bytes_per_token_layer, layer_activation_bytes_per_token, logits_bytes_per_token, model_state_bytes, Checkpointing,
     MemoryBreakdown,
@@ -77,6 +77,9 @@ pub enum Traffic {
     KvGradMerge,
     /// Attention accumulators converted to fp32 and back.
     Conversion,
+    /// FlashAttention-2's backward under grouped-query attention: the per-query-head key and
+    /// value gradients summed into their KV heads.
+    GqaReduction,
     Optimizer,
 }
 
@@ -93,6 +96,7 @@ impl Traffic {
             Traffic::Merge => "merge",
             Traffic::KvGradMerge => "kv_grad_merge",
             Traffic::Conversion => "conversion",
+            Traffic::GqaReduction => "gqa_reduction",
             Traffic::Optimizer => "optimizer",
         }
     }
@@ -176,6 +180,8 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub shape: GroupShape,
+    /// What the workload covers: a whole step, one layer, or one attention block.
+    pub scope: Scope,
     pub steps: Vec<Step>,
     /// Peak memory of the group's most loaded GPU.
     pub memory: MemoryBreakdown,
@@ -239,6 +245,9 @@ pub fn batch_layout(shape: &GroupShape, sequences: &[Vec<u32>], params: &HsapPar
     }
     merged
 }
+
+/// A GEMM's `(m, n, k)`: an `m x k` by `k x n` product.
+type GemmShape = (f64, f64, f64);
 
 /// Everything about the group that the stages are built from.
 struct Ctx<'a> {
@@ -308,6 +317,7 @@ pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: 
     let model_flops_per_gpu = ctx.model_flops_per_gpu();
     Workload {
         shape: *shape,
+        scope,
         memory,
         flops_per_gpu: ctx.flops,
         model_flops_per_gpu,
@@ -375,8 +385,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// GEMMs of one layer for this rank's tokens: (m, n, k) of QKV, output, MLP up and down.
-    fn gemms(&self) -> [(f64, f64, f64); 4] {
+    /// GEMMs of one layer's forward for this rank's tokens: (m, n, k) of QKV, output, MLP up and
+    /// down.
+    fn gemms(&self) -> [GemmShape; 4] {
         let m = self.model();
         let tp = self.tp();
         let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
@@ -428,8 +439,29 @@ impl Ctx<'_> {
         Some(Kernel::Memory { traffic: Traffic::Fp8Cast, bytes: elements * self.cm.train.stack.precision.fp8_cast_bytes_per_element })
     }
 
+    /// The GEMMs of one layer's pass, each with its own shape: the forward `(m, n, k)`; the
+    /// backward's input gradients `(m, k, n)` (returned first) and weight gradients `(k, n, m)`,
+    /// whose inner dimension is the tokens (second).
+    fn pass_gemms(&self, pass: Pass) -> (Vec<Kernel>, Vec<Kernel>) {
+        let kernels = |shape: fn(GemmShape) -> GemmShape| -> Vec<Kernel> {
+            Linear::LAYER
+                .iter()
+                .zip(self.gemms())
+                .map(|(&linear, g)| {
+                    let (m, n, k) = shape(g);
+                    Kernel::Gemm { linear, m, n, k }
+                })
+                .collect()
+        };
+        match pass {
+            Pass::Fwd => (kernels(|g| g), Vec::new()),
+            Pass::Bwd => (kernels(|(m, n, k)| (m, k, n)), kernels(|(m, n, k)| (k, n, m))),
+        }
+    }
+
     fn linear(&mut self, layers: u32, pass: Pass, prefix: &str) {
-        let gemms: Vec<Kernel> = Linear::LAYER.iter().zip(self.gemms()).map(|(&linear, (m, n, k))| Kernel::Gemm { linear, m, n, k }).collect();
+        // Forward: the four GEMMs; backward: their input gradients (the weight gradients below).
+        let (gemms, wgrads) = self.pass_gemms(pass);
         let gemm_flops: f64 = self.gemms().iter().map(|&(m, n, k)| 2.0 * m * n * k).sum();
         // Backward elementwise kernels read the gradient and the saved input and write one
         // gradient: about twice the forward's bytes.
@@ -461,7 +493,7 @@ impl Ctx<'_> {
                 self.stage(format!("linear {p} dgrad"), Part::Linear, pass, layers, Compute::uniform(inner), gather.map(|t| (t, prefetch)));
                 // Gradients are reduce-scattered as they are produced under ZeRO 2 and 3.
                 let reduce = self.zero_grad_transfer();
-                self.stage(format!("linear {p} wgrad"), Part::Linear, pass, layers, Compute::uniform(gemms.clone()), reduce.map(|t| (t, true)));
+                self.stage(format!("linear {p} wgrad"), Part::Linear, pass, layers, Compute::uniform(wgrads), reduce.map(|t| (t, true)));
             }
         }
         self.tensor_parallel(layers, pass, prefix, tp_overlap.then_some(&gemms[..]));
@@ -645,11 +677,33 @@ impl Ctx<'_> {
                     Pass::Fwd => self.work.q_tiles_any[i],
                     Pass::Bwd => self.work.k_tiles[i].iter().sum(),
                 };
-                self.kernel(pass, tiles, lead, self.work.causal[i].iter().any(|&c| c)).into_iter().collect()
+                let keys: f64 = self.work.k_rows[i].iter().sum();
+                let kernel = self.kernel(pass, tiles, lead, self.work.causal[i].iter().any(|&c| c));
+                let reduction = kernel.map(|_| self.gqa_reduction(pass, keys)).unwrap_or_default();
+                kernel.into_iter().chain(reduction).collect()
             })
             .collect();
         self.flops += f64::from(layers) * self.attention_flops(pass);
         self.stage(format!("{prefix}attention {}", pass_name(pass)), Part::Attention, pass, layers, Compute::Slots(per_slot), None);
+    }
+
+    /// FlashAttention-2's backward under grouped-query attention (csrc/flash_attn/flash_api.cpp,
+    /// `mha_bwd` and `mha_varlen_bwd`): the kernel writes dK and dV per query head into
+    /// `dk_expanded` and `dv_expanded` (keys x heads x head_dim, in the inputs' bf16), then
+    /// `at::sum_out` sums each group of heads / kv_heads query heads into its KV head: two
+    /// reductions, each reading keys x heads x d and writing keys x kv_heads x d elements of 2
+    /// bytes, after every kernel call (every ring step's call too; ring-flash-attention and USP
+    /// call the same entry point). The kernel itself does what it does without GQA, per query
+    /// head (the tile model prices `heads` heads), so GQA adds no FLOPs. Only FlashAttention-2
+    /// works this way; FlashAttention-3 and cuDNN handle the group inside their kernels (not
+    /// checked against their source, nothing added for them).
+    fn gqa_reduction(&self, pass: Pass, keys: f64) -> Vec<Kernel> {
+        let grouped = self.heads > self.kv_heads + 1e-9;
+        if pass != Pass::Bwd || !grouped || keys <= 0.0 || self.cm.attention.kernel != AttentionKernel::Fa2 {
+            return Vec::new();
+        }
+        let bytes = keys * (self.heads + self.kv_heads) * self.head_dim() * 2.0;
+        vec![Kernel::Memory { traffic: Traffic::GqaReduction, bytes }; 2]
     }
 
     /// Bytes of the K/V block one rank passes along the ring, for the tokens that travel: K and V
@@ -750,6 +804,9 @@ impl Ctx<'_> {
             .map(|i| {
                 let k = (i + r - j) % r;
                 let mut kernels: Vec<Kernel> = self.block(pass, i, k).into_iter().collect();
+                if !kernels.is_empty() {
+                    kernels.extend(self.gqa_reduction(pass, self.work.k_rows[i][k]));
+                }
                 // The first step writes the accumulators; later ones merge into them.
                 if j > 0 && !kernels.is_empty() {
                     kernels.extend(self.merge(pass, i, k));
@@ -879,7 +936,10 @@ impl Ctx<'_> {
         self.stage("lm head fwd".into(), Part::Head, Pass::Fwd, 1, Compute::uniform(vec![logits, loss]), None);
         if self.cm.train.backward {
             self.flops += 4.0 * t * v * h;
-            self.stage("lm head bwd".into(), Part::Head, Pass::Bwd, 1, Compute::uniform(vec![logits, logits, loss]), None);
+            // The input gradient (t x h from t x v) and the weight gradient (v x h over t tokens).
+            let dgrad = Kernel::Gemm { linear: Linear::LmHead, m: t, n: h, k: v };
+            let wgrad = Kernel::Gemm { linear: Linear::LmHead, m: v, n: h, k: t };
+            self.stage("lm head bwd".into(), Part::Head, Pass::Bwd, 1, Compute::uniform(vec![dgrad, wgrad, loss]), None);
         }
     }
 
