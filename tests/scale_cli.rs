@@ -3,7 +3,8 @@
 //! clusters of more than 128 nodes planned as identical pods.
 
 use assert_cmd::Command;
-use hsap::formats::plan::PlanStream;
+use hsap::formats::plan::{PlanStream, PlanWriter};
+use hsap::formats::run::is_run_file;
 use hsap::plan::Plan;
 use predicates::prelude::*;
 use serde_json::Value;
@@ -97,6 +98,58 @@ fn the_plan_is_streamed_one_batch_per_line_and_read_back_batch_by_batch() {
         .assert()
         .success()
         .stdout(predicate::str::contains("batch 2: simulated step"));
+}
+
+#[test]
+fn a_long_plan_is_written_in_parts_of_bounded_size_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    bin().args(four_batches(&run)).assert().success();
+    let whole = Plan::read(&run.join("plan.json")).unwrap();
+    let lines = std::fs::read_to_string(run.join("plan.jsonl")).unwrap();
+    let longest = lines.lines().map(|l| l.len() as u64 + 1).max().unwrap();
+    // A budget that two batches always pass and one never does: one batch per file.
+    let parted = dir.path().join("parted");
+    let mut writer = PlanWriter::create(&parted, "plan", whole.header(), false).unwrap().with_part_bytes(longest + 1);
+    whole.batches.iter().for_each(|b| writer.write(b).unwrap());
+    writer.finish().unwrap();
+    let names = ["plan.jsonl", "plan-00001.jsonl", "plan-00002.jsonl", "plan-00003.jsonl"];
+    let mut on_disk: Vec<String> = std::fs::read_dir(&parted).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    on_disk.sort();
+    assert_eq!(on_disk, ["plan-00001.jsonl", "plan-00002.jsonl", "plan-00003.jsonl", "plan-header.json", "plan.jsonl"]);
+    for name in names {
+        let size = std::fs::metadata(parted.join(name)).unwrap().len();
+        assert!(size <= longest + 1, "{name}: {size} bytes");
+        assert!(is_run_file(Path::new(name)), "{name}");
+    }
+    let header: Value = serde_json::from_slice(&std::fs::read(parted.join("plan-header.json")).unwrap()).unwrap();
+    assert_eq!(header["parts"], serde_json::json!(names));
+    // Any of its files names the plan, read from its first batch.
+    for name in ["plan-header.json", "plan.jsonl", "plan-00002.jsonl"] {
+        assert_eq!(Plan::read(&parted.join(name)).unwrap(), whole, "{name}");
+    }
+    let streamed: Vec<_> = PlanStream::open(&parted.join("plan.jsonl")).unwrap().map(Result::unwrap).collect();
+    assert_eq!(streamed, whole.batches);
+    // Readers of one batch find it in its part.
+    bin()
+        .args(["simulate", "--plan"])
+        .arg(parted.join("plan-header.json"))
+        .args(["--batch", "3"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("batch 3: simulated step"));
+    // A missing part is an error naming it.
+    std::fs::remove_file(parted.join("plan-00002.jsonl")).unwrap();
+    let err = Plan::read(&parted.join("plan.jsonl")).unwrap_err().to_string();
+    assert!(err.contains("plan-00002.jsonl"), "{err}");
+    // With a budget above the plan, one file as before.
+    let single = dir.path().join("single");
+    let mut writer = PlanWriter::create(&single, "plan", whole.header(), false).unwrap();
+    whole.batches.iter().for_each(|b| writer.write(b).unwrap());
+    writer.finish().unwrap();
+    assert_eq!(std::fs::read_to_string(single.join("plan.jsonl")).unwrap().lines().count(), 4);
+    assert!(!single.join("plan-00001.jsonl").exists());
+    assert_eq!(Plan::read(&single.join("plan-header.json")).unwrap(), whole);
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub const GROUPS_CSV: &str = "groups.csv";
 pub const MEASUREMENTS_CSV: &str = "measurements.csv";
 pub const FIT_POINTS_CSV: &str = "fit_points.csv";
 /// hsap's plan, and the folder of the baselines' plans when they are written: streamed
-/// (`plan-header.json` and `plan.jsonl`; a baseline's `plans/<strategy>-header.json` and
+/// (`plan-header.json` and `plan.jsonl`, then `plan-00001.jsonl`, ... on long runs; a baseline's `plans/<strategy>-header.json` and
 /// `plans/<strategy>.jsonl`), and whole (`plan.json`, `plans/<strategy>.json`) for runs of at most
 /// [`PLAN_JSON_MAX_BATCHES`] batches.
 pub const PLAN_JSON: &str = "plan.json";
@@ -55,7 +55,8 @@ pub fn is_run_file(relative: &Path) -> bool {
             super::recommendation::RECOMMENDATION_JSON,
             super::recommendation::RECOMMENDATION_MD,
         ]
-        .contains(name),
+        .contains(name)
+            || super::plan::is_further_part(name, PLAN_STEM),
         [dir, name] if *dir == PLANS_DIR => extension(name, &["json", "jsonl"]),
         [dir, name] if *dir == REPORT_DIR => extension(name, &["svg", "png", "csv", "md", "html"]),
         _ => false,
