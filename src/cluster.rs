@@ -16,6 +16,15 @@ pub struct Cluster {
     pub gpus_per_node: u32,
     /// Nodes in use; `--nodes` overrides it.
     pub nodes: u32,
+    /// Nodes (hosts) that share one NVLink domain: 18 compute trays in a GB200 NVL72 rack; one
+    /// (the node is the domain) when absent. Inside a domain every GPU reaches every other at
+    /// NVLink speed, whatever the host; between domains, traffic crosses the NICs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_per_domain: Option<u32>,
+    /// Why some of the preset's figures are derived rather than measured (no published
+    /// kernel or NCCL figure for this GPU): `predict`, `tune` and the report say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncalibrated: Option<String>,
     pub gpu: Gpu,
     pub intra: IntraNode,
     pub inter: InterNode,
@@ -58,6 +67,8 @@ pub struct Gpu {
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     Ampere,
+    /// Ada Lovelace (L20, L40S): FlashAttention-2's mma.sync kernels, as on Ampere.
+    Ada,
     Hopper,
     Blackwell,
 }
@@ -427,6 +438,7 @@ impl Cluster {
                 "fix the cluster file",
             ));
         }
+        self.check_domain().map_err(|(what, hint)| Error::input(path, 0, what, hint))?;
         let positive = [
             ("gpus_per_node", f64::from(self.gpus_per_node)),
             ("nodes", f64::from(self.nodes)),
@@ -498,6 +510,55 @@ impl Cluster {
         Ok(())
     }
 
+    /// An NVLink domain spans whole nodes and the nodes in use fill whole domains (or lie in
+    /// one), and only NVSwitch fabrics span nodes: (what is wrong, hint).
+    fn check_domain(&self) -> std::result::Result<(), (String, String)> {
+        let per = self.nodes_per_domain.unwrap_or(1);
+        if per == 0 {
+            return Err(("nodes_per_domain = 0 must be positive".into(), "fix the cluster file".into()));
+        }
+        if per > 1 && self.intra.fabric != Fabric::Nvswitch {
+            return Err((
+                format!("nodes_per_domain = {per} needs an NVSwitch fabric (intra.fabric is {:?})", self.intra.fabric),
+                "only NVLink switches join several hosts into one domain; drop nodes_per_domain".into(),
+            ));
+        }
+        if self.nodes > per && self.nodes % per != 0 {
+            return Err((
+                format!("{} nodes are not whole NVLink domains of {per} nodes", self.nodes),
+                format!("use at most {per} nodes or a multiple of {per} (whole domains)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Nodes of one NVLink domain in use: the preset's domain, or every node when fewer are used.
+    pub fn nodes_per_domain(&self) -> u32 {
+        self.nodes_per_domain.unwrap_or(1).clamp(1, self.nodes.max(1))
+    }
+
+    /// GPUs of one NVLink domain in use: what all-to-all and ring traffic reaches at NVLink speed.
+    /// The cost model, the planner and the simulator call this unit a domain; a node is only a
+    /// host (its NICs, its processes).
+    pub fn gpus_per_domain(&self) -> u32 {
+        self.gpus_per_node * self.nodes_per_domain()
+    }
+
+    /// NVLink domains in use.
+    pub fn domains(&self) -> u32 {
+        self.nodes / self.nodes_per_domain()
+    }
+
+    /// NICs of one NVLink domain: every host's together.
+    pub fn nics_per_domain(&self) -> u32 {
+        self.inter.nics_per_node * self.nodes_per_domain()
+    }
+
+    /// The line rate of one domain's NICs together, one direction (GB/s).
+    pub fn domain_nic_line_rate_gb_per_s(&self) -> f64 {
+        f64::from(self.nics_per_domain()) * self.inter.nic_line_rate_gb_per_s.unwrap_or(self.inter.nic_gb_per_s)
+    }
+
     /// The line rate of one node's NICs together, one direction (GB/s).
     pub fn node_nic_line_rate_gb_per_s(&self) -> f64 {
         f64::from(self.inter.nics_per_node) * self.inter.nic_line_rate_gb_per_s.unwrap_or(self.inter.nic_gb_per_s)
@@ -564,6 +625,7 @@ impl Cluster {
             ));
         }
         self.nodes = nodes;
+        self.check_domain().map_err(|(what, hint)| Error::invalid(format!("--nodes {nodes}: {what}"), hint))?;
         Ok(self)
     }
 
@@ -598,7 +660,7 @@ mod tests {
 
     #[test]
     fn required_presets_exist() {
-        for name in ["dgx-a100-80g", "a100-40g-ib400", "a800", "dgx-h100", "h800", "pcie-a100"] {
+        for name in ["dgx-a100-80g", "a100-40g-ib400", "a800", "dgx-h100", "h800", "pcie-a100", "dgx-h200", "dgx-b200", "gb200-nvl72", "h20", "l20", "l40s"] {
             Cluster::resolve(name).unwrap();
         }
     }
@@ -705,6 +767,47 @@ mod tests {
         let text = std::fs::read_to_string("models/clusters/dgx-h100.toml").unwrap().replace("nic_gb_per_s = 48.5", "nic_gb_per_s = 51");
         let err = Cluster::from_toml(Path::new("fast.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("inter.nic_gb_per_s = 51 exceeds inter.nic_line_rate_gb_per_s = 50"), "{err}");
+    }
+
+    #[test]
+    fn every_row_a_preset_names_is_in_the_hardware_facts() {
+        // A figure's comment starts with its row in reference/hardware_facts.csv (or says in
+        // words where it comes from): every row-like name must be a row.
+        let facts = std::fs::read_to_string("reference/hardware_facts.csv").unwrap();
+        let rows: std::collections::BTreeSet<&str> = facts.lines().skip(1).filter_map(|l| l.split(',').next()).collect();
+        let mut named = 0;
+        for entry in std::fs::read_dir("models/clusters").unwrap() {
+            let path = entry.unwrap().path();
+            for line in std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.starts_with('#')) {
+                let Some((_, comment)) = line.split_once("# ") else { continue };
+                let word = comment.split_whitespace().next().unwrap_or("");
+                if word.contains('.') && word.chars().all(|c| c.is_ascii_alphanumeric() || "._".contains(c)) {
+                    assert!(rows.contains(word), "{}: '{word}' is not a row of reference/hardware_facts.csv", path.display());
+                    named += 1;
+                }
+            }
+        }
+        assert!(named > 200, "{named}");
+    }
+
+    #[test]
+    fn an_nvl72_rack_is_one_nvlink_domain_of_its_trays() {
+        let rack = Cluster::resolve("gb200-nvl72").unwrap();
+        assert_eq!((rack.gpus(), rack.gpus_per_domain(), rack.domains(), rack.nics_per_domain()), (72, 72, 1, 72));
+        let two = rack.clone().with_nodes(36).unwrap();
+        assert_eq!((two.gpus(), two.gpus_per_domain(), two.domains()), (144, 72, 2));
+        // Part of a rack is a smaller domain; a rack and a part is refused.
+        let part = rack.clone().with_nodes(4).unwrap();
+        assert_eq!((part.gpus_per_domain(), part.domains()), (16, 1));
+        let err = rack.with_nodes(20).unwrap_err().to_string();
+        assert!(err.contains("--nodes 20: 20 nodes are not whole NVLink domains of 18 nodes"), "{err}");
+        // Elsewhere the node is the domain.
+        let dgx = Cluster::resolve("dgx-h100").unwrap().with_nodes(4).unwrap();
+        assert_eq!((dgx.gpus_per_domain(), dgx.domains()), (8, 4));
+        // Only NVLink switches join hosts.
+        let text = std::fs::read_to_string("models/clusters/l40s.toml").unwrap().replace("nodes = 1\n", "nodes = 2\nnodes_per_domain = 2\n");
+        let err = Cluster::from_toml(Path::new("l40s-pair.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("nodes_per_domain = 2 needs an NVSwitch fabric"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,10 @@ impl Default for Fitted {
 #[serde(deny_unknown_fields)]
 pub struct StackAttention {
     pub ampere: AttentionKernel,
+    /// Ada Lovelace; the Ampere kernel when absent (FlashAttention-2 and the Ampere-era kernels
+    /// run on sm89 as written; FlashAttention-3 needs Hopper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ada: Option<AttentionKernel>,
     pub hopper: AttentionKernel,
     pub blackwell: AttentionKernel,
 }
@@ -65,6 +69,7 @@ impl StackAttention {
     pub fn kernel(&self, arch: Arch) -> AttentionKernel {
         match arch {
             Arch::Ampere => self.ampere,
+            Arch::Ada => self.ada.unwrap_or(self.ampere),
             Arch::Hopper => self.hopper,
             Arch::Blackwell => self.blackwell,
         }
@@ -137,7 +142,7 @@ impl Default for Stack {
         Stack {
             name: "kernels-only".into(),
             description: "GPU kernels only: fused elementwise kernels, every overlap, no host time".into(),
-            attention: StackAttention { ampere: AttentionKernel::Fa2, hopper: AttentionKernel::Fa3, blackwell: AttentionKernel::Cudnn },
+            attention: StackAttention { ampere: AttentionKernel::Fa2, ada: None, hopper: AttentionKernel::Fa3, blackwell: AttentionKernel::Cudnn },
             elementwise: Elementwise { norm: 1.0, rotary: 1.0, activation: 1.0, loss_bytes_per_logit: 6.0 },
             overlap: Overlap { zero3_prefetch: true, tp_comm: false, grad_reduce: true, pp_p2p: false, param_gather: false },
             precision: Precision { grad_reduce_bytes: 2.0, fp8_cast_bytes_per_element: 0.0 },

@@ -253,7 +253,7 @@ pub fn check_holdable(ctx: &Ctx, max_len: u32) -> Result<()> {
             "a {}-token document does not fit in memory on any SP group of {} x {} GPUs (the largest holds {} tokens)",
             thousands(u64::from(max_len)),
             ctx.cm.cluster.nodes,
-            ctx.gpus_per_node,
+            ctx.cm.cluster.gpus_per_node,
             thousands(u64::from(holdable))
         ),
         "raise --nodes, lower --max-seq, or cut long documents with --over-long split",
@@ -378,7 +378,8 @@ fn run_data(
         model: ctx.cm.model.name.clone(),
         cluster: ctx.cm.cluster.name.clone(),
         nodes: ctx.cm.cluster.nodes,
-        gpus_per_node: ctx.gpus_per_node,
+        gpus_per_node: ctx.cm.cluster.gpus_per_node,
+        gpus_per_domain: (ctx.gpus_per_domain != ctx.cm.cluster.gpus_per_node).then_some(ctx.gpus_per_domain),
         global_batch,
         batch_tokens,
         max_seq: Some(max_seq),
@@ -410,9 +411,10 @@ fn run_data(
             simulate_wall_s: walls.simulate_s,
             group_sizes: ctx.sizes.clone(),
             pods: ctx.pods,
-            pod_nodes: ctx.gpus / ctx.gpus_per_node,
+            pod_nodes: ctx.gpus / ctx.cm.cluster.gpus_per_node,
         },
         priced_by: crate::cost::sources::describe(&ctx.cm.cluster),
+        uncalibrated: ctx.cm.cluster.uncalibrated.clone(),
     };
     Ok(RunData {
         summary,
@@ -466,7 +468,7 @@ fn group_rows_of(ctx: &Ctx, batch: &Batch, strategy: &str, p: &Priced) -> Vec<Gr
     let mut rows = Vec::new();
     for (m, micro) in p.micro.iter().enumerate() {
         for g in &micro.groups {
-            let mut nodes: Vec<u32> = g.ranks.iter().map(|r| r / ctx.gpus_per_node).collect();
+            let mut nodes: Vec<u32> = g.ranks.iter().map(|r| r / ctx.cm.cluster.gpus_per_node).collect();
             nodes.dedup();
             rows.push(GroupRow {
                 batch: batch.index,

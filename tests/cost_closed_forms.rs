@@ -301,3 +301,35 @@ fn gqa_backward_adds_flash_attention_2s_group_reduction_and_no_flops() {
     let per_rank = 2.0 * 8192.0 * 5.0 * 128.0 * 2.0 / (2039e9 * 0.88);
     assert!(((stage(8) - stage(32)) - per_rank).abs() < 1e-12);
 }
+
+#[test]
+fn a_64_gpu_group_on_an_nvl72_rack_prices_its_all_to_all_at_nvlink_speed() {
+    // Llama 3 8B, one 65,536-token document on u16 x r4 over 64 GPUs: 16 trays of four GPUs, all
+    // in the GB200 NVL72 rack's one NVLink domain. Each rank holds 65,536 / 64 = 1,024 tokens and
+    // sends Q for all 32 heads: 1,024 x 32 x 128 x 2 B = 8,388,608 bytes, 15/16 of it to the other
+    // ranks over NVLink 5 at the preset's 740 GB/s (nccl.b200_nvlink_busbw_derived), with the
+    // simple protocol's 8.4 + 3.4 us (one step): 11.8 us + 10.628 us = 22.43 us.
+    let llama = ModelShape::resolve("llama3-8b").unwrap();
+    let usp = shape(Scheme::Usp, 16, 4, RingVariant::Zigzag);
+    let cm = model(llama.clone(), "gb200-nvl72", 16, fwd_only());
+    assert_eq!(cm.cluster.gpus_per_domain(), 64);
+    let p = cm.program(&usp, &[65536]);
+    let q = p.stages.iter().find(|s| s.label == "ulysses all_to_all in q fwd").unwrap();
+    let t = q.transfer.unwrap();
+    assert_eq!((t.ranks, t.nodes, t.level, t.bytes), (16, 1, hsap::cluster::LinkLevel::Intra, 8_388_608.0));
+    let closed = 11.8e-6 + 8_388_608.0 * 15.0 / 16.0 / 740e9;
+    assert!((comm::time_s(&cm.cluster, &t) - closed).abs() < 1e-12, "{} vs {closed}", comm::time_s(&cm.cluster, &t));
+    // The ring's hops between the four slots stay on NVLink too.
+    assert!(p.stages.iter().filter_map(|s| s.transfer).all(|t| t.level == hsap::cluster::LinkLevel::Intra || t.collective != Collective::SendRecv));
+    // Were each tray its own domain (a node of four, NICs between them), the same all-to-all would
+    // cross trays: 12 of its 16 ranks elsewhere, 12/16 of the bytes through one 48.5 GB/s NIC per
+    // GPU (nccl.ndr400_per_nic_effective), 8.4 + 14 us: 22.4 us + 129.7 us, 6.8x the rack's price.
+    let mut trays = Cluster::resolve("gb200-nvl72").unwrap().with_nodes(16).unwrap();
+    trays.nodes_per_domain = None;
+    let islands = CostModel::new(llama, trays, fwd_only()).unwrap();
+    let p = islands.program(&usp, &[65536]);
+    let t = p.stages.iter().find(|s| s.label == "ulysses all_to_all in q fwd").unwrap().transfer.unwrap();
+    assert_eq!((t.nodes, t.level), (4, hsap::cluster::LinkLevel::Inter));
+    let network = 22.4e-6 + 8_388_608.0 * 12.0 / 16.0 / 48.5e9;
+    assert!((comm::time_s(&islands.cluster, &t) - network).abs() < 1e-12, "{} vs {network}", comm::time_s(&islands.cluster, &t));
+}

@@ -39,12 +39,12 @@ fn check_plan(ctx: &Ctx, b: &Batch, p: &Priced) -> Result<(), TestCaseError> {
             prop_assert_eq!(g.ranks.len() as u32, size);
             let first = g.ranks[0];
             prop_assert!(g.ranks.iter().enumerate().all(|(i, &r)| r == first + i as u32), "ranks contiguous");
-            if size >= ctx.gpus_per_node {
-                prop_assert_eq!(first % ctx.gpus_per_node, 0, "multi-node groups start at a node boundary");
-                prop_assert_eq!(size % ctx.gpus_per_node, 0, "multi-node groups are whole nodes");
+            if size >= ctx.gpus_per_domain {
+                prop_assert_eq!(first % ctx.gpus_per_domain, 0, "multi-node groups start at a node boundary");
+                prop_assert_eq!(size % ctx.gpus_per_domain, 0, "multi-node groups are whole nodes");
             } else {
                 prop_assert_eq!(first % size, 0, "small groups are aligned inside a node");
-                prop_assert_eq!(first / ctx.gpus_per_node, (first + size - 1) / ctx.gpus_per_node);
+                prop_assert_eq!(first / ctx.gpus_per_domain, (first + size - 1) / ctx.gpus_per_domain);
             }
             for &r in &g.ranks {
                 owner[r as usize] += 1;

@@ -156,7 +156,7 @@ fn bad_inputs_are_errors_with_hints() {
         (&["--nodes", "0"], "--nodes must be at least 1"),
         (&["--global-batch", "0"], "--global-batch must be at least 1"),
         (&["--model", "gpt-99b"], "unknown model 'gpt-99b'"),
-        (&["--cluster", "dgx-b300"], "unknown cluster 'dgx-b300'; known: a100-40g-ib400, a800, dgx-a100-40g, dgx-a100-80g, dgx-b200, dgx-h100, dgx-h200, h800, pcie-a100"),
+        (&["--cluster", "dgx-b300"], "unknown cluster 'dgx-b300'; known: a100-40g-ib400, a800, dgx-a100-40g, dgx-a100-80g, dgx-b200, dgx-h100, dgx-h200, gb200-nvl72, h20, h800, l20, l40s, pcie-a100"),
     ];
     for (args, needle) in cases {
         bin()

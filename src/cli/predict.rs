@@ -133,7 +133,16 @@ fn write_table(p: &Prediction, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "  {:<22} {:<12} {} (the stack's fitted time factor: included in the terms above)", "stack, fitted", ms(b.stack_fitted_s), ms(b.stack_fitted_s))?;
     }
     writeln!(out, "  {:<22} {} of communication hidden behind compute", "overlap", ms(b.overlap_s))?;
+    write_uncalibrated(p.uncalibrated.as_deref(), out)?;
     write_priced_by(&p.priced_by, out)
+}
+
+/// A preset with derived figures says so, and why.
+pub(crate) fn write_uncalibrated(why: Option<&str>, out: &mut dyn Write) -> std::io::Result<()> {
+    match why {
+        Some(why) => writeln!(out, "{:<13}{why}", "UNCALIBRATED"),
+        None => Ok(()),
+    }
 }
 
 /// The calibrated cluster's figures behind a prediction (`cost::sources`), one per line.

@@ -157,11 +157,12 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "setup     {} on {} x {} nodes ({} GPUs), memory limit {:.1} GiB per GPU",
+        "setup     {} on {} x {} nodes ({} GPUs{}), memory limit {:.1} GiB per GPU",
         s.model,
         s.cluster,
         s.nodes,
         s.gpus(),
+        s.domains_words(),
         d.memory_limit_bytes / crate::units::GIB
     )?;
     if d.pods > 1 {
@@ -237,6 +238,7 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
             "  proved_within_gap: the LP relaxation proved that no plan is 2% faster (under the planner's type model); lp_room: the LP saw room it could not prove away (--milp-rounds searches it)"
         )?;
     }
+    super::predict::write_uncalibrated(s.uncalibrated.as_deref(), out)?;
     super::predict::write_priced_by(&s.priced_by, out)?;
     writeln!(out, "planned in {:.1} s, simulated in {:.1} s", d.plan_wall_s, d.simulate_wall_s)
 }

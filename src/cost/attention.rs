@@ -81,7 +81,7 @@ impl AttentionKernel {
     /// cuDNN on Blackwell.
     pub fn default_for(arch: Arch) -> AttentionKernel {
         match arch {
-            Arch::Ampere => AttentionKernel::Fa2,
+            Arch::Ampere | Arch::Ada => AttentionKernel::Fa2,
             Arch::Hopper => AttentionKernel::Fa3,
             Arch::Blackwell => AttentionKernel::Cudnn,
         }
@@ -487,8 +487,48 @@ fn backward_like_fa2(fwd: &[Point], fa2_fwd: &[Point], fa2_bwd: &[Point]) -> Vec
         .collect()
 }
 
-/// Forward and backward points for a GPU and kernel, derived as the module explains.
+/// The preset whose GPU the published tables of an architecture were measured on (or, for
+/// Blackwell, derived for): Ada has no published table and runs the Ampere-era kernels.
+fn table_preset(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Ampere | Arch::Ada => "dgx-a100-80g",
+        Arch::Hopper => HOPPER_REFERENCE_PRESET,
+        Arch::Blackwell => "dgx-b200",
+    }
+}
+
+/// How much faster than its architecture's table GPU a GPU runs attention: the ratio of their
+/// dense BF16 peaks (1 for the tables' own GPUs and those with the same die; H20 on Hopper's
+/// tables, L20 and L40S on A100's, GB200 on B200's). FlashAttention at head dim 64-128 on long
+/// sequences is bound by its tensor-core GEMMs, so its curve follows the peak; this is a
+/// derivation, not a measurement (the presets that rely on it say so in `uncalibrated`).
+/// GB200's measured cuDNN points (reference/sdpa_blackwell_hopper_tflops.csv) check it:
+/// tests/cost_validation.rs.
+pub fn peak_ratio(gpu: &Gpu) -> Result<f64> {
+    let table = Cluster::resolve(table_preset(gpu.arch))?.gpu;
+    Ok(gpu.bf16_dense_tflops / table.bf16_dense_tflops)
+}
+
+/// Forward and backward points for a GPU and kernel: its architecture's tables (derived as the
+/// module explains) scaled by [`peak_ratio`].
 pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, Vec<Point>)> {
+    let table_gpu = Cluster::resolve(table_preset(gpu.arch))?.gpu;
+    let factor = gpu.bf16_dense_tflops / table_gpu.bf16_dense_tflops;
+    let (fwd, bwd) = arch_points(&table_gpu, kernel).map_err(|e| match gpu.arch {
+        Arch::Ada => Error::invalid(
+            format!("no published {} attention throughput for Ada GPUs, nor for the Ampere tables they are derived from", kernel.name()),
+            "choose another attention_kernel (fa2 runs everywhere)",
+        ),
+        _ => e,
+    })?;
+    if factor == 1.0 {
+        return Ok((fwd, bwd));
+    }
+    Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
+}
+
+/// The points of the GPU the architecture's tables describe (`gpu` is that GPU).
+fn arch_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, Vec<Point>)> {
     let arch = gpu.arch;
     let h100_fa2_fwd = published(FaTable::Fa3H100Fwd, "FlashAttention-2")?;
     let h100_fa2_fb = published(FaTable::Fa2H100FwdBwd, "FlashAttention-2")?;
@@ -591,8 +631,8 @@ pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, V
         }
         (Arch::Blackwell, AttentionKernel::FaTriton) => {
             let hopper = Cluster::resolve(HOPPER_REFERENCE_PRESET)?.gpu;
-            let factor = peak_at_128(&table_points(gpu, AttentionKernel::Fa2)?.0) / peak_at_128(&table_points(&hopper, AttentionKernel::Fa2)?.0);
-            let (fwd, bwd) = table_points(&hopper, AttentionKernel::FaTriton)?;
+            let factor = peak_at_128(&arch_points(gpu, AttentionKernel::Fa2)?.0) / peak_at_128(&arch_points(&hopper, AttentionKernel::Fa2)?.0);
+            let (fwd, bwd) = arch_points(&hopper, AttentionKernel::FaTriton)?;
             Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
         }
         (Arch::Blackwell, AttentionKernel::Unfused) => {
@@ -601,6 +641,7 @@ pub fn table_points(gpu: &Gpu, kernel: AttentionKernel) -> Result<(Vec<Point>, V
             Ok((scaled(&fwd, factor), scaled(&bwd, factor)))
         }
         (Arch::Blackwell, AttentionKernel::Fa3) => no_table("FlashAttention-3 runs on Hopper only"),
+        (Arch::Ada, _) => Err(Error::internal("Ada's attention is derived from the Ampere tables (table_preset)")),
     }
 }
 
@@ -715,6 +756,42 @@ mod tests {
             (at(AttentionKernel::Fa3), at(AttentionKernel::Cudnn), at(AttentionKernel::Triton), at(AttentionKernel::Fa2), at(AttentionKernel::Unfused));
         assert!(fa3 > cudnn && cudnn > triton && triton > fa2 && fa2 > 2.0 * unfused, "{fa3} {cudnn} {triton} {fa2} {unfused}");
         assert!((unfused / 139.0 - 1.0).abs() < 0.1, "{unfused}");
+    }
+
+    #[test]
+    fn gb200_follows_b200_by_the_peak_ratio_as_its_published_cudnn_points_do() {
+        // GB200's cuDNN (cudnn_fe, the same benchmark's GB200 artifact) causal bf16 at head dim
+        // 128: forward 1584, 1668, 1681 TFLOP/s at 8K, 16K, 32K. The preset derives GB200 from
+        // B200's tables times 2500 / 2250 = 1.111 and lands within 10% of each.
+        let gb200 = Cluster::resolve("gb200-nvl72").unwrap();
+        assert!((peak_ratio(&gb200.gpu).unwrap() - 2500.0 / 2250.0).abs() < 1e-12);
+        let m = AttentionModel::for_cluster(&gb200, Some(AttentionKernel::Cudnn)).unwrap();
+        let measured = sdpa_points("GB200", "cudnn_fe", Pass::Fwd).unwrap();
+        for l in [8192, 16384, 32768] {
+            let p = measured.iter().find(|p| p.causal && p.seqlen == l).unwrap();
+            let got = m.fwd.benchmark_tflops(128.0, l, true);
+            assert!((got / p.tflops - 1.0).abs() < 0.1, "{l}: {got} vs {}", p.tflops);
+        }
+    }
+
+    #[test]
+    fn ada_runs_the_ampere_tables_scaled_by_its_peak() {
+        // L40S: A100's FlashAttention-2 points times 362.05 / 312; no FlashAttention-3 or cuDNN
+        // table exists for Ada.
+        let l40s = Cluster::resolve("l40s").unwrap();
+        let a100 = Cluster::resolve("dgx-a100-80g").unwrap();
+        let (fwd, bwd) = table_points(&l40s.gpu, AttentionKernel::Fa2).unwrap();
+        let (a_fwd, a_bwd) = table_points(&a100.gpu, AttentionKernel::Fa2).unwrap();
+        for (p, q) in fwd.iter().zip(&a_fwd).chain(bwd.iter().zip(&a_bwd)) {
+            assert!((p.tflops - q.tflops * 362.05 / 312.0).abs() < 1e-9);
+        }
+        assert_eq!(AttentionKernel::default_for(Arch::Ada), AttentionKernel::Fa2);
+        let err = AttentionModel::for_cluster(&l40s, Some(AttentionKernel::Fa3)).unwrap_err().to_string();
+        assert!(err.contains("no published FlashAttention-3 attention throughput for Ada GPUs"), "{err}");
+        // The tables' own GPUs keep their curves unscaled.
+        for preset in ["dgx-a100-80g", "a800", "pcie-a100", "dgx-h100", "h800", "dgx-h200", "dgx-b200"] {
+            assert_eq!(peak_ratio(&Cluster::resolve(preset).unwrap().gpu).unwrap(), 1.0, "{preset}");
+        }
     }
 
     #[test]

@@ -10,14 +10,15 @@ pub struct Transfer {
     pub level: LinkLevel,
     /// Ranks taking part.
     pub ranks: u32,
-    /// Nodes the ranks span.
+    /// NVLink domains the ranks span (a domain is a node on every cluster but a multi-node
+    /// NVLink rack: `Cluster::gpus_per_domain`).
     pub nodes: u32,
     /// nccl-tests `size` semantics: bytes in each rank's buffer (all-gather: the gathered output;
     /// all-to-all: what each rank sends in total; send/recv: the block sent).
     pub bytes: f64,
-    /// GPUs of one node that send over the network at the same time in this transfer: every rank
-    /// on the node for all-to-all and ring collectives, only the ranks at the node's edge of a ring
-    /// of send/recv.
+    /// GPUs of one domain that send over the network at the same time in this transfer: every
+    /// rank in the domain for all-to-all and ring collectives, only the ranks at the domain's edge
+    /// of a ring of send/recv.
     pub network_senders_per_node: u32,
 }
 
@@ -39,14 +40,14 @@ impl Transfer {
         self
     }
 
-    /// Bytes each GPU moves over the network (0 inside a node): the share of its traffic whose peer
-    /// is on another node.
-    pub fn network_bytes_per_gpu(&self, gpus_per_node: u32) -> f64 {
+    /// Bytes each GPU moves over the network (0 inside a domain): the share of its traffic whose
+    /// peer is in another domain.
+    pub fn network_bytes_per_gpu(&self, gpus_per_domain: u32) -> f64 {
         if self.level == LinkLevel::Intra {
             return 0.0;
         }
         let n = f64::from(self.ranks);
-        let per_node = (n / f64::from(self.nodes)).min(f64::from(gpus_per_node));
+        let per_node = (n / f64::from(self.nodes)).min(f64::from(gpus_per_domain));
         let off_node = (n - per_node) / n;
         match self.collective {
             Collective::AllToAll => self.bytes * off_node,
@@ -173,14 +174,15 @@ fn bandwidth_time_s(cluster: &Cluster, t: &Transfer) -> f64 {
     if t.level == LinkLevel::Intra {
         return intra_s;
     }
-    let network_s = t.network_bytes_per_gpu(cluster.gpus_per_node) / (network_gb_per_s(cluster, t) * GB);
+    let network_s = t.network_bytes_per_gpu(cluster.gpus_per_domain()) / (network_gb_per_s(cluster, t) * GB);
     intra_s.max(network_s)
 }
 
-/// Network bandwidth one GPU gets in this transfer when every GPU of its node takes part.
+/// Network bandwidth one GPU gets in this transfer when every GPU of its domain takes part: the
+/// domain's NICs shared by its senders (a DGX node's 8 NICs; an NVL72 rack's 18 trays of 4).
 pub fn network_gb_per_s(cluster: &Cluster, t: &Transfer) -> f64 {
-    let per_node = t.network_senders_per_node.clamp(1, cluster.gpus_per_node);
-    let node_gb_per_s = f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s;
+    let per_node = t.network_senders_per_node.clamp(1, cluster.gpus_per_domain());
+    let node_gb_per_s = f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s;
     let fair_share = node_gb_per_s / f64::from(per_node);
     match t.collective {
         // NCCL cannot aggregate NICs in an inter-node all-to-all or a point-to-point transfer.
@@ -231,21 +233,21 @@ pub fn parts(cluster: &Cluster, t: &Transfer) -> Parts {
     };
     let latency_s = (cluster.nccl.base_latency_us + hw_us * steps(t.collective, t.ranks)) * 1e-6;
     let intra_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
-    let bytes = t.network_bytes_per_gpu(cluster.gpus_per_node);
+    let bytes = t.network_bytes_per_gpu(cluster.gpus_per_domain());
     let network = (t.level == LinkLevel::Inter && bytes > 0.0).then(|| {
         let isolated_rate = network_gb_per_s(cluster, t) * GB;
         match t.collective {
             Collective::AllToAll | Collective::SendRecv => NetworkDemand {
-                flows_per_node: t.network_senders_per_node.clamp(1, cluster.gpus_per_node),
+                flows_per_node: t.network_senders_per_node.clamp(1, cluster.gpus_per_domain()),
                 bytes_per_flow: bytes,
                 cap_per_flow: cluster.inter.alltoall_nics_per_gpu * cluster.inter.nic_gb_per_s * GB,
                 isolated_rate,
             },
-            // NCCL's rings cross each node boundary on every NIC: one aggregate flow per node.
+            // NCCL's rings cross each domain boundary on every NIC: one aggregate flow per domain.
             _ => NetworkDemand {
                 flows_per_node: 1,
                 bytes_per_flow: bytes,
-                cap_per_flow: f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s * GB,
+                cap_per_flow: f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s * GB,
                 isolated_rate,
             },
         }

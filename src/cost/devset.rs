@@ -66,6 +66,7 @@ fn rules() -> Result<Rules> {
 #[serde(rename_all = "snake_case")]
 pub enum Generation {
     Ampere,
+    Ada,
     Hopper,
     Blackwell,
 }
@@ -74,6 +75,7 @@ impl Generation {
     fn of(arch: Arch) -> Generation {
         match arch {
             Arch::Ampere => Generation::Ampere,
+            Arch::Ada => Generation::Ada,
             Arch::Hopper => Generation::Hopper,
             Arch::Blackwell => Generation::Blackwell,
         }

@@ -211,10 +211,11 @@ impl CostModel {
                 "choose a tp that divides the number of heads",
             ));
         }
-        if train.tp > cluster.gpus_per_node && train.tp % cluster.gpus_per_node != 0 {
+        let gpd = cluster.gpus_per_domain();
+        if train.tp > gpd && train.tp % gpd != 0 {
             return Err(Error::invalid(
-                format!("tensor-parallel degree {} spans part of a node of {} GPUs", train.tp, cluster.gpus_per_node),
-                "tensor parallelism across nodes must span whole nodes",
+                format!("tensor-parallel degree {} spans part of an NVLink domain of {gpd} GPUs", train.tp),
+                "tensor parallelism across domains must span whole domains (nodes, or racks on NVL72)",
             ));
         }
         let kernel = train.attention_kernel.unwrap_or_else(|| train.stack.attention.kernel(cluster.gpu.arch));
@@ -359,7 +360,7 @@ impl CostModel {
     pub fn sync_transfers(&self, gpus: u32) -> (Option<Transfer>, Option<Transfer>) {
         let tp = self.train.tp;
         let ranks = (gpus / tp).max(1);
-        let nodes = gpus.div_ceil(self.cluster.gpus_per_node);
+        let nodes = gpus.div_ceil(self.cluster.gpus_per_domain());
         let params = self.model.params() as f64 / f64::from(tp);
         let grads = params * self.train.stack.precision.grad_reduce_bytes;
         let weights = params * 2.0;

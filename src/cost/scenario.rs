@@ -170,6 +170,10 @@ pub struct Prediction {
     /// the preset (`cost::sources`); empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub priced_by: Vec<String>,
+    /// Why the cluster preset's figures are partly derived rather than measured
+    /// (`Cluster::uncalibrated`); absent for a preset whose figures are all published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncalibrated: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -543,13 +547,13 @@ fn check_shape(shape: &GroupShape, tp: u32, model: &ModelShape, cluster: &Cluste
             "choose degrees whose product divides the heads",
         ));
     }
-    let gpn = cluster.gpus_per_node;
+    let gpn = cluster.gpus_per_domain();
     if tp > gpn && tp % gpn != 0 {
-        return Err(at.error("strategy.tp", format!("tp = {tp} spans part of a node of {gpn} GPUs"), "tensor parallelism across nodes must span whole nodes"));
+        return Err(at.error("strategy.tp", format!("tp = {tp} spans part of an NVLink domain of {gpn} GPUs"), "tensor parallelism across domains must span whole domains"));
     }
     let span = shape.size() * tp;
     if span > gpn && span % gpn != 0 {
-        return Err(at.error("strategy.ring", format!("a group of {span} GPUs spans part of a node of {gpn}"), "groups larger than a node must be whole nodes"));
+        return Err(at.error("strategy.ring", format!("a group of {span} GPUs spans part of an NVLink domain of {gpn}"), "groups larger than a domain must be whole domains"));
     }
     shape.check(model, cluster).map_err(|e| match e {
         Error::Invalid { what, hint } => at.error("strategy", what, hint),
@@ -628,7 +632,7 @@ fn stage_boundary_transfer(cm: &CostModel, program: &Program, gpus_per_stage: u3
     let tokens_per_rank = program.tokens_per_gpu * f64::from(cm.train.tp);
     let tp_split = if cm.train.sequence_parallel { f64::from(cm.train.tp) } else { 1.0 };
     let bytes = tokens_per_rank * f64::from(cm.model.hidden) * 2.0 / tp_split;
-    let nodes = if gpus_per_stage >= cm.cluster.gpus_per_node { 2 } else { 1 };
+    let nodes = if gpus_per_stage >= cm.cluster.gpus_per_domain() { 2 } else { 1 };
     Transfer::new(super::Collective::SendRecv, 2, nodes, bytes)
 }
 
@@ -805,6 +809,7 @@ fn evaluate(
         },
         tokens_per_gpu,
         priced_by: super::sources::describe_transfers(&cm.cluster, &transfers),
+        uncalibrated: cm.cluster.uncalibrated.clone(),
     }
 }
 

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 /// node), then the calibration's kernel curves and overlap figures. Empty for a cluster without
 /// a calibration: every figure is the preset's.
 pub fn describe(cluster: &Cluster) -> Vec<String> {
-    let levels: &[LinkLevel] = if cluster.nodes > 1 { &LinkLevel::ALL } else { &[LinkLevel::Intra] };
-    let ranks = |level: LinkLevel| if level == LinkLevel::Intra { cluster.gpus_per_node } else { cluster.gpus() };
+    let levels: &[LinkLevel] = if cluster.domains() > 1 { &LinkLevel::ALL } else { &[LinkLevel::Intra] };
+    let ranks = |level: LinkLevel| if level == LinkLevel::Intra { cluster.gpus_per_domain() } else { cluster.gpus() };
     let used: Vec<(Collective, LinkLevel, u32)> =
         levels.iter().flat_map(|&l| Collective::ALL.into_iter().map(move |c| (c, l, ranks(l)))).collect();
     lines(cluster, &used)

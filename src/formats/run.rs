@@ -166,6 +166,10 @@ pub struct Summary {
     pub cluster: String,
     pub nodes: u32,
     pub gpus_per_node: u32,
+    /// GPUs of one NVLink domain, when a domain spans several nodes (an NVL72 rack); absent when
+    /// the node is the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_per_domain: Option<u32>,
     /// Documents per global batch, when batches are cut by count.
     #[serde(default)]
     pub global_batch: Option<usize>,
@@ -196,6 +200,10 @@ pub struct Summary {
     /// preset (`cost::sources`); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub priced_by: Vec<String>,
+    /// Why the cluster preset's figures are partly derived rather than measured
+    /// (`Cluster::uncalibrated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncalibrated: Option<String>,
 }
 
 /// A prediction's relative error bar: the true time lies in `[t (1 + low), t (1 + high)]` for 80%
@@ -245,6 +253,17 @@ pub struct PlannerDetails {
 }
 
 impl Summary {
+    /// ", 2 NVLink domains of 72 GPUs" when a domain spans several nodes; empty otherwise.
+    pub fn domains_words(&self) -> String {
+        match self.gpus_per_domain {
+            Some(d) if d > 0 => match self.gpus() / d {
+                1 => format!(", one NVLink domain of {d} GPUs"),
+                n => format!(", {n} NVLink domains of {d} GPUs"),
+            },
+            _ => String::new(),
+        }
+    }
+
     pub fn gpus(&self) -> u32 {
         self.nodes * self.gpus_per_node
     }

@@ -1109,7 +1109,7 @@ impl Schedule {
                 if group.ranks.len() != shape.size() as usize {
                     return Err(Error::invalid(format!("{}: {} ranks for a {shape} group", at(g), group.ranks.len()), "regenerate the plan"));
                 }
-                let inner = inner_ring(&shape, &group.ranks, gpn).map_err(context)?;
+                let inner = inner_ring(&shape, &group.ranks, cluster.gpus_per_domain().max(1)).map_err(context)?;
                 let attn = group_attention(&varlen, dims, &group.ranks, inner, tiling).map_err(context)?;
                 let work = cm.workload(&shape, &[group.doc_lengths()], Scope::Step);
                 for (q, (ops, &rank)) in attn.iter().zip(&group.ranks).enumerate() {
@@ -1159,7 +1159,8 @@ impl Schedule {
 
     /// Fills each op's `predicted_s` with what `pricer` says (ops it does not know stay empty).
     pub fn price(&mut self, pricer: &dyn Pricer) {
-        let gpn = self.cluster.gpus_per_node.max(1);
+        // The cost model's unit: NVLink domains, not hosts.
+        let gpn = self.cluster.gpus_per_domain().max(1);
         for rs in &mut self.ranks {
             for block in &mut rs.blocks {
                 let group = block.microbatch.map(|m| {
@@ -1191,7 +1192,7 @@ impl Schedule {
     }
 }
 
-/// The double ring's slots per node, from where the group's ranks sit.
+/// The double ring's slots per NVLink domain, from where the group's ranks sit.
 fn inner_ring(shape: &GroupShape, ranks: &[u32], gpus_per_node: u32) -> Result<u32> {
     if shape.scheme != Scheme::DoubleRing {
         return Ok(shape.ring);

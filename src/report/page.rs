@@ -62,6 +62,9 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         );
     }
     let _ = writeln!(md, "\n{}\n", solve_line(s));
+    if let Some(why) = &s.uncalibrated {
+        let _ = writeln!(md, "**Uncalibrated cluster preset**: {why}\n");
+    }
     if !s.priced_by.is_empty() {
         let _ = writeln!(md, "Priced on the calibrated cluster by:\n");
         for line in &s.priced_by {
@@ -156,12 +159,13 @@ fn run_line(s: &Summary) -> String {
         _ => String::new(),
     };
     format!(
-        "Model {} on {}: {} nodes × {} GPUs ({} GPUs); {batch}{max_seq}; {} batches.{pods}",
+        "Model {} on {}: {} nodes × {} GPUs ({} GPUs{}); {batch}{max_seq}; {} batches.{pods}",
         s.model,
         s.cluster,
         s.nodes,
         s.gpus_per_node,
         s.gpus(),
+        s.domains_words(),
         s.batches
     )
 }
@@ -301,6 +305,9 @@ nav a {{ margin-right: 1em; }}
             100.0 * bar.low,
             100.0 * bar.high
         );
+    }
+    if let Some(why) = &s.uncalibrated {
+        let _ = writeln!(h, "<p id=\"uncalibrated\"><strong>Uncalibrated cluster preset</strong>: {}</p>", esc(why));
     }
     if !s.priced_by.is_empty() {
         let _ = writeln!(h, "<p>Priced on the calibrated cluster by:</p>\n<ul id=\"priced-by\">");

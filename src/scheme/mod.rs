@@ -119,11 +119,11 @@ impl GroupShape {
             );
         }
         let g = self.size();
-        let gpn = cluster.gpus_per_node;
+        let gpn = cluster.gpus_per_domain();
         if g > gpn && g % gpn != 0 {
             return bad(
-                format!("a group of {g} GPUs spans part of a node (nodes have {gpn})"),
-                "groups larger than a node must be whole nodes",
+                format!("a group of {g} GPUs spans part of an NVLink domain (domains have {gpn} GPUs)"),
+                "groups larger than a domain (a node, or a rack on NVL72) must be whole domains",
             );
         }
         if g > cluster.gpus() {
@@ -135,9 +135,9 @@ impl GroupShape {
         Ok(())
     }
 
-    /// How many nodes the group spans (groups are aligned to node boundaries).
-    pub fn nodes(&self, gpus_per_node: u32) -> u32 {
-        self.size().div_ceil(gpus_per_node)
+    /// How many NVLink domains the group spans (groups are aligned to domain boundaries).
+    pub fn nodes(&self, gpus_per_domain: u32) -> u32 {
+        self.size().div_ceil(gpus_per_domain)
     }
 
     /// Key/value heads the busiest Ulysses rank holds: rank i computes query heads

@@ -59,7 +59,7 @@ impl Flight {
     /// A transfer that alone takes `isolated_s`, the cost model's time for it.
     fn new(cluster: &Cluster, t: &Transfer, isolated_s: f64, group_nodes: &[u32], group_size: usize) -> Flight {
         let shared = t.ranks as usize > group_size;
-        let nodes = if shared { (0..t.nodes.min(cluster.nodes)).collect() } else { group_nodes.to_vec() };
+        let nodes = if shared { (0..t.nodes.min(cluster.domains())).collect() } else { group_nodes.to_vec() };
         let parts = comm::parts(cluster, t);
         // A faster protocol, a calibrated fit or the stack's fitted factor changes the isolated
         // time: scale every part alike so that alone the transfer takes the cost model's time.
@@ -197,7 +197,8 @@ fn simulate(
     mut timeline: Option<&mut Timeline>,
 ) -> MicroBatchRun {
     let cluster = &cm.cluster;
-    let gpn = cluster.gpus_per_node;
+    // NICs are shared per NVLink domain, as the cost model prices them.
+    let gpn = cluster.gpus_per_domain();
     let mut cursors: Vec<Cursor> = programs
         .iter()
         .map(|(program, ranks)| {
@@ -226,7 +227,7 @@ fn simulate(
     for c in &mut cursors {
         c.start_stage(cluster, now);
     }
-    let all_nodes: Vec<u32> = (0..cluster.nodes).collect();
+    let all_nodes: Vec<u32> = (0..cluster.domains()).collect();
     let mut background: Option<Flight> = None;
     let mut background_span: Option<(f64, f64)> = None;
     let mut sync = sync;
@@ -320,9 +321,11 @@ fn flow_rates(cluster: &Cluster, cursors: &[Cursor], background: Option<&Flight>
         .map(|c| c.flight.as_ref().filter(|f| f.on_network()))
         .chain(std::iter::once(background.filter(|f| f.on_network())))
         .collect();
-    let capacity = f64::from(cluster.inter.nics_per_node) * cluster.inter.nic_gb_per_s * GB;
+    // The NICs of one NVLink domain (a node, or a rack's trays on NVL72), as the cost model
+    // prices them.
+    let capacity = f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s * GB;
     let mut rate = vec![f64::INFINITY; flights.len()];
-    for node in 0..cluster.nodes {
+    for node in 0..cluster.domains() {
         // Flows on this node: (flight index, cap) repeated per flow. Shared collectives of one
         // kind are one flight here; the others of that kind follow its rate.
         let mut flows: Vec<(usize, f64)> = Vec::new();

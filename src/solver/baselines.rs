@@ -39,7 +39,7 @@ impl Family {
     /// Every valid (u, r) of the family on this cluster: group sizes that divide the GPUs and
     /// align to nodes, Ulysses degrees that divide the heads.
     pub fn shapes(self, ctx: &Ctx) -> Vec<GroupShape> {
-        let (gpus, gpn, heads) = (ctx.gpus, ctx.gpus_per_node, ctx.cm.model.heads);
+        let (gpus, gpn, heads) = (ctx.gpus, ctx.gpus_per_domain, ctx.cm.model.heads);
         let sizes = (1..=gpus).filter(|&g| gpus % g == 0 && (if g < gpn { gpn % g == 0 } else { g % gpn == 0 }));
         let mut out = Vec::new();
         for g in sizes {
@@ -204,7 +204,7 @@ impl MegatronDcp {
     pub fn new(ctx: &Ctx) -> MegatronDcp {
         let shapes: Vec<GroupShape> = std::iter::successors(Some(1u32), |s| Some(s * 2))
             .take_while(|&s| s <= ctx.gpus)
-            .filter(|&s| s <= ctx.gpus_per_node || s % ctx.gpus_per_node == 0)
+            .filter(|&s| ctx.packs(s))
             .map(|s| {
                 let scheme = if s == 1 { Scheme::Ulysses } else { Scheme::Ring };
                 GroupShape { scheme, ulysses: 1, ring: s, variant: RingVariant::Zigzag }

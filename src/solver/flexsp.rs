@@ -39,7 +39,7 @@ impl Flexsp {
         let heads = ctx.cm.model.heads;
         let shapes: Vec<GroupShape> = std::iter::successors(Some(1u32), |s| Some(s * 2))
             .take_while(|&s| s <= ctx.gpus)
-            .filter(|&s| heads % s == 0 && (s <= ctx.gpus_per_node || s % ctx.gpus_per_node == 0))
+            .filter(|&s| heads % s == 0 && ctx.packs(s))
             .map(|s| GroupShape { scheme: Scheme::Ulysses, ulysses: s, ring: 1, variant: RingVariant::Zigzag })
             .collect();
         let cands = tabulate_fixed(&ctx.cm, &shapes, ctx.max_len, ctx.limit_bytes);

@@ -168,7 +168,7 @@ impl<'a> Local<'a> {
     /// The best scheme of (u, r) for `docs` and its exact time.
     fn best(&mut self, ulysses: u32, ring: u32, docs: &[usize]) -> (GroupShape, f64) {
         let lens: Vec<u32> = docs.iter().map(|&d| self.len(d)).collect();
-        self.left = self.left.saturating_sub(scheme_options(ulysses, ring, self.ctx.gpus_per_node).len());
+        self.left = self.left.saturating_sub(scheme_options(ulysses, ring, self.ctx.gpus_per_domain).len());
         let (shape, cost) = self.ctx.best_scheme(ulysses, ring, &lens);
         let t = if docs.is_empty() { 0.0 } else { self.ctx.time_within_memory(&cost) };
         (shape, t)
@@ -287,7 +287,7 @@ impl<'a> Local<'a> {
 
     /// Merges, splits and reshapes of group `k`, estimated by the surrogate alone.
     fn resize_changes(&self, k: usize, fastest: &[usize], out: &mut Vec<(f64, Change)>) {
-        let (gpn, gpus) = (self.ctx.gpus_per_node, self.ctx.gpus);
+        let (gpn, gpus) = (self.ctx.gpus_per_domain, self.ctx.gpus);
         let tk = self.time[k];
         let gk = &self.groups[k];
         let sk = gk.shape.size();

@@ -128,7 +128,9 @@ pub struct Ctx {
     /// micro-batch's documents are dealt to the pods by work and each pod is planned with the
     /// same candidate shapes; groups never span pods.
     pub pods: u32,
-    pub gpus_per_node: u32,
+    /// GPUs of one NVLink domain (`Cluster::gpus_per_domain`: a node, or a rack on NVL72): the
+    /// unit groups are sized and placed by.
+    pub gpus_per_domain: u32,
     pub limit_bytes: f64,
     /// The longest document the run plans for.
     pub max_len: u32,
@@ -148,13 +150,7 @@ impl Ctx {
     /// Builds the context for documents up to `max_len` tokens. Clusters of more than
     /// [`MAX_POD_NODES`] nodes are planned as identical pods ([`pod_nodes`]).
     pub fn with(cm: CostModel, max_len: u32, opts: &CtxOptions) -> Result<Ctx> {
-        let gpus_per_node = cm.cluster.gpus_per_node;
-        if !gpus_per_node.is_power_of_two() {
-            return Err(Error::invalid(
-                format!("the planner needs a power-of-two number of GPUs per node (the cluster has {gpus_per_node})"),
-                "use a cluster preset with 8 GPUs per node, or edit gpus_per_node",
-            ));
-        }
+        let gpus_per_domain = cm.cluster.gpus_per_domain();
         let limit_bytes = cm.memory_limit_bytes();
         let states = cm.static_memory_bytes(cm.data_parallel_gpus());
         if states >= limit_bytes {
@@ -177,10 +173,10 @@ impl Ctx {
             ));
         }
         let max_len = max_len.max(1);
-        let pod = pod_nodes(cm.cluster.nodes);
-        let pods = cm.cluster.nodes / pod;
+        let pod = pod_nodes(cm.cluster.domains());
+        let pods = cm.cluster.domains() / pod;
         let sizes = match opts.sizes {
-            GroupSizes::All => all_sizes(gpus_per_node, pod),
+            GroupSizes::All => all_sizes(gpus_per_domain, pod),
             GroupSizes::Ladder => size_ladder(&cm, pod, max_len, limit_bytes),
         };
         let shapes = group_shapes(&cm, &sizes);
@@ -189,14 +185,20 @@ impl Ctx {
         progress.finish();
         Ok(Ctx {
             cm,
-            gpus: pod * gpus_per_node,
+            gpus: pod * gpus_per_domain,
             pods,
-            gpus_per_node,
+            gpus_per_domain,
             limit_bytes,
             max_len,
             candidates,
             sizes,
         })
+    }
+
+    /// Whether groups of `size` GPUs always pack into the domains: a size of [`domain_sizes`] or
+    /// whole domains.
+    pub fn packs(&self, size: u32) -> bool {
+        size % self.gpus_per_domain == 0 || domain_sizes(self.gpus_per_domain).contains(&size)
     }
 
     /// Every GPU of the cluster (all pods).
@@ -220,7 +222,7 @@ impl Ctx {
     /// USP, and for u = 1 ring and all-gather, and double ring across nodes.
     pub fn best_scheme(&self, ulysses: u32, ring: u32, lens: &[u32]) -> (GroupShape, GroupCost) {
         let mut best: Option<(GroupShape, GroupCost)> = None;
-        for shape in scheme_options(ulysses, ring, self.gpus_per_node) {
+        for shape in scheme_options(ulysses, ring, self.gpus_per_domain) {
             let cost = self.group_cost(&shape, lens);
             let better = match &best {
                 None => true,
@@ -251,7 +253,7 @@ impl Ctx {
         let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
         let mut micro: Vec<PricedMicro> = Vec::with_capacity(sol.micro.len());
         for m in &sol.micro {
-            let ranks = place_pods(&m.groups, self.pods, self.gpus, self.gpus_per_node)?;
+            let ranks = place_pods(&m.groups, self.pods, self.gpus, self.gpus_per_domain)?;
             let groups: Vec<PricedGroup> = m
                 .groups
                 .iter()
@@ -382,9 +384,9 @@ impl Ctx {
 }
 
 /// The (u, r) splits of the given group sizes: Ulysses degree a power of two that divides the
-/// heads and stays inside a node; ring over the rest.
+/// heads and stays inside an NVLink domain; ring over the rest.
 pub fn group_shapes(cm: &CostModel, sizes: &[u32]) -> Vec<GroupShape> {
-    let gpn = cm.cluster.gpus_per_node;
+    let gpn = cm.cluster.gpus_per_domain();
     let mut shapes = Vec::new();
     for &g in sizes {
         let mut u = 1;
@@ -400,15 +402,36 @@ pub fn group_shapes(cm: &CostModel, sizes: &[u32]) -> Vec<GroupShape> {
     shapes
 }
 
-/// 1, 2, 4, ... GPUs inside a node, then every whole number of nodes up to `nodes`.
-pub fn all_sizes(gpus_per_node: u32, nodes: u32) -> Vec<u32> {
-    let mut sizes = sub_node_sizes(gpus_per_node);
-    sizes.extend((1..=nodes).map(|k| k * gpus_per_node));
+/// The sizes inside a domain, then every whole number of domains up to `domains`.
+pub fn all_sizes(gpus_per_domain: u32, domains: u32) -> Vec<u32> {
+    let mut sizes = domain_sizes(gpus_per_domain);
+    sizes.extend((1..=domains).map(|k| k * gpus_per_domain));
     sizes
 }
 
-fn sub_node_sizes(gpus_per_node: u32) -> Vec<u32> {
-    std::iter::successors(Some(1u32), |s| Some(s * 2)).take_while(|&s| s < gpus_per_node).collect()
+/// Group sizes below a domain of `d` GPUs: 1, 2, 4, ... up to the largest power of two that
+/// divides `d`, then that times the rest of `d`'s prime factors, smallest first (a 72-GPU NVL72
+/// rack: 1, 2, 4, 8, 24; a node of 8: 1, 2, 4). Each size divides the next and `d`, so groups
+/// placed largest first never straddle two domains and any sizes that add up to the GPUs fill
+/// them exactly: the planner counts only GPUs, never placement.
+pub fn domain_sizes(d: u32) -> Vec<u32> {
+    let d = d.max(1);
+    let twos = d.trailing_zeros();
+    let mut sizes: Vec<u32> = (0..=twos).map(|k| 1u32 << k).filter(|&s| s < d).collect();
+    let mut size = 1u32 << twos;
+    let mut rest = d >> twos;
+    let mut p = 3;
+    while rest > 1 {
+        while rest % p != 0 {
+            p += 2;
+        }
+        rest /= p;
+        size *= p;
+        if size < d {
+            sizes.push(size);
+        }
+    }
+    sizes
 }
 
 /// The nodes of one pod: the cluster itself up to [`MAX_POD_NODES`] nodes, else the largest
@@ -429,8 +452,8 @@ pub fn pod_nodes(nodes: u32) -> u32 {
 /// longest document, when that is not among them. Each test
 /// prices one document alone, which costs little next to tabulating a shape.
 pub fn size_ladder(cm: &CostModel, nodes: u32, max_len: u32, limit_bytes: f64) -> Vec<u32> {
-    let gpn = cm.cluster.gpus_per_node;
-    let mut sizes = sub_node_sizes(gpn);
+    let gpn = cm.cluster.gpus_per_domain();
+    let mut sizes = domain_sizes(gpn);
     let mut memo = std::collections::BTreeMap::new();
     let mut alone = |k: u32| *memo.entry(k).or_insert_with(|| longest_alone_s(cm, k * gpn, max_len, limit_bytes));
     let (mut k, mut prev) = (1, alone(1));
@@ -490,7 +513,7 @@ pub fn size_ladder(cm: &CostModel, nodes: u32, max_len: u32, limit_bytes: f64) -
 /// The time of one document of `len` tokens alone on the best split and scheme of `size` GPUs
 /// that holds it in memory; infinite when none does.
 fn longest_alone_s(cm: &CostModel, size: u32, len: u32, limit_bytes: f64) -> f64 {
-    let gpn = cm.cluster.gpus_per_node;
+    let gpn = cm.cluster.gpus_per_domain();
     group_shapes(cm, &[size])
         .iter()
         .flat_map(|s| scheme_options(s.ulysses, s.ring, gpn))
@@ -501,7 +524,7 @@ fn longest_alone_s(cm: &CostModel, size: u32, len: u32, limit_bytes: f64) -> f64
 }
 
 /// The schemes a (u, r) group may run.
-pub fn scheme_options(ulysses: u32, ring: u32, gpus_per_node: u32) -> Vec<GroupShape> {
+pub fn scheme_options(ulysses: u32, ring: u32, gpus_per_domain: u32) -> Vec<GroupShape> {
     let s = |scheme| GroupShape { scheme, ulysses, ring, variant: RingVariant::Zigzag };
     if ring == 1 {
         return vec![s(Scheme::Ulysses)];
@@ -510,16 +533,16 @@ pub fn scheme_options(ulysses: u32, ring: u32, gpus_per_node: u32) -> Vec<GroupS
     if ulysses == 1 {
         v.extend([s(Scheme::Ring), s(Scheme::Allgather)]);
     }
-    if ulysses * ring > gpus_per_node {
+    if ulysses * ring > gpus_per_domain {
         v.push(s(Scheme::DoubleRing));
     }
     v
 }
 
-/// Places groups on global ranks, aligned to nodes: groups of whole nodes first, in order, then
-/// smaller groups largest first into the remaining nodes (their power-of-two sizes keep every
-/// group inside one node). Every GPU must be covered exactly once.
-pub fn place(groups: &[Group], gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<u32>>> {
+/// Places groups on global ranks, aligned to NVLink domains: groups of whole domains first, in
+/// order, then smaller groups largest first into the remaining domains (their sizes,
+/// [`domain_sizes`], keep every group inside one domain). Every GPU must be covered exactly once.
+pub fn place(groups: &[Group], gpus: u32, gpus_per_domain: u32) -> Result<Vec<Vec<u32>>> {
     let total: u32 = groups.iter().map(|g| g.shape.size()).sum();
     if total != gpus {
         return Err(Error::invalid(
@@ -534,11 +557,11 @@ pub fn place(groups: &[Group], gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<
     let mut next = 0u32;
     for i in order {
         let g = groups[i].shape.size();
-        let aligned = if g >= gpus_per_node { g % gpus_per_node == 0 } else { g.is_power_of_two() };
-        if !aligned || next % g.min(gpus_per_node) != 0 {
+        let aligned = if g >= gpus_per_domain { g % gpus_per_domain == 0 } else { gpus_per_domain % g == 0 };
+        if !aligned || next % g.min(gpus_per_domain) != 0 {
             return Err(Error::invalid(
-                format!("a group of {g} GPUs cannot be aligned to nodes of {gpus_per_node}"),
-                "groups are 1, 2, 4, ... GPUs inside a node or whole nodes",
+                format!("a group of {g} GPUs cannot be aligned to NVLink domains of {gpus_per_domain} GPUs"),
+                "groups divide a domain (a node, or a rack on NVL72) or are whole domains",
             ));
         }
         ranks[i] = (next..next + g).collect();
@@ -550,9 +573,9 @@ pub fn place(groups: &[Group], gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<
 /// Places the groups of `pods` pods of `pod_gpus` GPUs each: the groups are listed pod by pod
 /// (each pod's covering its GPUs exactly), and each pod's are placed inside it ([`place`]), so
 /// that no group spans two pods.
-pub fn place_pods(groups: &[Group], pods: u32, pod_gpus: u32, gpus_per_node: u32) -> Result<Vec<Vec<u32>>> {
+pub fn place_pods(groups: &[Group], pods: u32, pod_gpus: u32, gpus_per_domain: u32) -> Result<Vec<Vec<u32>>> {
     if pods <= 1 {
-        return place(groups, pod_gpus, gpus_per_node);
+        return place(groups, pod_gpus, gpus_per_domain);
     }
     let mut ranks = Vec::with_capacity(groups.len());
     let mut start = 0;
@@ -564,7 +587,7 @@ pub fn place_pods(groups: &[Group], pods: u32, pod_gpus: u32, gpus_per_node: u32
             end += 1;
         }
         let offset = pod * pod_gpus;
-        for group in place(&groups[start..end], pod_gpus, gpus_per_node)? {
+        for group in place(&groups[start..end], pod_gpus, gpus_per_domain)? {
             ranks.push(group.into_iter().map(|r| r + offset).collect());
         }
         start = end;
@@ -603,6 +626,21 @@ mod tests {
         assert_eq!(ranks[3], vec![24, 25, 26, 27]);
         assert_eq!(ranks[1], vec![28, 29]);
         assert_eq!((ranks[0].clone(), ranks[4].clone()), (vec![30], vec![31]));
+    }
+
+    #[test]
+    fn domain_sizes_divide_each_other_and_the_domain() {
+        assert_eq!(domain_sizes(8), vec![1, 2, 4]);
+        assert_eq!(domain_sizes(72), vec![1, 2, 4, 8, 24]);
+        assert_eq!(domain_sizes(20), vec![1, 2, 4]);
+        assert_eq!(domain_sizes(1), Vec::<u32>::new());
+        // On two NVL72 racks, groups of those sizes placed largest first never straddle a rack.
+        let groups = vec![g(1, 1), g(8, 3), g(2, 1), g(8, 1), g(8, 9), g(4, 1), g(4, 2), g(8, 3), g(1, 1)];
+        let ranks = place(&groups, 144, 72).unwrap();
+        assert_eq!(ranks[4], (0..72).collect::<Vec<_>>());
+        for r in &ranks {
+            assert_eq!(r[0] / 72, r[r.len() - 1] / 72, "{r:?}");
+        }
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub fn run_all_with(
             let why = format!(
                 "the cluster is planned as {} pods of {} nodes; the baselines plan clusters of at most {} nodes whole",
                 ctx.pods,
-                ctx.gpus / ctx.gpus_per_node,
+                ctx.gpus / ctx.cm.cluster.gpus_per_node,
                 super::MAX_POD_NODES
             );
             skipped.push((s.name().to_string(), why));

@@ -129,7 +129,7 @@ fn interpolate(grid: &[u32], values: &[f64], len: u32) -> f64 {
 /// Tabulates every shape for documents up to `max_len` tokens (in parallel over shapes), each
 /// priced by the best of its (u, r)'s schemes.
 pub fn tabulate(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64, progress: &Progress) -> Vec<Candidate> {
-    let gpn = cm.cluster.gpus_per_node;
+    let gpn = cm.cluster.gpus_per_domain();
     tabulate_with(cm, shapes, max_len, limit_bytes, progress, |s| super::scheme_options(s.ulysses, s.ring, gpn))
 }
 

@@ -258,7 +258,7 @@ struct Ctx<'a> {
     scope: Scope,
     /// Tokens each rank holds (padded slot length / ulysses).
     tokens: f64,
-    /// Nodes the group spans, tensor-parallel ranks included.
+    /// NVLink domains the group spans, tensor-parallel ranks included.
     nodes: u32,
     /// Query and key/value heads each rank computes attention for (after the all-to-all).
     heads: f64,
@@ -280,7 +280,7 @@ pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: 
         cm,
         shape: *shape,
         tokens: slot_len / f64::from(shape.ulysses.max(1)),
-        nodes: gpus.div_ceil(cm.cluster.gpus_per_node),
+        nodes: gpus.div_ceil(cm.cluster.gpus_per_domain()),
         heads: f64::from(cm.model.heads) / f64::from(shape.ulysses) / tp,
         kv_heads: f64::from(shape.kv_heads_per_rank(&cm.model)) / tp,
         layout,
@@ -518,7 +518,7 @@ impl Ctx<'_> {
             _ => 2.0,
         };
         let bytes = bytes_per_param * self.model().layer_params() as f64 / f64::from(tp);
-        Transfer::new(collective, ranks, gpus.div_ceil(c.gpus_per_node), bytes)
+        Transfer::new(collective, ranks, gpus.div_ceil(c.gpus_per_domain()), bytes)
     }
 
     fn zero3_transfer(&self, collective: Collective) -> Option<Transfer> {
@@ -541,7 +541,7 @@ impl Ctx<'_> {
         }
         let bytes = self.tokens * f64::from(self.model().hidden) * 2.0;
         // Tensor parallelism may cross nodes (whole nodes): its collectives then use the network.
-        let tp_nodes = tp.div_ceil(self.cluster().gpus_per_node);
+        let tp_nodes = tp.div_ceil(self.cluster().gpus_per_domain());
         let p = pass_name(pass);
         if let Some(gemms) = overlap_gemms {
             // Per block: the all-gather beside the block's first GEMM, the reduce-scatter beside
@@ -615,7 +615,7 @@ impl Ctx<'_> {
         } else {
             vec![("q", q_heads), ("k", kv_heads), ("v", kv_heads)]
         };
-        let gpn = self.cluster().gpus_per_node;
+        let gpn = self.cluster().gpus_per_domain();
         let span = u * self.cm.train.tp;
         let nodes = span.div_ceil(gpn);
         let direction = if into_heads { "in" } else { "out" };
@@ -860,7 +860,7 @@ impl Ctx<'_> {
     /// hop return them home, exposed.
     fn double_ring_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let r = self.shape.ring as usize;
-        let gpn = self.cluster().gpus_per_node;
+        let gpn = self.cluster().gpus_per_domain();
         let inner = ((gpn / (self.shape.ulysses * self.cm.train.tp)).max(1) as usize).min(r);
         if inner >= r || self.nodes <= 1 {
             return self.ring_attention(layers, pass, prefix);
