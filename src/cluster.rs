@@ -97,6 +97,37 @@ pub struct IntraNode {
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p2p_gb_per_s: Option<f64>,
+    /// How a PCIe server's GPUs hang off its CPUs (`fabric = "pcie"` only); absent: every GPU pair
+    /// at the line rate, nothing shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie: Option<PcieTree>,
+}
+
+/// A PCIe server's tree: GPUs under PCIe switches, switches under CPU sockets, the sockets joined
+/// by the CPU interconnect. What GPUs under one switch exchange with GPUs elsewhere shares the
+/// switch's uplink; what one socket's GPUs exchange with the other's shares the CPU interconnect
+/// (the cost model prices the busiest such link, docs/cost-model.md section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcieTree {
+    pub gpus_per_switch: u32,
+    pub switches_per_socket: u32,
+    /// A switch's uplink to its CPU's root port, one direction (GB/s, line rate).
+    pub switch_uplink_gb_per_s: f64,
+    /// What GPU peer traffic gets across the CPU interconnect between two sockets, one direction
+    /// (GB/s, achieved: NCCL's own figure for it is already a practical one).
+    pub socket_link_gb_per_s: f64,
+    /// Whether GPUs may read and write each other's memory over PCIe (NCCL's P2P transport);
+    /// false (ACS, a platform or driver without PCIe P2P, NCCL_P2P_DISABLE): NCCL stages every
+    /// transfer through host memory, so all of a switch's traffic crosses its uplink.
+    pub p2p: bool,
+}
+
+impl PcieTree {
+    /// GPUs under one CPU socket.
+    pub fn gpus_per_socket(&self) -> u32 {
+        self.gpus_per_switch * self.switches_per_socket
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -482,6 +513,25 @@ impl Cluster {
         let present = optional.iter().filter_map(|(n, v)| v.map(|v| (*n, v)));
         if let Some((name, v)) = positive.into_iter().chain(present).find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file"));
+        }
+        if let Some(tree) = &self.intra.pcie {
+            let per_socket = tree.gpus_per_socket();
+            if self.intra.fabric != Fabric::Pcie || per_socket == 0 || self.gpus_per_node % per_socket != 0 {
+                return Err(Error::input(
+                    path,
+                    0,
+                    format!(
+                        "intra.pcie: {} GPUs per switch x {} switches per socket must divide the node's {} GPUs on a pcie fabric",
+                        tree.gpus_per_switch, tree.switches_per_socket, self.gpus_per_node
+                    ),
+                    "describe the node's PCIe tree, or drop intra.pcie",
+                ));
+            }
+            for (name, v) in [("intra.pcie.switch_uplink_gb_per_s", tree.switch_uplink_gb_per_s), ("intra.pcie.socket_link_gb_per_s", tree.socket_link_gb_per_s)] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file"));
+                }
+            }
         }
         // An achieved bandwidth cannot beat the line it runs on.
         let achieved = [

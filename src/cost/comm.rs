@@ -1,6 +1,6 @@
 //! NCCL collectives priced by message size: a latency term and a bandwidth term per link level.
 
-use crate::cluster::{Cluster, Collective, CollectiveFit, LinkLevel, GB};
+use crate::cluster::{Cluster, Collective, CollectiveFit, LinkLevel, PcieTree, GB};
 use serde::{Deserialize, Serialize};
 
 /// One collective as a group issues it.
@@ -24,12 +24,21 @@ pub struct Transfer {
     /// each pays the collective's latency. A ring step backward sends the next key/value block and
     /// the travelling key/value gradients as two (ring-flash-attention's `send_recv_kv` and
     /// `send_recv_kv_grad`).
-    #[serde(default = "one_message")]
+    #[serde(default = "one")]
     pub messages: u32,
+    /// GPUs each rank stands for side by side: a ring hop's slot is `ulysses x tp` GPUs that all
+    /// send to the next slot's. A PCIe tree's links carry that many flows where the ring leaves a
+    /// switch or socket.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub gpus_per_rank: u32,
 }
 
-fn one_message() -> u32 {
+fn one() -> u32 {
     1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Transfer {
@@ -42,7 +51,14 @@ impl Transfer {
             bytes,
             network_senders_per_node: ranks.div_ceil(nodes.max(1)),
             messages: 1,
+            gpus_per_rank: 1,
         }
+    }
+
+    /// The same transfer with each rank standing for `gpus` GPUs side by side.
+    pub fn with_gpus_per_rank(mut self, gpus: u32) -> Transfer {
+        self.gpus_per_rank = gpus.max(1);
+        self
     }
 
     /// The same bytes sent as `messages` messages.
@@ -190,8 +206,71 @@ pub fn intra_gb_per_s(cluster: &Cluster, collective: Collective) -> f64 {
     }
 }
 
+/// The bandwidth part inside a domain: the bytes each GPU moves over its own link at the fabric's
+/// bus bandwidth, or on a PCIe tree the busiest link the transfer's GPUs share when that is slower.
+fn intra_s(cluster: &Cluster, t: &Transfer) -> f64 {
+    let own_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
+    match &cluster.intra.pcie {
+        Some(tree) => own_s.max(pcie_shared_s(cluster, tree, t)),
+        None => own_s,
+    }
+}
+
+/// The time of the busiest shared link of a PCIe tree in one node's part of a transfer, its GPUs
+/// sitting side by side from a switch boundary (the planner's placement). With `n` GPUs of the
+/// transfer in the node, `g` of them under one switch and `s` under one socket, each direction of
+/// - a switch's uplink carries what its `g` GPUs send to GPUs under other switches: all-to-all
+///   `g b (n - g) / n`; a ring (send/recv, and ring collectives' `b x busbw factor` per GPU) one
+///   flow per sending GPU of a slot where it leaves the switch; with P2P off, NCCL stages through
+///   host memory and everything the switch's GPUs send goes up (`g b (n - 1) / n`, `g` flows);
+/// - the CPU interconnect carries what one socket's `s` GPUs send to the other's: all-to-all
+///   `s b (n - s) / n`; a ring its crossing flows.
+///
+/// Uplinks run at the fabric's practical share of their line rate (busbw over line rate, as each
+/// GPU's own link does); the socket link's figure is already an achieved one.
+fn pcie_shared_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer) -> f64 {
+    let b = t.bytes;
+    let gpus = match t.collective {
+        // A ring of send/recv: `ranks` slots of `gpus_per_rank` GPUs each.
+        Collective::SendRecv => t.ranks.div_ceil(t.nodes.max(1)) * t.gpus_per_rank.max(1),
+        // Every GPU of the node taking part sends.
+        _ => t.network_senders_per_node.max(1),
+    }
+    .min(cluster.gpus_per_node);
+    if gpus <= 1 {
+        return 0.0;
+    }
+    let n = f64::from(gpus);
+    let g = f64::from(gpus.min(tree.gpus_per_switch));
+    let s = f64::from(gpus.min(tree.gpus_per_socket()));
+    let crosses_switch = gpus > tree.gpus_per_switch;
+    let crosses_socket = gpus > tree.gpus_per_socket();
+    let (uplink_bytes, socket_bytes) = match t.collective {
+        Collective::AllToAll => {
+            let up = if tree.p2p { g * b * (n - g) / n } else { g * b * (n - 1.0) / n };
+            (up, s * b * (n - s) / n)
+        }
+        _ => {
+            let per_gpu = b * t.collective.busbw_factor(t.ranks);
+            // Ring collectives: one ring edge leaves each switch and socket; send/recv: every GPU
+            // of a slot sends to the next slot's, side by side.
+            let slot = if t.collective == Collective::SendRecv { f64::from(t.gpus_per_rank.max(1)) } else { 1.0 };
+            let up = match (tree.p2p, crosses_switch) {
+                (false, _) => g * per_gpu,
+                (true, true) => slot.min(g) * per_gpu,
+                (true, false) => 0.0,
+            };
+            (up, if crosses_socket { slot.min(s) * per_gpu } else { 0.0 })
+        }
+    };
+    let practical = cluster.intra.busbw_gb_per_s / cluster.intra.line_rate_gb_per_s;
+    let uplink_s = uplink_bytes / (tree.switch_uplink_gb_per_s * practical * GB);
+    let socket_s = if crosses_socket { socket_bytes / (tree.socket_link_gb_per_s * GB) } else { 0.0 };
+    uplink_s.max(socket_s)
+}
+
 fn bandwidth_time_s(cluster: &Cluster, t: &Transfer) -> f64 {
-    let intra_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
+    let intra_s = intra_s(cluster, t);
     if t.level == LinkLevel::Intra {
         return intra_s;
     }
@@ -253,7 +332,7 @@ pub fn parts(cluster: &Cluster, t: &Transfer) -> Parts {
         LinkLevel::Inter => cluster.inter.hw_latency_us_per_step,
     };
     let latency_s = (cluster.nccl.base_latency_us + hw_us * steps(t.collective, t.ranks)) * 1e-6;
-    let intra_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
+    let intra_s = intra_s(cluster, t);
     let bytes = t.network_bytes_per_gpu(cluster.gpus_per_domain());
     let network = (t.level == LinkLevel::Inter && bytes > 0.0).then(|| {
         let isolated_rate = network_gb_per_s(cluster, t) * GB;
@@ -361,6 +440,55 @@ mod tests {
         let same = calibrated(1.0, 1.0);
         let t = Transfer::new(Collective::AllToAll, 16, 2, 1e8);
         assert!((time_s(&same, &t) / time_s(&preset, &t) - 1.0).abs() < 1e-12);
+    }
+
+    fn l40s() -> Cluster {
+        Cluster::resolve("l40s").unwrap()
+    }
+
+    #[test]
+    fn a_pcie_all_to_all_is_priced_through_the_narrowest_shared_link() {
+        // L40S: 2 GPUs per switch, 2 switches per socket, two sockets; GPU links and switch uplinks
+        // at 31 GB/s x 23.8/31 = 23.8 GB/s, the CPU interconnect at 10 GB/s. 64 MiB per rank.
+        let b = 67_108_864.0;
+        let simple = (8.4 + 5.7) * 1e-6;
+        // Two GPUs under one switch share nothing: each sends half its buffer at 23.8 GB/s.
+        let u2 = Transfer::new(Collective::AllToAll, 2, 1, b);
+        assert!((time_s(&l40s(), &u2) - (simple + b * 0.5 / 23.8e9)).abs() < 1e-12);
+        // Four GPUs of one socket: each switch's 2 GPUs send 2 of 4 quarters across its uplink,
+        // 2 x b x 2/4 = b, against 3/4 b on each GPU's own link: the uplink bounds it.
+        let u4 = Transfer::new(Collective::AllToAll, 4, 1, b);
+        assert!((time_s(&l40s(), &u4) - (simple + b / 23.8e9)).abs() < 1e-12);
+        // All eight: a socket's 4 GPUs send half their buffers to the other socket, 4 x b / 2 =
+        // 2b over the 10 GB/s CPU interconnect: 13.4 ms, 7.1x the flat fabric's 7/8 b / 23.8 GB/s.
+        let u8 = Transfer::new(Collective::AllToAll, 8, 1, b);
+        assert!((time_s(&l40s(), &u8) - (simple + 2.0 * b / 10e9)).abs() < 1e-12);
+        let mut flat = l40s();
+        flat.intra.pcie = None;
+        assert!((time_s(&flat, &u8) - (simple + b * 0.875 / 23.8e9)).abs() < 1e-12);
+        // Without peer-to-peer NCCL stages through host memory: under one switch both GPUs' sends
+        // go up the uplink and come down again, 2 x b/2 = b per direction: twice the P2P time.
+        let mut staged = l40s();
+        staged.intra.pcie.as_mut().unwrap().p2p = false;
+        assert!((time_s(&staged, &u2) - (simple + b / 23.8e9)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ring_hops_under_one_switch_are_cheap_and_across_sockets_are_not() {
+        // A ring of 2 slots of one GPU each under one switch: the block at the GPU link's 23.8 GB/s.
+        let b = 16_777_216.0;
+        let simple = (8.4 + 5.7) * 1e-6;
+        let near = Transfer::new(Collective::SendRecv, 2, 1, b);
+        assert!((time_s(&l40s(), &near) - (simple + b / 23.8e9)).abs() < 1e-12);
+        // A ring of 2 slots of 4 GPUs (u4 x r2 over the node): each slot's 4 GPUs send across the
+        // socket boundary at once, 4 b through the 10 GB/s CPU interconnect.
+        let far = Transfer::new(Collective::SendRecv, 2, 1, b).with_network_senders(4).with_gpus_per_rank(4);
+        assert!((time_s(&l40s(), &far) - (simple + 4.0 * b / 10e9)).abs() < 1e-12);
+        // A ring all-gather over the node crosses the socket boundary once per direction: 7/8 b
+        // per GPU, one flow, at 10 GB/s.
+        let ag = Transfer::new(Collective::AllGather, 8, 1, b);
+        let simple_ag = (8.4 + 7.0 * 5.7) * 1e-6;
+        assert!((time_s(&l40s(), &ag) - (simple_ag + 0.875 * b / 10e9)).abs() < 1e-12);
     }
 
     #[test]

@@ -820,7 +820,8 @@ impl Ctx<'_> {
     /// A ring hop of `bytes`: at a node's edge the `ulysses` x `tp` ranks of one slot send across
     /// together.
     fn ring_transfer(&self, bytes: f64, ranks: u32, nodes: u32) -> Transfer {
-        Transfer::new(Collective::SendRecv, ranks, nodes, bytes).with_network_senders(self.shape.ulysses * self.cm.train.tp)
+        let slot = self.shape.ulysses * self.cm.train.tp;
+        Transfer::new(Collective::SendRecv, ranks, nodes, bytes).with_network_senders(slot).with_gpus_per_rank(slot)
     }
 
     /// What travels at ring step `j` of `steps`, and whether it runs beside the step's compute:
