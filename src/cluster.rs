@@ -126,7 +126,7 @@ pub struct PcieTree {
 impl PcieTree {
     /// GPUs under one CPU socket.
     pub fn gpus_per_socket(&self) -> u32 {
-        self.gpus_per_switch * self.switches_per_socket
+        self.gpus_per_switch.saturating_mul(self.switches_per_socket)
     }
 }
 
@@ -591,7 +591,7 @@ impl Cluster {
     /// The cost model, the planner and the simulator call this unit a domain; a node is only a
     /// host (its NICs, its processes).
     pub fn gpus_per_domain(&self) -> u32 {
-        self.gpus_per_node * self.nodes_per_domain()
+        self.gpus_per_node.saturating_mul(self.nodes_per_domain())
     }
 
     /// NVLink domains in use.
@@ -599,14 +599,10 @@ impl Cluster {
         self.nodes / self.nodes_per_domain()
     }
 
-    /// NICs of one NVLink domain: every host's together.
-    pub fn nics_per_domain(&self) -> u32 {
-        self.inter.nics_per_node * self.nodes_per_domain()
-    }
-
-    /// The line rate of one domain's NICs together, one direction (GB/s).
-    pub fn domain_nic_line_rate_gb_per_s(&self) -> f64 {
-        f64::from(self.nics_per_domain()) * self.inter.nic_line_rate_gb_per_s.unwrap_or(self.inter.nic_gb_per_s)
+    /// NICs of one NVLink domain: every host's together (a float: a count from the user's file
+    /// times hosts, never overflowed).
+    pub fn nics_per_domain(&self) -> f64 {
+        f64::from(self.inter.nics_per_node) * f64::from(self.nodes_per_domain())
     }
 
     /// The line rate of one node's NICs together, one direction (GB/s).
@@ -843,7 +839,7 @@ mod tests {
     #[test]
     fn an_nvl72_rack_is_one_nvlink_domain_of_its_trays() {
         let rack = Cluster::resolve("gb200-nvl72").unwrap();
-        assert_eq!((rack.gpus(), rack.gpus_per_domain(), rack.domains(), rack.nics_per_domain()), (72, 72, 1, 72));
+        assert_eq!((rack.gpus(), rack.gpus_per_domain(), rack.domains(), rack.nics_per_domain()), (72, 72, 1, 72.0));
         let two = rack.clone().with_nodes(36).unwrap();
         assert_eq!((two.gpus(), two.gpus_per_domain(), two.domains()), (144, 72, 2));
         // Part of a rack is a smaller domain; a rack and a part is refused.

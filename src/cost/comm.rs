@@ -232,7 +232,7 @@ fn pcie_shared_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer) -> f64 {
     let b = t.bytes;
     let gpus = match t.collective {
         // A ring of send/recv: `ranks` slots of `gpus_per_rank` GPUs each.
-        Collective::SendRecv => t.ranks.div_ceil(t.nodes.max(1)) * t.gpus_per_rank.max(1),
+        Collective::SendRecv => t.ranks.div_ceil(t.nodes.max(1)).saturating_mul(t.gpus_per_rank.max(1)),
         // Every GPU of the node taking part sends.
         _ => t.network_senders_per_node.max(1),
     }
@@ -282,7 +282,7 @@ fn bandwidth_time_s(cluster: &Cluster, t: &Transfer) -> f64 {
 /// domain's NICs shared by its senders (a DGX node's 8 NICs; an NVL72 rack's 18 trays of 4).
 pub fn network_gb_per_s(cluster: &Cluster, t: &Transfer) -> f64 {
     let per_node = t.network_senders_per_node.clamp(1, cluster.gpus_per_domain());
-    let node_gb_per_s = f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s;
+    let node_gb_per_s = cluster.nics_per_domain() * cluster.inter.nic_gb_per_s;
     let fair_share = node_gb_per_s / f64::from(per_node);
     match t.collective {
         // NCCL cannot aggregate NICs in an inter-node all-to-all or a point-to-point transfer.
@@ -347,7 +347,7 @@ pub fn parts(cluster: &Cluster, t: &Transfer) -> Parts {
             _ => NetworkDemand {
                 flows_per_node: 1,
                 bytes_per_flow: bytes,
-                cap_per_flow: f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s * GB,
+                cap_per_flow: cluster.nics_per_domain() * cluster.inter.nic_gb_per_s * GB,
                 isolated_rate,
             },
         }

@@ -323,7 +323,7 @@ fn flow_rates(cluster: &Cluster, cursors: &[Cursor], background: Option<&Flight>
         .collect();
     // The NICs of one NVLink domain (a node, or a rack's trays on NVL72), as the cost model
     // prices them.
-    let capacity = f64::from(cluster.nics_per_domain()) * cluster.inter.nic_gb_per_s * GB;
+    let capacity = cluster.nics_per_domain() * cluster.inter.nic_gb_per_s * GB;
     let mut rate = vec![f64::INFINITY; flights.len()];
     for node in 0..cluster.domains() {
         // Flows on this node: (flight index, cap) repeated per flow. Shared collectives of one
