@@ -843,7 +843,8 @@ impl Ctx<'_> {
         let kv = if last { 0.0 } else { self.kv_block_bytes() };
         let dkv = if pass == Pass::Bwd && j >= 1 { self.dkv_block_bytes() } else { 0.0 };
         let bytes = kv + dkv;
-        (bytes > 0.0).then(|| (self.ring_transfer(bytes, ranks, nodes), !last))
+        let messages = u32::from(kv > 0.0) + u32::from(dkv > 0.0);
+        (bytes > 0.0).then(|| (self.ring_transfer(bytes, ranks, nodes).in_messages(messages), !last))
     }
 
     fn ring_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
