@@ -105,7 +105,7 @@ fn example_plan_is_the_tested_plan() {
 }
 
 /// A plan `tune` wrote: the dry run's schedule, priced by the cost model, takes the step time the
-/// plan predicts, batch by batch, within what the executor adds of its own. Here that is 1.2%
+/// plan predicts, batch by batch, within what the executor adds of its own. Here that is 1.25%
 /// (gpt-7b, 64 key/value heads of 64): its kernels accumulate in fp32 buffers and cast O, dQ, dK
 /// and dV to bf16 in passes of their own, and run the backward's preprocessing as its own kernel,
 /// which FlashAttention does inside the calls the cost model prices.

@@ -139,12 +139,12 @@ fn a_small_plan_matches_its_golden_file() {
     let got = std::fs::read_to_string(dir.path().join("plan.json")).unwrap();
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/plan_small.json");
     let golden = golden.as_path();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+    if std::env::var_os("HSAP_UPDATE_GOLDEN").is_some() {
         std::fs::write(golden, &got).unwrap();
     }
     let want = std::fs::read_to_string(golden).unwrap();
     let (got, want): (Value, Value) = (serde_json::from_str(&got).unwrap(), serde_json::from_str(&want).unwrap());
-    assert_eq!(got, want, "plan.json changed; if intended, rerun with UPDATE_GOLDEN=1");
+    assert_eq!(got, want, "plan.json changed; if intended, rerun with HSAP_UPDATE_GOLDEN=1");
 }
 
 #[test]

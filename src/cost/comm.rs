@@ -19,6 +19,16 @@ pub struct Transfer {
     /// on the node for all-to-all and ring collectives, only the ranks at the node's edge of a ring
     /// of send/recv.
     pub network_senders_per_node: u32,
+    /// Messages the transfer is sent as, one after another, `bytes` split evenly between them:
+    /// each pays the collective's latency. A ring step backward sends the next key/value block and
+    /// the travelling key/value gradients as two (ring-flash-attention's `send_recv_kv` and
+    /// `send_recv_kv_grad`).
+    #[serde(default = "one_message")]
+    pub messages: u32,
+}
+
+fn one_message() -> u32 {
+    1
 }
 
 impl Transfer {
@@ -30,7 +40,14 @@ impl Transfer {
             nodes,
             bytes,
             network_senders_per_node: ranks.div_ceil(nodes.max(1)),
+            messages: 1,
         }
+    }
+
+    /// The same bytes sent as `messages` messages.
+    pub fn in_messages(mut self, messages: u32) -> Transfer {
+        self.messages = messages.max(1);
+        self
     }
 
     /// The same transfer with `senders` GPUs per node sharing the node's NICs.
@@ -75,6 +92,10 @@ fn steps(collective: Collective, n: u32) -> f64 {
 pub fn time_s(cluster: &Cluster, t: &Transfer) -> f64 {
     if t.ranks <= 1 || t.bytes <= 0.0 {
         return 0.0;
+    }
+    if t.messages > 1 {
+        let each = Transfer { bytes: t.bytes / f64::from(t.messages), messages: 1, ..*t };
+        return f64::from(t.messages) * time_s(cluster, &each);
     }
     match source(cluster, t.collective, t.level, t.ranks) {
         Source::Fitted(fit) => fit.time_s(t.bytes, t.ranks),
@@ -277,6 +298,16 @@ mod tests {
         let t = Transfer::new(Collective::AllGather, 8, 1, 8192.0);
         let ll = 10.8e-6 + 8192.0 * 0.875 / (0.5 * 230e9);
         assert!((time_s(&a100(), &t) - ll).abs() < 1e-12);
+    }
+
+    #[test]
+    fn each_message_of_a_transfer_pays_the_latency() {
+        // 64 MiB sent between 2 GPUs of a node, in one message and in two: the simple protocol
+        // (8.4 + 3.4 us) wins at both sizes, so the second message adds exactly its 11.8 us.
+        let one = Transfer::new(Collective::SendRecv, 2, 1, 67_108_864.0);
+        let expected = 67_108_864.0 / 195e9 + 11.8e-6;
+        assert!((time_s(&a100(), &one) - expected).abs() < 1e-12);
+        assert!((time_s(&a100(), &one.in_messages(2)) - (expected + 11.8e-6)).abs() < 1e-12);
     }
 
     /// A100 preset with one all-reduce fit across 2 nodes of 16 ranks at `latency` x and

@@ -268,6 +268,12 @@ impl CostModel {
         program.cost(&self.cluster)
     }
 
+    /// Peak memory of one group's micro-batch (what [`Self::group`] reports), from its layout
+    /// alone: no steps are built or priced.
+    pub fn group_memory_bytes(&self, shape: &GroupShape, docs: &[u32]) -> f64 {
+        crate::workload::memory(self, shape, &[docs.to_vec()], Scope::Step).total_bytes()
+    }
+
     /// The group's time that does not grow with its documents (kernel launches, collective
     /// latencies) when its compute hides the ZeRO traffic: `group_linear(shape).fixed_s`.
     pub fn group_fixed_s(&self, shape: &GroupShape) -> f64 {
@@ -445,6 +451,27 @@ mod tests {
 
     fn shape(scheme: Scheme, u: u32, r: u32) -> GroupShape {
         GroupShape { scheme, ulysses: u, ring: r, variant: RingVariant::Zigzag }
+    }
+
+    proptest::proptest! {
+        /// The memory-only path reads what the full workload would: the same layout, the same
+        /// breakdown, for every scheme, degree, checkpointing policy and document mix.
+        #[test]
+        fn memory_from_the_layout_is_the_workloads_memory(
+            scheme in proptest::sample::select(vec![Scheme::Ulysses, Scheme::Ring, Scheme::Usp, Scheme::Hsap, Scheme::Allgather, Scheme::DoubleRing]),
+            u in proptest::sample::select(vec![1u32, 2, 4, 8]),
+            r in 1u32..20,
+            zero in proptest::sample::select(vec![0u8, 1, 3]),
+            checkpointing in proptest::sample::select(vec![Checkpointing::None, Checkpointing::Selective, Checkpointing::Full]),
+            docs in proptest::collection::vec(1u32..40_000, 1..40),
+        ) {
+            let scheme = if r == 1 { Scheme::Ulysses } else if scheme == Scheme::Ulysses { Scheme::Hsap } else { scheme };
+            let cluster = Cluster::resolve("a100-40g-ib400").unwrap().with_nodes(4).unwrap();
+            let train = TrainConfig { zero, checkpointing, ..TrainConfig::default() };
+            let cm = CostModel::new(ModelShape::resolve("gpt-7b").unwrap(), cluster, train).unwrap();
+            let s = shape(scheme, u, r);
+            proptest::prop_assert_eq!(cm.group_memory_bytes(&s, &docs), cm.group(&s, &docs).memory_bytes);
+        }
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Leaf<'_> {
             kind => {
                 let (collective, bytes, _) = kind.collective()?;
                 let t = self.step.transfer.filter(|t| t.collective == collective)?;
-                Some(Work::Transfer(Transfer { bytes: bytes as f64, ..t }))
+                Some(Work::Transfer(Transfer { bytes: bytes as f64, messages: 1, ..t }))
             }
         }
     }

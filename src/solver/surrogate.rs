@@ -222,7 +222,7 @@ fn grid(max_len: u32) -> Vec<u32> {
 
 /// The longest single document `shape` holds within `limit_bytes` per GPU (0 if none).
 fn max_fitting(cm: &CostModel, shape: &GroupShape, limit_bytes: f64) -> u32 {
-    let fits = |len: u32| cm.group(shape, &[len]).memory_bytes <= limit_bytes;
+    let fits = |len: u32| cm.group_memory_bytes(shape, &[len]) <= limit_bytes;
     if !fits(1) {
         return 0;
     }

@@ -277,6 +277,9 @@ struct Ctx<'a> {
     shape: GroupShape,
     layout: GroupLayout,
     work: SlotWork,
+    /// Real tokens of each slot, summed once: a ring step's merge reads them for every pair of
+    /// slots, and a slot of a large ring holds a piece of every document split across it.
+    slot_real_tokens: Vec<f64>,
     scope: Scope,
     /// Tokens each rank holds (padded slot length / ulysses).
     tokens: f64,
@@ -293,24 +296,7 @@ struct Ctx<'a> {
 /// lengths) as one micro-batch, for `scope`: the model and training configuration of `cm`
 /// (its pricing is not used).
 pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> Workload {
-    let layout = batch_layout(shape, sequences, &cm.hsap_params());
-    let work = slot_work(&layout);
-    let tp = f64::from(cm.train.tp);
-    let slot_len = layout.slots.iter().map(Slot::len).max().unwrap_or(0) as f64;
-    let gpus = shape.size() * cm.train.tp;
-    let mut ctx = Ctx {
-        cm,
-        shape: *shape,
-        tokens: slot_len / f64::from(shape.ulysses.max(1)),
-        nodes: gpus.div_ceil(cm.cluster.gpus_per_node),
-        heads: f64::from(cm.model.heads) / f64::from(shape.ulysses) / tp,
-        kv_heads: f64::from(shape.kv_heads_per_rank(&cm.model)) / tp,
-        layout,
-        work,
-        scope,
-        steps: Vec::new(),
-        flops: 0.0,
-    };
+    let mut ctx = context(cm, shape, sequences, scope);
     let layers = match scope {
         Scope::Step => cm.model.layers,
         Scope::Layer | Scope::Attention => 1,
@@ -343,8 +329,37 @@ pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: 
         memory,
         flops_per_gpu: ctx.flops,
         model_flops_per_gpu,
-        tokens_per_gpu: ctx.tokens / tp,
+        tokens_per_gpu: ctx.tokens / f64::from(cm.train.tp),
         steps: ctx.steps,
+    }
+}
+
+/// The peak memory of what [`build`] builds, without its steps: a group's memory follows from
+/// its layout alone, and the planner bisects the longest document a shape holds with it.
+pub fn memory(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> MemoryBreakdown {
+    context(cm, shape, sequences, scope).memory()
+}
+
+/// The group laid out, with no steps yet.
+fn context<'a>(cm: &'a CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> Ctx<'a> {
+    let layout = batch_layout(shape, sequences, &cm.hsap_params());
+    let work = slot_work(&layout);
+    let tp = f64::from(cm.train.tp);
+    let slot_len = layout.slots.iter().map(Slot::len).max().unwrap_or(0) as f64;
+    let gpus = shape.size() * cm.train.tp;
+    Ctx {
+        cm,
+        shape: *shape,
+        tokens: slot_len / f64::from(shape.ulysses.max(1)),
+        nodes: gpus.div_ceil(cm.cluster.gpus_per_node),
+        heads: f64::from(cm.model.heads) / f64::from(shape.ulysses) / tp,
+        kv_heads: f64::from(shape.kv_heads_per_rank(&cm.model)) / tp,
+        slot_real_tokens: layout.slots.iter().map(|s| s.real_tokens() as f64).collect(),
+        layout,
+        work,
+        scope,
+        steps: Vec::new(),
+        flops: 0.0,
     }
 }
 
@@ -691,7 +706,7 @@ impl Ctx<'_> {
                 };
                 let keys: f64 = self.work.k_rows[i].iter().sum();
                 let kernel = self.kernel(pass, tiles, lead, self.work.causal[i].iter().any(|&c| c));
-                let reduction = kernel.map(|_| self.gqa_reduction(pass, keys)).unwrap_or_default();
+                let reduction = kernel.into_iter().flat_map(|_| self.gqa_reduction(pass, keys));
                 kernel.into_iter().chain(reduction).collect()
             })
             .collect();
@@ -709,13 +724,11 @@ impl Ctx<'_> {
     /// head (the tile model prices `heads` heads), so GQA adds no FLOPs. Only FlashAttention-2
     /// works this way; FlashAttention-3 and cuDNN handle the group inside their kernels (not
     /// checked against their source, nothing added for them).
-    fn gqa_reduction(&self, pass: Pass, keys: f64) -> Vec<Kernel> {
+    fn gqa_reduction(&self, pass: Pass, keys: f64) -> impl Iterator<Item = Kernel> {
         let grouped = self.heads > self.kv_heads + 1e-9;
-        if pass != Pass::Bwd || !grouped || keys <= 0.0 || self.cm.attention.kernel != AttentionKernel::Fa2 {
-            return Vec::new();
-        }
+        let applies = pass == Pass::Bwd && grouped && keys > 0.0 && self.cm.attention.kernel == AttentionKernel::Fa2;
         let bytes = keys * (self.heads + self.kv_heads) * self.head_dim() * 2.0;
-        vec![Kernel::Memory { traffic: Traffic::GqaReduction, bytes }; 2]
+        std::iter::repeat_n(Kernel::Memory { traffic: Traffic::GqaReduction, bytes }, if applies { 2 } else { 0 })
     }
 
     /// Bytes of the K/V block one rank passes along the ring, for the tokens that travel: K and V
@@ -770,26 +783,22 @@ impl Ctx<'_> {
     /// when only part of the rows got work (zigzag's second half), the slice written back (8).
     /// Backward: `dq += dq_block`, then `dk, dv += block`, on fp32 accumulators (read 4 + 2,
     /// write 4), two kernels.
-    fn merge(&self, pass: Pass, i: usize, j: usize) -> Vec<Kernel> {
+    fn merge(&self, pass: Pass, i: usize, j: usize) -> impl Iterator<Item = Kernel> {
         let d = self.head_dim();
         let rows = self.work.q_rows[i][j];
         let memory = |traffic, bytes| Kernel::Memory { traffic, bytes };
-        match pass {
+        let kernels = match pass {
             Pass::Fwd => {
-                let partial = rows + 0.5 < self.slot_real_tokens(i);
+                let partial = rows + 0.5 < self.slot_real_tokens.get(i).copied().unwrap_or(0.0);
                 let per_element = 38.0 + if partial { 8.0 } else { 0.0 };
-                vec![memory(Traffic::Merge, rows * self.heads * (per_element * d + 40.0))]
+                [Some(memory(Traffic::Merge, rows * self.heads * (per_element * d + 40.0))), None]
             }
-            Pass::Bwd => vec![
-                memory(Traffic::Merge, rows * self.heads * 10.0 * d),
-                memory(Traffic::KvGradMerge, 2.0 * self.work.k_rows[i][j] * self.kv_heads * 10.0 * d),
+            Pass::Bwd => [
+                Some(memory(Traffic::Merge, rows * self.heads * 10.0 * d)),
+                Some(memory(Traffic::KvGradMerge, 2.0 * self.work.k_rows[i][j] * self.kv_heads * 10.0 * d)),
             ],
-        }
-    }
-
-    /// Real tokens of slot i.
-    fn slot_real_tokens(&self, i: usize) -> f64 {
-        self.layout.slots.get(i).map_or(0.0, |s| s.real_tokens() as f64)
+        };
+        kernels.into_iter().flatten()
     }
 
     /// Converting the accumulators to fp32 at the first step and back to bf16 after the last
@@ -815,7 +824,9 @@ impl Ctx<'_> {
         (0..r)
             .map(|i| {
                 let k = (i + r - j) % r;
-                let mut kernels: Vec<Kernel> = self.block(pass, i, k).into_iter().collect();
+                // At most the block, two reductions, two merges and the conversion: one allocation.
+                let mut kernels: Vec<Kernel> = Vec::with_capacity(6);
+                kernels.extend(self.block(pass, i, k));
                 if !kernels.is_empty() {
                     kernels.extend(self.gqa_reduction(pass, self.work.k_rows[i][k]));
                 }
@@ -844,7 +855,8 @@ impl Ctx<'_> {
         let kv = if last { 0.0 } else { self.kv_block_bytes() };
         let dkv = if pass == Pass::Bwd && j >= 1 { self.dkv_block_bytes() } else { 0.0 };
         let bytes = kv + dkv;
-        (bytes > 0.0).then(|| (self.ring_transfer(bytes, ranks, nodes), !last))
+        let messages = u32::from(kv > 0.0) + u32::from(dkv > 0.0);
+        (bytes > 0.0).then(|| (self.ring_transfer(bytes, ranks, nodes).in_messages(messages), !last))
     }
 
     fn ring_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
