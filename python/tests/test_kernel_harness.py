@@ -213,3 +213,30 @@ def test_calibrate_run_without_a_gpu_exits_4_naming_what_is_missing(tmp_path):
     assert done.returncode == 4, done.stderr
     assert "calibrate --run --kernels torch cannot run here" in done.stderr
     assert "PyTorch is not importable" in done.stderr and "panicked" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["calibration-plan.json", "validate-plan.json"])
+def test_the_plans_hsap_tune_writes_run_through_the_harness(tmp_path, name):
+    """The binary's own plans (golden files of tests/harness_plans.rs), timed by the stand-in:
+    every call is read, every kernel named is one the harness knows, and each row carries the
+    prediction hsap-tune gave for its kernel."""
+    path = REPO / "tests" / "data" / "harness" / name
+    plan = harness.Plan.read(path)
+    assert plan.attention and plan.gemms
+    work, skipped = harness.schedule(plan, StandInBackend(H100))
+    assert work, skipped
+    if plan.kernels is not None:
+        # validate: the stack's kernel names, then torch.matmul; one kernel per call.
+        assert plan.first_only and plan.kernels[-1] == "matmul"
+        assert len(work) == len({id(c) for c, _ in work})
+    # Time a few calls of each kind (the stand-in computes on slices; the whole plan is the same loop).
+    small = harness.Plan(json.loads(path.read_text()))
+    small.attention, small.gemms = small.attention[:3], small.gemms[:2]
+    small.repeats, small.warmup = 1, 0
+    rows, _ = harness.measure(small, StandInBackend(H100))
+    assert rows and all(r["device"] == H100 and r["kernel"] for r in rows)
+    for r in rows:
+        if r["kind"] == "gemm":
+            assert float(r["predicted_s"]) > 0
+        elif name == "calibration-plan.json" and r["kernel"] in ("flash_attn_2", "sdpa_flash"):
+            assert float(r["predicted_s"]) > 0, r
