@@ -391,19 +391,57 @@ pub struct OverlapFit {
     pub provenance: String,
 }
 
-/// A measured kernel throughput curve that replaces the published table for its kind and shape.
+/// A measured kernel throughput curve that replaces the published table for its kind and shape:
+/// one per kernel, kind, head dim, causality and varlen (attention) or dtype (GEMMs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelFit {
     pub kind: KernelKind,
+    /// The kernel measured, as the measurement rows name it (`flash_attn_2`, `sdpa_cudnn`,
+    /// `matmul`...; docs/measurements.md). The stack's attention kernel selects the attention
+    /// curves of the kernels that are it (`cost::AttentionKernel::of_measured`). None (profiles
+    /// written before rows named their kernel): the curve prices every kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The kernel's library and version ("flash_attn 2.7.4").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// The GPU the rows were measured on, as CUDA names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     #[serde(default)]
     pub head_dim: Option<u32>,
     #[serde(default)]
     pub causal: Option<bool>,
+    /// Attention: packed documents with `cu_seqlens` (true; the curve's size is the document
+    /// length) or one dense sequence per call (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub varlen: Option<bool>,
+    /// GEMMs: the element type of the inputs (`bf16`, `fp8`); the training dtype selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     /// (work size, achieved TFLOP/s) in increasing size: sequence length for attention,
     /// m x n x k for GEMMs.
     pub points: Vec<(f64, f64)>,
     pub provenance: String,
+}
+
+impl KernelFit {
+    /// A curve of `kind` that names no kernel, shape or dtype (it prices every one).
+    pub fn curve(kind: KernelKind, points: Vec<(f64, f64)>, provenance: impl Into<String>) -> KernelFit {
+        KernelFit {
+            kind,
+            kernel: None,
+            library: None,
+            device: None,
+            head_dim: None,
+            causal: None,
+            varlen: None,
+            dtype: None,
+            points,
+            provenance: provenance.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -211,7 +211,9 @@ fn what_a_log_does_not_say_must_be_given() {
 fn bad_csv(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.csv");
-    std::fs::write(&path, format!("{}\n{body}\n", measurements::HEADER.join(","))).unwrap();
+    // As many columns as the first row has: the old twelve, or with the kernel's.
+    let columns = body.lines().next().unwrap().split(',').count();
+    std::fs::write(&path, format!("{}\n{body}\n", measurements::HEADER[..columns].join(","))).unwrap();
     let file = MeasurementFile {
         rows: measurements::read_located(&path).unwrap(),
         path,
@@ -226,7 +228,7 @@ fn bad_measurement_rows_name_their_line() {
     assert!(err.contains("bad.csv:3: the linear row has no positive `flops`"), "{err}");
     let err = bad_csv("gemm,linear,1,1,,1e12,m=8;n=8,false,0.001,,5,x");
     assert!(err.contains("bad.csv:2: GEMM shape 'm=8;n=8' lacks m, n or k"), "{err}");
-    let err = bad_csv("attention_fwd,attn,1,1,,1e12,heads=8,false,0.001,,5,x");
+    let err = bad_csv("attention_fwd,attn,1,1,,1e12,heads=8,false,0.001,,5,x,flash_attn_2");
     assert!(err.contains("bad.csv:2: attention shape 'heads=8' lacks seqlen"), "{err}");
     let err = bad_csv("collective,allreduce,8,1,1024,,,false,0.001,,5,x");
     assert!(err.contains("bad.csv:2: unknown collective 'allreduce'"), "{err}");
@@ -234,6 +236,49 @@ fn bad_measurement_rows_name_their_line() {
     assert!(err.contains("bad.csv:2: a collective row needs `bytes`"), "{err}");
     let err = bad_csv("phase,attention,8,1,,,,false,0.001,,5,x");
     assert!(err.contains("nothing to calibrate"), "{err}");
+}
+
+#[test]
+fn reference_kernel_rows_are_refused_as_attention_efficiency() {
+    // What validate --kernels reference writes for an attention call.
+    let reference = "attention_fwd,attn_fwd_varlen,1,1,,1e12,seqlen=8192;heads=32;head_dim=128;causal=1,false,0.05,,10,validate plan.json,hsap_reference,hsap,0.1.0,bf16,NVIDIA H100 80GB HBM3";
+    let err = bad_csv(reference);
+    assert!(err.contains("bad.csv:2: the attn_fwd_varlen row was timed with hsap's reference attention kernels"), "{err}");
+    assert!(err.contains("never fitted as attention efficiency") && err.contains("calibrate --run --kernels torch"), "{err}");
+    // Beside production rows it is refused all the same; the backward too.
+    let production = "attention_fwd,flash_attn_2,1,1,,1e12,seqlen=8192;heads=32;head_dim=128;causal=1,false,0.005,,10,harness,flash_attn_2,flash_attn,2.7.4,bf16,NVIDIA H100 80GB HBM3";
+    let err = bad_csv(&format!("{production}
+{}", reference.replace("attention_fwd,attn_fwd", "attention_bwd,attn_bwd")));
+    assert!(err.contains("bad.csv:3: the attn_bwd_varlen row was timed with hsap's reference"), "{err}");
+    // Rows that do not name their kernel (hsap's files before the column) cannot be told apart.
+    let err = bad_csv("attention_fwd,attn_fwd_varlen,1,1,,1e12,seqlen=8192;heads=32;head_dim=128;causal=1,false,0.05,,10,validate");
+    assert!(err.contains("bad.csv:2: the attn_fwd_varlen row names no kernel") && err.contains("add a `kernel` column"), "{err}");
+}
+
+#[test]
+fn rows_measured_on_a_cpu_are_refused_for_a_gpu_profile() {
+    for row in [
+        "gemm,matmul,1,1,,1e12,m=8;n=8;k=8,false,0.001,,5,harness,matmul,torch,2.5.1,bf16,cpu",
+        "attention_fwd,sdpa_flash,1,1,,1e12,seqlen=8192;heads=32;head_dim=128;causal=1,false,0.05,,10,harness,sdpa_flash,torch,2.5.1,bf16,cpu",
+        "collective,all_reduce,2,1,1024,,,false,0.001,,5,harness,gloo,torch,2.5.1,bf16,cpu",
+    ] {
+        let err = bad_csv(row);
+        assert!(err.contains("bad.csv:2: the ") && err.contains("was measured on a CPU (device = cpu)"), "{err}");
+        assert!(err.contains("prices the GPUs of 'dgx-h100'"), "{err}");
+    }
+    // The same row from a GPU is fitted, with its kernel, library and version.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.csv");
+    std::fs::write(
+        &path,
+        format!("{}\ngemm,matmul,1,1,,1e12,m=8;n=8;k=8,false,0.001,,5,harness,matmul,torch,2.5.1,bf16,NVIDIA H100 80GB HBM3\n", measurements::HEADER.join(",")),
+    )
+    .unwrap();
+    let file = MeasurementFile { rows: measurements::read_located(&path).unwrap(), path };
+    let outcome = profile::calibrate(&h100(), &[], &[file], &Hints::default()).unwrap();
+    let k = &outcome.calibration.kernels[0];
+    assert_eq!((k.kernel.as_deref(), k.library.as_deref(), k.dtype.as_deref()), (Some("matmul"), Some("torch 2.5.1"), Some("bf16")));
+    assert!(k.provenance.contains("matmul (torch 2.5.1), 1 rows"), "{}", k.provenance);
 }
 
 #[test]
@@ -256,6 +301,7 @@ fn the_profile_round_trips_through_cluster_resolve() {
         model: "gpt-7b".into(),
         repeats: 10,
         warmup: 2,
+        kernels: hsap::gpu::harness::KernelSet::Torch,
         timeout: 300,
     };
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

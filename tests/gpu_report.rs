@@ -4,20 +4,7 @@ use hsap::formats::measurements::{MeasuredKind, Measurement};
 use hsap::gpu::report::{compare, plot, source, write_table, MICRO_BATCH};
 
 fn row(kind: MeasuredKind, op: &str, time_s: f64, predicted_s: Option<f64>, tags: &[(&str, String)]) -> Measurement {
-    Measurement {
-        kind,
-        op: op.into(),
-        ranks: 1,
-        nodes: 1,
-        bytes: None,
-        flops: None,
-        shape: String::new(),
-        overlapped: false,
-        time_s,
-        predicted_s,
-        repeats: 5,
-        source: source("validate plan.json", tags),
-    }
+    Measurement { time_s, predicted_s, repeats: 5, source: source("validate plan.json", tags), ..Measurement::new(kind, op) }
 }
 
 fn tags(rank: u32, mb: u32, group: u32) -> Vec<(&'static str, String)> {

@@ -10,6 +10,7 @@ use super::plural;
 use crate::cluster::{
     Calibration, Cluster, Collective, CollectiveFit, CollectiveRegime, KernelFit, KernelKind, LinkLevel, OverlapFit, GB,
 };
+use crate::cost::AttentionKernel;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -93,6 +94,8 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
         }
     }
     for file in files {
+        refuse_cpu_rows(base, file)?;
+        warn_other_gpus(base, file, &mut warnings);
         series.extend(measured_collectives(file)?);
     }
 
@@ -125,7 +128,7 @@ pub fn calibrate(base: &Cluster, logs: &[NcclLog], files: &[MeasurementFile], hi
 
     let mut kernels = Vec::new();
     for file in files {
-        kernels.extend(kernel_fits(file)?);
+        kernels.extend(kernel_fits(file, &mut warnings)?);
     }
     let overlap = overlap_fits(files);
     if groups.is_empty() && kernels.is_empty() && overlap.is_empty() {
@@ -313,13 +316,46 @@ fn resolve_run(
     }))
 }
 
+/// The GPU model in a device name: "A100" in "NVIDIA A100-SXM4-80GB".
+fn gpu_model(name: &str) -> Option<String> {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|t| t.len() == 4 && t.starts_with(|c: char| c.is_ascii_uppercase()) && t[1..].chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// Refuses rows measured on a CPU: every profile prices a cluster's GPUs.
+fn refuse_cpu_rows(base: &Cluster, file: &MeasurementFile) -> Result<()> {
+    let used = |m: &Measurement| !matches!(m.kind, MeasuredKind::Phase | MeasuredKind::Step);
+    let Some((line, m)) = file.rows.iter().find(|(_, m)| used(m) && m.on_cpu()) else { return Ok(()) };
+    Err(Error::input(
+        &file.path,
+        *line,
+        format!(
+            "the {} row{} was measured on a CPU (device = {}); the profile prices the GPUs of '{}' ({})",
+            m.op,
+            match m.kernel_label() {
+                k if k.is_empty() => String::new(),
+                k => format!(" of {k}"),
+            },
+            m.device.trim(),
+            base.name,
+            base.gpu.name
+        ),
+        "calibrate from rows measured on the cluster's GPUs (`hsap-tune calibrate --run --kernels torch` on a GPU node)",
+    ))
+}
+
+/// Warns once per file when its rows name a GPU that is not the base cluster's.
+fn warn_other_gpus(base: &Cluster, file: &MeasurementFile, warnings: &mut Vec<String>) {
+    let Some(ours) = gpu_model(&base.gpu.name) else { return };
+    if let Some((line, m)) = file.rows.iter().find(|(_, m)| gpu_model(&m.device).is_some_and(|g| g != ours)) {
+        warnings.push(format!("{}:{line}: measured on {}, the base cluster has {}", file.path.display(), m.device.trim(), base.gpu.name));
+    }
+}
+
 /// Warns when the log's GPUs are not the base cluster's (an H100 log on an A100 preset).
 fn check_gpu(base: &Cluster, source: &str, run: &NcclRun, warnings: &mut Vec<String>) {
-    let model = |name: &str| -> Option<String> {
-        name.split(|c: char| !c.is_ascii_alphanumeric())
-            .find(|t| t.len() == 4 && t.starts_with(|c: char| c.is_ascii_uppercase()) && t[1..].chars().all(|c| c.is_ascii_digit()))
-            .map(str::to_string)
-    };
+    let model = gpu_model;
     let Some(ours) = model(&base.gpu.name) else { return };
     for name in run.device_names() {
         if model(name).is_some_and(|m| m != ours) {
@@ -484,11 +520,27 @@ fn measured_collectives(file: &MeasurementFile) -> Result<Vec<Series>> {
         .collect())
 }
 
-/// Kernel rows (attention forward/backward, GEMM) as throughput curves: one per kind and
-/// (head_dim, causal) for attention, one per kind for GEMMs.
-fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
-    type Key = (u8, Option<u32>, Option<bool>);
-    let mut curves: BTreeMap<Key, (KernelKind, BTreeMap<u64, Vec<f64>>, Vec<usize>)> = BTreeMap::new();
+/// Kernel rows (attention forward/backward, GEMM) as throughput curves: one per kind, kernel and
+/// (head_dim, causal, varlen) for attention, one per kind, kernel and dtype for GEMMs. Attention
+/// rows must name their kernel; rows of hsap's reference kernels are refused, rows of a kernel
+/// the cost model does not price are left out with a warning.
+fn kernel_fits(file: &MeasurementFile, warnings: &mut Vec<String>) -> Result<Vec<KernelFit>> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Key {
+        kind: u8,
+        kernel: String,
+        head_dim: Option<u32>,
+        causal: Option<bool>,
+        varlen: Option<bool>,
+        dtype: String,
+    }
+    struct Curve {
+        fit: KernelFit,
+        sizes: BTreeMap<u64, Vec<f64>>,
+        lines: Vec<usize>,
+    }
+    let mut curves: BTreeMap<Key, Curve> = BTreeMap::new();
+    let mut unpriced: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (line, m) in &file.rows {
         let kind = match m.kind {
             MeasuredKind::AttentionFwd => KernelKind::AttentionFwd,
@@ -500,6 +552,14 @@ fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
             continue;
         }
         let bad = |what: String, hint: &str| Error::input(&file.path, *line, what, hint.to_string());
+        let kernel = m.kernel.trim();
+        if kind != KernelKind::Gemm {
+            refuse_unfittable_attention(file, *line, m)?;
+            if AttentionKernel::of_measured(kernel).is_none() {
+                unpriced.entry(kernel.to_string()).or_default().push(*line);
+                continue;
+            }
+        }
         let flops = m.flops.filter(|f| f.is_finite() && *f > 0.0).ok_or_else(|| {
             bad(
                 format!("the {} row has no positive `flops`", m.op),
@@ -511,13 +571,21 @@ fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
                 .map(|v| v.parse::<u64>().map_err(|_| bad(format!("shape {key}={v} is not a whole number"), "see docs/measurements.md")))
                 .transpose()
         };
-        let (size, head_dim, causal) = match kind {
+        let shape_flag = |key: &str| -> Result<Option<bool>> {
+            match m.shape_value(key) {
+                None => Ok(None),
+                Some("1" | "true") => Ok(Some(true)),
+                Some("0" | "false") => Ok(Some(false)),
+                Some(v) => Err(bad(format!("shape {key}={v} is not 0/1 or true/false"), "see docs/measurements.md")),
+            }
+        };
+        let (size, head_dim, causal, varlen) = match kind {
             KernelKind::Gemm => {
                 let dims = [shape_int("m")?, shape_int("n")?, shape_int("k")?];
                 let [Some(a), Some(b), Some(c)] = dims else {
                     return Err(bad(format!("GEMM shape '{}' lacks m, n or k", m.shape), "write the shape as m=4096;n=4096;k=4096"));
                 };
-                (a.saturating_mul(b).saturating_mul(c), None, None)
+                (a.saturating_mul(b).saturating_mul(c), None, None, None)
             }
             _ => {
                 let seqlen = shape_int("seqlen")?.ok_or_else(|| {
@@ -527,37 +595,88 @@ fn kernel_fits(file: &MeasurementFile) -> Result<Vec<KernelFit>> {
                     )
                 })?;
                 let head_dim = shape_int("head_dim")?.and_then(|h| u32::try_from(h).ok());
-                let causal = match m.shape_value("causal") {
-                    None => None,
-                    Some("1" | "true") => Some(true),
-                    Some("0" | "false") => Some(false),
-                    Some(v) => return Err(bad(format!("shape causal={v} is not 0/1 or true/false"), "see docs/measurements.md")),
-                };
-                (seqlen, head_dim, causal)
+                let varlen = shape_flag("varlen")?;
+                // Packed documents: the curve's size is the document length (exact for the equal
+                // documents the harness packs, the mean otherwise).
+                let docs = if varlen == Some(true) { shape_int("docs")?.unwrap_or(1).max(1) } else { 1 };
+                (seqlen / docs, head_dim, shape_flag("causal")?, varlen)
             }
         };
-        let entry = curves
-            .entry((kind as u8, head_dim, causal))
-            .or_insert_with(|| (kind, BTreeMap::new(), Vec::new()));
-        entry.1.entry(size).or_default().push(flops / m.time_s / 1e12);
-        entry.2.push(*line);
-    }
-    Ok(curves
-        .into_iter()
-        .map(|((_, head_dim, causal), (kind, sizes, lines))| KernelFit {
-            kind,
+        let key = Key {
+            kind: kind as u8,
+            kernel: kernel.to_string(),
             head_dim,
             causal,
+            varlen,
+            dtype: m.dtype.trim().to_string(),
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let curve = curves.entry(key).or_insert_with(|| Curve {
+            fit: KernelFit {
+                kernel: non_empty(kernel.to_string()),
+                library: non_empty([m.library.trim(), m.version.trim()].join(" ").trim().to_string()),
+                device: non_empty(m.device.trim().to_string()),
+                head_dim,
+                causal,
+                varlen,
+                dtype: if kind == KernelKind::Gemm { non_empty(m.dtype.trim().to_string()) } else { None },
+                ..KernelFit::curve(kind, Vec::new(), String::new())
+            },
+            sizes: BTreeMap::new(),
+            lines: Vec::new(),
+        });
+        curve.sizes.entry(size).or_default().push(flops / m.time_s / 1e12);
+        curve.lines.push(*line);
+    }
+    for (kernel, lines) in unpriced {
+        warnings.push(format!(
+            "{}: attention kernel '{kernel}' (lines {}) is none the cost model prices (FlashAttention-2 and 3, cuDNN, Triton, unfused); its rows are left out of the profile",
+            file.path.display(),
+            line_list(&lines)
+        ));
+    }
+    Ok(curves
+        .into_values()
+        .map(|c| KernelFit {
             provenance: format!(
-                "{}: {} rows (lines {}), median TFLOP/s per size",
+                "{}: {}{} rows (lines {}), median TFLOP/s per size",
                 file.path.display(),
-                lines.len(),
-                line_list(&lines)
+                c.fit.kernel.as_ref().map_or(String::new(), |k| format!("{k}{}, ", c.fit.library.as_ref().map_or(String::new(), |l| format!(" ({l})")))),
+                c.lines.len(),
+                line_list(&c.lines)
             ),
             // Every size holds at least the row that created it.
-            points: sizes.into_iter().filter_map(|(size, tflops)| Some((size as f64, crate::stats::median(&tflops)?))).collect(),
+            points: c.sizes.into_iter().filter_map(|(size, tflops)| Some((size as f64, crate::stats::median(&tflops)?))).collect(),
+            ..c.fit
         })
         .collect())
+}
+
+/// Attention rows that must never become attention efficiency: hsap's reference kernels, and
+/// rows that do not say which kernel ran (hsap's own files said nothing before rows named their
+/// kernel, and theirs were the reference kernels).
+fn refuse_unfittable_attention(file: &MeasurementFile, line: usize, m: &Measurement) -> Result<()> {
+    let kernel = m.kernel.trim();
+    if kernel == crate::formats::measurements::REFERENCE_KERNEL {
+        return Err(Error::input(
+            &file.path,
+            line,
+            format!(
+                "the {} row was timed with hsap's reference attention kernels (kernel = {kernel}: kernels/attention.cu, f32 on CUDA cores), which prove plans correct but run an order of magnitude slower than any training framework's; they are never fitted as attention efficiency",
+                m.op
+            ),
+            "measure the training kernels: `hsap-tune calibrate --run --kernels torch`, or `validate --kernels torch`; or leave out the rows with kernel=hsap_reference (docs/calibration.md)",
+        ));
+    }
+    if kernel.is_empty() {
+        return Err(Error::input(
+            &file.path,
+            line,
+            format!("the {} row names no kernel: attention is fitted per kernel, and rows that do not say theirs cannot be told from hsap's reference kernels", m.op),
+            "add a `kernel` column naming the kernel that ran (flash_attn_2, flash_attn_3, sdpa_flash, sdpa_cudnn, te_fused_attn...; docs/measurements.md)",
+        ));
+    }
+    Ok(())
 }
 
 /// Overlap efficiency per op: where the same operation (kind, op, ranks, nodes, bytes, flops

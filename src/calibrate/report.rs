@@ -193,13 +193,18 @@ fn point_tables(outcome: &Outcome, points: &[FitPoint]) -> Vec<(String, Table)> 
 }
 
 fn kernel_table(outcome: &Outcome) -> Table {
-    let mut t = Table::new(vec!["kind", "head_dim", "causal", "sizes", "TFLOP/s min", "TFLOP/s max"]);
+    let mut t = Table::new(vec!["kind", "kernel", "library", "head_dim", "causal", "varlen", "dtype", "sizes", "TFLOP/s min", "TFLOP/s max"]);
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     for k in &outcome.calibration.kernels {
         let (lo, hi) = k.points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
         t.rows.push(vec![
-            kernel_name(k.kind).to_string(),
+            k.kind.name().to_string(),
+            text(&k.kernel),
+            text(&k.library),
             k.head_dim.map_or("-".into(), |h| h.to_string()),
             k.causal.map_or("-".into(), |c| c.to_string()),
+            k.varlen.map_or("-".into(), |v| v.to_string()),
+            text(&k.dtype),
             k.points.len().to_string(),
             format!("{lo:.1}"),
             format!("{hi:.1}"),
@@ -226,14 +231,6 @@ fn input_line(s: &super::profile::Series) -> String {
         plural(s.nodes as usize, "node"),
         plural(s.points.len(), "size")
     )
-}
-
-fn kernel_name(kind: crate::cluster::KernelKind) -> &'static str {
-    match kind {
-        crate::cluster::KernelKind::AttentionFwd => "attention_fwd",
-        crate::cluster::KernelKind::AttentionBwd => "attention_bwd",
-        crate::cluster::KernelKind::Gemm => "gemm",
-    }
 }
 
 const MODEL: &str = "time(bytes) = min over regimes of latency + bytes x busbw_factor(ranks) / busbw";

@@ -8,6 +8,7 @@ use crate::calibrate::profile::{self, Hints, MeasurementFile};
 use crate::calibrate::report;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
+use crate::gpu::harness::{self, HarnessPlan, KernelSet};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,14 @@ pub struct CalibrateArgs {
     pub repeats: u32,
     #[arg(long, value_name = "N", default_value_t = 2, requires = "run")]
     pub warmup: u32,
+    /// With --run: the kernels that time attention and GEMMs. torch: what training runs, through
+    /// PyTorch (SDPA's flash, cuDNN and efficient backends, flash_attn 2 and 3, Transformer
+    /// Engine; torch.matmul, torch._scaled_mm), by the harness this binary ships; cudnn: cuDNN's
+    /// fused attention and cuBLASLt without Python (not built yet: refused, naming what it needs);
+    /// reference: cuBLAS GEMMs only, attention left to the published tables (hsap's own attention
+    /// kernels prove plans correct, their speed is nobody's). Collectives are NCCL's in every set.
+    #[arg(long, value_enum, value_name = "SET", default_value = "torch", requires = "run")]
+    pub kernels: KernelSet,
     /// With --run: seconds to wait for every rank at the rendezvous.
     #[arg(long, value_name = "S", default_value_t = 300, requires = "run")]
     pub timeout: u64,
@@ -230,34 +239,58 @@ fn command_line(args: &CalibrateArgs) -> String {
     parts.join(" ")
 }
 
-/// Runs the microbenchmarks on the GPUs of this launch; rank 0 writes them to the report folder
-/// and gets the path back, the other ranks get `None`.
+/// Runs the microbenchmarks on the GPUs of this launch: NCCL's collectives on every rank (when
+/// there are several), then the kernels of `--kernels` on rank 0's GPU; rank 0 writes them to the
+/// report folder and gets the path back, the other ranks get `None`.
 fn run_microbenchmarks(args: &CalibrateArgs, err: &mut dyn Write) -> Result<Option<PathBuf>> {
     let model = crate::model::ModelShape::resolve(&args.model)?;
     let base = Cluster::resolve(&args.cluster)?;
-    crate::gpu::cuda::check_libraries()?;
+    // Everything the kernel set needs, named at once, before any GPU work.
+    harness::require("calibrate --run", args.kernels)?;
     // The launch decides the cluster's size: one process per GPU.
     let launch = crate::gpu::launch::Launch::from_env()?;
     let nodes = launch.world.div_ceil(base.gpus_per_node);
     let cluster = base.with_nodes(nodes)?;
     let plan = crate::gpu::cuda::MicrobenchPlan::for_cluster(&cluster, &model);
-    writeln!(
-        err,
-        "rank {}: microbenchmarks on {} GPUs ({} group shapes, {} message sizes, {} attention and {} GEMM shapes)",
-        launch.rank,
-        cluster.gpus(),
-        plan.groups.len(),
-        plan.sizes.len(),
-        plan.attention.len(),
-        plan.gemms.len()
-    )
-    .map_err(io_out)?;
+    let source = format!("calibrate --run --kernels {} ({})", args.kernels.name(), cluster.name);
     let timeout = std::time::Duration::from_secs(args.timeout);
-    let source = format!("calibrate --run ({})", cluster.name);
-    let Some(rows) = crate::gpu::cuda::microbenchmarks(&cluster, &plan, args.repeats, args.warmup, timeout, &source)? else {
-        return Ok(None);
-    };
-    let path = args.report_dir().join("microbenchmarks.csv");
+    let mut rows = Vec::new();
+    // One process of the torch set times the kernels alone: there is nothing to send.
+    if launch.world > 1 || args.kernels == KernelSet::Reference {
+        crate::gpu::cuda::check_libraries()?;
+        writeln!(
+            err,
+            "rank {}: collectives on {} GPUs ({} group shapes, {} message sizes){}",
+            launch.rank,
+            cluster.gpus(),
+            plan.groups.len(),
+            plan.sizes.len(),
+            if args.kernels == KernelSet::Reference { format!(", {} GEMM shapes with cuBLAS", plan.gemms.len()) } else { String::new() }
+        )
+        .map_err(io_out)?;
+        let reference_gemms = args.kernels == KernelSet::Reference;
+        let Some(measured) = crate::gpu::cuda::microbenchmarks(&cluster, &plan, args.repeats, args.warmup, timeout, &source, reference_gemms)? else {
+            return Ok(None);
+        };
+        rows = measured;
+    } else {
+        writeln!(err, "one process: no collectives measured (launch one process per GPU of whole nodes to measure them)").map_err(io_out)?;
+    }
+    let dir = args.report_dir();
+    if args.kernels == KernelSet::Torch {
+        let kernels = HarnessPlan::for_calibration(&plan, &cluster, args.repeats, args.warmup, &source);
+        writeln!(
+            err,
+            "timing {} attention calls and {} GEMMs with the production kernels (PyTorch, {}) on GPU {}",
+            kernels.attention.len(),
+            kernels.gemms.len(),
+            harness::python().display(),
+            launch.local_rank
+        )
+        .map_err(io_out)?;
+        rows.extend(harness::run(&kernels, &dir, launch.local_rank, err)?);
+    }
+    let path = dir.join("microbenchmarks.csv");
     measurements::write(&path, &rows)?;
     writeln!(err, "wrote {} ({} measurements)", path.display(), rows.len()).map_err(io_out)?;
     Ok(Some(path))

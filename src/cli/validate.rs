@@ -5,6 +5,7 @@ use super::{io_out, thousands};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::gpu::attention::Tiling;
+use crate::gpu::harness::{self, HarnessPlan, KernelSet};
 use crate::gpu::pricing::CostModelPricer;
 use crate::gpu::schedule::{Block, MetaRef, Op, OpKind, Schedule};
 use crate::gpu::varlen::VarlenMeta;
@@ -43,6 +44,13 @@ pub struct ValidateArgs {
     /// Seconds to wait for every rank at the rendezvous.
     #[arg(long, value_name = "S", default_value_t = 300)]
     pub timeout: u64,
+    /// The kernels to run. torch: time every attention call and GEMM of the plan's program with
+    /// the stack's production kernel through PyTorch (one process, one GPU), against the
+    /// prediction; reference: run the whole plan on every GPU with hsap's own attention kernels,
+    /// proving it correct (its times are not comparable with the prediction); cudnn: not built
+    /// yet (refused). Default: torch where PyTorch with CUDA is importable, else reference.
+    #[arg(long, value_enum, value_name = "SET")]
+    pub kernels: Option<KernelSet>,
 }
 
 pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
@@ -65,6 +73,27 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
         }
         return write_dry_run(&plan, &args.plan, &schedules, pricer.cost_model(), args.rank, out).map_err(io_out);
     }
+    let set = match args.kernels {
+        Some(set) => set,
+        // Production kernels when they are there.
+        None if crate::gpu::cuda::driver_present() && harness::missing_for_harness()?.is_none() => KernelSet::Torch,
+        None => KernelSet::Reference,
+    };
+    harness::require("validate", set)?;
+    let cm = pricer.cost_model();
+    let priced = cm.attention.kernel;
+    if set == KernelSet::Torch {
+        return validate_torch(args, &schedules, priced, out, err);
+    }
+    writeln!(
+        out,
+        "kernels: reference (hsap's CUDA-core attention kernels, kernels/attention.cu; cuBLAS GEMMs; NCCL). This run proves the plan \
+         correct; its times are NOT comparable with the prediction, which prices {} attention. Its attention rows are marked \
+         kernel={}, which calibrate refuses; time the production kernels with --kernels torch.",
+        priced.name(),
+        crate::formats::measurements::REFERENCE_KERNEL
+    )
+    .map_err(io_out)?;
     let options = crate::gpu::cuda::RunOptions {
         repeats: args.repeats,
         warmup: args.warmup,
@@ -73,6 +102,41 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
         out: args.out.clone(),
     };
     crate::gpu::cuda::validate(&plan, &schedules, &options, out, err)
+}
+
+/// `validate --kernels torch`: the program's attention calls and GEMMs, timed on this process's
+/// GPU by the stack's kernel through the harness, against the cost model's prediction of each.
+fn validate_torch(args: &ValidateArgs, schedules: &[Schedule], kernel: crate::cost::AttentionKernel, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    let launch = crate::gpu::launch::Launch::from_env()?;
+    if launch.rank != 0 {
+        writeln!(err, "rank {}: nothing to do; with --kernels torch rank 0 times every rank's kernels on its GPU", launch.rank).map_err(io_out)?;
+        return Ok(());
+    }
+    let source = format!("validate {} --kernels torch", args.plan.display());
+    let (calls, notes) = HarnessPlan::for_schedules(schedules, kernel, args.repeats, args.warmup, &source);
+    writeln!(
+        out,
+        "kernels: torch: {} distinct attention calls and {} GEMMs of the plan's program on GPU {}, attention by {} ({}), GEMMs by torch.matmul; collectives are not timed in this mode (--kernels reference runs them)",
+        calls.attention.len(),
+        calls.gemms.len(),
+        launch.local_rank,
+        kernel.name(),
+        kernel.measured_names().join(", ")
+    )
+    .map_err(io_out)?;
+    for n in &notes {
+        writeln!(out, "note: {n}").map_err(io_out)?;
+    }
+    let dir = args.out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let dir = dir.join(format!("{}-harness", args.out.file_stem().map_or("measurements".into(), |s| s.to_string_lossy().into_owned())));
+    let rows = harness::run(&calls, &dir, launch.local_rank, err)?;
+    crate::formats::measurements::write(&args.out, &rows)?;
+    let mut timed: Vec<String> = rows.iter().map(|r| r.kernel_label()).collect();
+    timed.sort();
+    timed.dedup();
+    writeln!(out, "timed with: {}", if timed.is_empty() { "nothing (no kernel took the calls)".into() } else { timed.join(", ") }).map_err(io_out)?;
+    writeln!(out, "{} rows written to {}", rows.len(), args.out.display()).map_err(io_out)?;
+    crate::gpu::report::write_table(&crate::gpu::report::compare(&rows), out).map_err(io_out)
 }
 
 /// A predicted time, `-` where there is none.

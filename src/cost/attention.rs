@@ -45,8 +45,9 @@
 //!   FlashAttention-4 paper's B200 peak for Triton, FlashAttention-2's B200/H100 ratio and the
 //!   dense BF16 peak.
 //!
-//! A cluster's calibration `KernelFit` curves (attention_fwd / attention_bwd) replace the table
-//! points of their head dim and causality before fitting.
+//! A cluster's calibration `KernelFit` curves (attention_fwd / attention_bwd) of the kernel being
+//! priced (or naming no kernel) replace the table points of their head dim and causality before
+//! fitting; a varlen curve (its size the document length) replaces a dense one.
 
 use super::pairs::ATTENTION_TILE_TOKENS;
 use super::Pass;
@@ -84,6 +85,29 @@ impl AttentionKernel {
             Arch::Ampere | Arch::Ada => AttentionKernel::Fa2,
             Arch::Hopper => AttentionKernel::Fa3,
             Arch::Blackwell => AttentionKernel::Cudnn,
+        }
+    }
+
+    /// The kernel a measurement row's `kernel` column names (docs/measurements.md), when it is
+    /// one the cost model prices: PyTorch's SDPA flash backend is FlashAttention-2's code, its
+    /// cuDNN backend and Transformer Engine's fused attention are cuDNN's, its math backend is
+    /// unfused attention. None for the others (the memory-efficient kernel, hsap's reference
+    /// kernels, names it does not know).
+    pub fn of_measured(name: &str) -> Option<AttentionKernel> {
+        use AttentionKernel::*;
+        [Fa2, Fa3, Cudnn, Triton, FaTriton, Unfused].into_iter().find(|k| k.measured_names().contains(&name.trim()))
+    }
+
+    /// The measurement rows' names of this kernel (docs/measurements.md), in the order `validate`
+    /// prefers them for timing a plan's calls: the library training frameworks call first.
+    pub fn measured_names(self) -> &'static [&'static str] {
+        match self {
+            AttentionKernel::Fa2 => &["flash_attn_2", "sdpa_flash", "fa2"],
+            AttentionKernel::Fa3 => &["flash_attn_3", "fa3"],
+            AttentionKernel::Cudnn => &["te_fused_attn", "sdpa_cudnn", "cudnn_sdpa", "cudnn"],
+            AttentionKernel::Triton => &["triton"],
+            AttentionKernel::FaTriton => &["fa_triton"],
+            AttentionKernel::Unfused => &["sdpa_math", "unfused"],
         }
     }
 
@@ -343,7 +367,15 @@ impl AttentionModel {
         let kernel = kernel.unwrap_or_else(|| AttentionKernel::default_for(cluster.gpu.arch));
         let (mut fwd, mut bwd) = table_points(&cluster.gpu, kernel)?;
         if let Some(cal) = &cluster.calibration {
-            for fit in &cal.kernels {
+            // This kernel's curves (and those naming no kernel), dense before varlen: where both
+            // were measured, the packed documents training runs replace the dense sequences.
+            let mut fits: Vec<&crate::cluster::KernelFit> = cal
+                .kernels
+                .iter()
+                .filter(|f| f.kernel.as_deref().is_none_or(|k| AttentionKernel::of_measured(k) == Some(kernel)))
+                .collect();
+            fits.sort_by_key(|f| f.varlen == Some(true));
+            for fit in fits {
                 let target = match fit.kind {
                     KernelKind::AttentionFwd => &mut fwd,
                     KernelKind::AttentionBwd => &mut bwd,
@@ -703,11 +735,9 @@ mod tests {
         cluster.calibration = Some(Calibration {
             collectives: Vec::new(),
             kernels: vec![KernelFit {
-                kind: KernelKind::AttentionFwd,
                 head_dim: Some(128),
                 causal: Some(true),
-                points: vec![(512.0, 100.0), (16384.0, 150.0)],
-                provenance: "test".into(),
+                ..KernelFit::curve(KernelKind::AttentionFwd, vec![(512.0, 100.0), (16384.0, 150.0)], "test")
             }],
             ..Calibration::default()
         });
@@ -721,6 +751,37 @@ mod tests {
         assert_eq!(calibrated.fwd.full, tables.fwd.full);
         assert_eq!(calibrated.bwd, tables.bwd);
         assert_eq!(calibrated.fwd.causal.fits[0], tables.fwd.causal.fits[0]);
+    }
+
+    #[test]
+    fn the_stack_kernel_selects_its_curves() {
+        use crate::cluster::{Calibration, KernelFit};
+        // H100, causal forward at head dim 128: cuDNN measured with a peak of 300 TFLOP/s dense;
+        // FlashAttention-2 with 200 dense and 250 varlen. Each curve follows the causal tile model
+        // with no block overhead, T(L) = T_inf x n / (n + 1) for n = L / 128 tiles, so that the
+        // fit returns it exactly: 16K tokens run at T_inf x 128 / 129.
+        let curve = |kernel: &str, varlen: bool, peak: f64| KernelFit {
+            kernel: Some(kernel.into()),
+            head_dim: Some(128),
+            causal: Some(true),
+            varlen: Some(varlen),
+            ..KernelFit::curve(KernelKind::AttentionFwd, [4096.0, 16384.0].iter().map(|&l: &f64| (l, peak * (l / 128.0) / (l / 128.0 + 1.0))).collect(), "test")
+        };
+        let mut h100 = Cluster::resolve("dgx-h100").unwrap();
+        h100.calibration = Some(Calibration {
+            kernels: vec![curve("flash_attn_2", true, 250.0), curve("sdpa_cudnn", false, 300.0), curve("sdpa_flash", false, 200.0)],
+            ..Calibration::default()
+        });
+        let at = |k| AttentionModel::for_cluster(&h100, Some(k)).unwrap().fwd.benchmark_tflops(128.0, 16384, true);
+        let at16k = |peak: f64| peak * 128.0 / 129.0;
+        assert!((at(AttentionKernel::Cudnn) - at16k(300.0)).abs() < 1e-6, "{}", at(AttentionKernel::Cudnn));
+        // FlashAttention-2's varlen curve replaces its dense one.
+        assert!((at(AttentionKernel::Fa2) - at16k(250.0)).abs() < 1e-6, "{}", at(AttentionKernel::Fa2));
+        // No curve of FlashAttention-3: its published table.
+        let tables = AttentionModel::for_cluster(&Cluster::resolve("dgx-h100").unwrap(), Some(AttentionKernel::Fa3)).unwrap();
+        assert_eq!(at(AttentionKernel::Fa3), tables.fwd.benchmark_tflops(128.0, 16384, true));
+        assert_eq!(AttentionKernel::of_measured("sdpa_efficient"), None);
+        assert_eq!(AttentionKernel::of_measured(crate::formats::measurements::REFERENCE_KERNEL), None);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn gemm_time_s(cluster: &Cluster, dtype: Dtype, m: f64, n: f64, k: f64) -> f
         return 0.0;
     }
     let flops = 2.0 * m * n * k;
-    if let Some(tflops) = calibrated_gemm_tflops(cluster, m * n * k) {
+    if let Some(tflops) = calibrated_gemm_tflops(cluster, dtype, m * n * k) {
         return (flops / (tflops * 1e12)).max(launch_s(cluster));
     }
     let rate = peak_flops(cluster, dtype) * gemm_efficiency(cluster, dtype);
@@ -140,9 +140,14 @@ pub fn tiled_gemm_s(sms: Option<u32>, rate: f64, rows: f64, cols: f64, m: f64, n
     }
 }
 
-/// A calibrated GEMM curve (m x n x k -> TFLOP/s), interpolated in log size, clamped at its ends.
-fn calibrated_gemm_tflops(cluster: &Cluster, size: f64) -> Option<f64> {
-    let fit = cluster.calibration.as_ref()?.kernels.iter().find(|k| k.kind == KernelKind::Gemm)?;
+/// A calibrated GEMM curve of `dtype` (m x n x k -> TFLOP/s), interpolated in log size, clamped
+/// at its ends: the first curve measured in that dtype, else the first that names none (profiles
+/// written before rows named their dtype). A curve of another dtype never prices these GEMMs.
+fn calibrated_gemm_tflops(cluster: &Cluster, dtype: Dtype, size: f64) -> Option<f64> {
+    let gemms = || cluster.calibration.as_ref().into_iter().flat_map(|c| &c.kernels).filter(|k| k.kind == KernelKind::Gemm);
+    let fit = gemms()
+        .find(|k| k.dtype.as_deref() == Some(dtype.name()))
+        .or_else(|| gemms().find(|k| k.dtype.is_none()))?;
     interpolate_log(&fit.points, size)
 }
 
@@ -295,13 +300,7 @@ mod tests {
         let mut c = a100();
         c.calibration = Some(Calibration {
             collectives: Vec::new(),
-            kernels: vec![KernelFit {
-                kind: KernelKind::Gemm,
-                head_dim: None,
-                causal: None,
-                points: vec![(1e9, 100.0), (1e12, 250.0)],
-                provenance: "test".into(),
-            }],
+            kernels: vec![KernelFit::curve(KernelKind::Gemm, vec![(1e9, 100.0), (1e12, 250.0)], "test")],
             ..Calibration::default()
         });
         let size = 4096f64.powi(3);
@@ -309,6 +308,21 @@ mod tests {
         let expected = 2.0 * size / (tflops * 1e12);
         assert!((gemm_time_s(&c, Dtype::Bf16, 4096.0, 4096.0, 4096.0) - expected).abs() < 1e-15);
         assert!((tflops - 191.8).abs() < 0.1);
+    }
+
+    #[test]
+    fn a_gemm_curve_prices_only_its_dtype() {
+        use crate::cluster::{Calibration, KernelFit};
+        // An FP8 curve at 400 TFLOP/s and a bf16 one at 200: each dtype's GEMMs take their own.
+        let curve = |dtype: &str, tflops: f64| KernelFit { dtype: Some(dtype.into()), ..KernelFit::curve(KernelKind::Gemm, vec![(1e9, tflops), (1e12, tflops)], "test") };
+        let mut c = a100();
+        let (m, n, k) = (8192.0, 8192.0, 8192.0);
+        let physics_bf16 = gemm_time_s(&c, Dtype::Bf16, m, n, k);
+        c.calibration = Some(Calibration { kernels: vec![curve("fp8", 400.0)], ..Calibration::default() });
+        assert_eq!(gemm_time_s(&c, Dtype::Bf16, m, n, k), physics_bf16, "an fp8 curve must not price bf16 GEMMs");
+        assert!((gemm_time_s(&c, Dtype::Fp8, m, n, k) - 2.0 * m * n * k / 400e12).abs() < 1e-15);
+        c.calibration = Some(Calibration { kernels: vec![curve("fp8", 400.0), curve("bf16", 200.0)], ..Calibration::default() });
+        assert!((gemm_time_s(&c, Dtype::Bf16, m, n, k) - 2.0 * m * n * k / 200e12).abs() < 1e-15);
     }
 
     #[test]

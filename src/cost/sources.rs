@@ -62,8 +62,15 @@ fn lines(cluster: &Cluster, used: &[(Collective, LinkLevel, u32)]) -> Vec<String
         if let Some(c) = k.causal {
             shape.push(if c { "causal".to_string() } else { "not causal".to_string() });
         }
+        if let Some(v) = k.varlen {
+            shape.push(if v { "varlen".to_string() } else { "dense".to_string() });
+        }
+        if let Some(d) = &k.dtype {
+            shape.push(d.clone());
+        }
         let shape = if shape.is_empty() { String::new() } else { format!(" ({})", shape.join(", ")) };
-        out.push(format!("{}{shape}: fitted curve over {} sizes ({})", k.kind.name(), k.points.len(), origin(&k.provenance)));
+        let kernel = k.kernel.as_ref().map_or(String::new(), |name| format!(" of {name}"));
+        out.push(format!("{}{kernel}{shape}: fitted curve over {} sizes ({})", k.kind.name(), k.points.len(), origin(&k.provenance)));
     }
     if cal.kernels.is_empty() {
         out.push("kernels: published tables and the preset's peaks (no kernel measured)".into());

@@ -53,7 +53,27 @@ pub struct Measurement {
     /// Where the row came from (host, tool, plan and batch...).
     #[serde(default)]
     pub source: String,
+    /// Kernel rows: the kernel that ran, in the vocabulary of docs/measurements.md
+    /// (`flash_attn_2`, `sdpa_cudnn`, `matmul`, [`REFERENCE_KERNEL`]...); collectives: `nccl`.
+    #[serde(default)]
+    pub kernel: String,
+    /// The library that provided it (`torch`, `flash_attn`, `transformer_engine`, `hsap`...).
+    #[serde(default)]
+    pub library: String,
+    /// The library's version as it reports it.
+    #[serde(default)]
+    pub version: String,
+    /// Element type of the kernel's inputs (`bf16`, `fp16`, `fp8`).
+    #[serde(default)]
+    pub dtype: String,
+    /// The device that ran it: the GPU's name as CUDA reports it, or `cpu`.
+    #[serde(default)]
+    pub device: String,
 }
+
+/// The `kernel` of attention rows timed with hsap's own CUDA-core kernels (kernels/attention.cu):
+/// they prove plans correct, and their times are not those of any training framework's kernels.
+pub const REFERENCE_KERNEL: &str = "hsap_reference";
 
 /// `true`/`false` (also `1`/`0`); an empty field is `false`, as when the column is left out.
 fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
@@ -73,6 +93,46 @@ impl Measurement {
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| k.trim() == key)
             .map(|(_, v)| v.trim())
+    }
+
+    /// A row of `kind` and `op` with every optional field empty and no time yet.
+    pub fn new(kind: MeasuredKind, op: impl Into<String>) -> Measurement {
+        Measurement {
+            kind,
+            op: op.into(),
+            ranks: 1,
+            nodes: 1,
+            bytes: None,
+            flops: None,
+            shape: String::new(),
+            overlapped: false,
+            time_s: 0.0,
+            predicted_s: None,
+            repeats: 0,
+            source: String::new(),
+            kernel: String::new(),
+            library: String::new(),
+            version: String::new(),
+            dtype: String::new(),
+            device: String::new(),
+        }
+    }
+
+    /// Whether the row was measured on a CPU rather than a GPU.
+    pub fn on_cpu(&self) -> bool {
+        let d = self.device.trim().to_ascii_lowercase();
+        d == "cpu" || d.starts_with("cpu ") || d.starts_with("cpu(")
+    }
+
+    /// "flash_attn_2 (flash_attn 2.7.4)": the kernel with its library and version, as reports
+    /// name it; empty for a row that names no kernel.
+    pub fn kernel_label(&self) -> String {
+        let lib = [self.library.trim(), self.version.trim()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+        match (self.kernel.trim(), lib.is_empty()) {
+            ("", _) => String::new(),
+            (k, true) => k.to_string(),
+            (k, false) => format!("{k} ({lib})"),
+        }
     }
 }
 
@@ -113,8 +173,9 @@ pub fn write(path: &Path, rows: &[Measurement]) -> Result<()> {
 const REQUIRED: [&str; 6] = ["kind", "op", "ranks", "nodes", "time_s", "repeats"];
 
 /// The columns, in order.
-pub const HEADER: [&str; 12] = [
-    "kind", "op", "ranks", "nodes", "bytes", "flops", "shape", "overlapped", "time_s", "predicted_s", "repeats", "source",
+pub const HEADER: [&str; 17] = [
+    "kind", "op", "ranks", "nodes", "bytes", "flops", "shape", "overlapped", "time_s", "predicted_s", "repeats", "source", "kernel",
+    "library", "version", "dtype", "device",
 ];
 
 #[cfg(test)]
@@ -139,6 +200,11 @@ mod tests {
                 predicted_s: Some(2.4e-5),
                 repeats: 20,
                 source: "test".into(),
+                kernel: "nccl".into(),
+                library: "nccl".into(),
+                version: "2.21.5".into(),
+                dtype: "bf16".into(),
+                device: "NVIDIA H100 80GB HBM3".into(),
             },
             Measurement {
                 kind: MeasuredKind::AttentionFwd,
@@ -153,6 +219,11 @@ mod tests {
                 predicted_s: None,
                 repeats: 10,
                 source: "test".into(),
+                kernel: "flash_attn_2".into(),
+                library: "flash_attn".into(),
+                version: "2.7.4".into(),
+                dtype: "bf16".into(),
+                device: "cpu".into(),
             },
         ];
         write(&path, &rows).unwrap();
@@ -160,6 +231,17 @@ mod tests {
         assert!(text.starts_with(&HEADER.join(",")), "{text}");
         assert_eq!(read(&path).unwrap(), rows);
         assert_eq!(rows[1].shape_value("head_dim"), Some("128"));
+        assert_eq!(rows[1].kernel_label(), "flash_attn_2 (flash_attn 2.7.4)");
+        assert!(rows[1].on_cpu() && !rows[0].on_cpu());
+    }
+
+    #[test]
+    fn files_of_the_twelve_old_columns_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        std::fs::write(&path, format!("{}\ngemm,gemm,1,1,,2e12,m=1;n=2;k=3,false,1e-3,,5,x\n", HEADER[..12].join(","))).unwrap();
+        let rows = read(&path).unwrap();
+        assert_eq!((rows[0].kernel.as_str(), rows[0].device.as_str(), rows[0].kernel_label()), ("", "", String::new()));
     }
 
     #[test]
@@ -184,7 +266,7 @@ mod tests {
         std::fs::write(&path, "kind,op,ranks,time_s,repeats\ngemm,x,1,1e-3,5\n").unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("m.csv:1: no `nodes` column"), "{err}");
-        std::fs::write(&path, format!("{}\ncollective,all_gather,8,1,1024,,,maybe,2e-5,,5,x\n", HEADER.join(","))).unwrap();
+        std::fs::write(&path, format!("{}\ncollective,all_gather,8,1,1024,,,maybe,2e-5,,5,x\n", HEADER[..12].join(","))).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("m.csv:2") && err.contains("overlapped must be true or false, not 'maybe'"), "{err}");
     }
@@ -193,7 +275,7 @@ mod tests {
     fn bad_rows_name_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.csv");
-        let text = format!("{}\ncollective,all_gather,8,1,1024,,,false,abc,,5,x\n", HEADER.join(","));
+        let text = format!("{}\ncollective,all_gather,8,1,1024,,,false,abc,,5,x\n", HEADER[..12].join(","));
         std::fs::write(&path, text).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("m.csv:2"), "{err}");

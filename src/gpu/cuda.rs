@@ -1118,6 +1118,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
     }
     let dims = AttnDims::of(&plan.model);
     let mut gpu = Gpu::new(launch.local_rank, dims.head_dim)?;
+    let device = gpu.ctx.name().map_err(fail("reading the GPU's name"))?;
     let check = self_check(&mut gpu, dims)?;
     if check > SELF_CHECK_TOLERANCE {
         return Err(Error::Gpu {
@@ -1134,7 +1135,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
         let mut rows = Vec::new();
         for (si, s) in schedules.iter().enumerate() {
             let samples = exec.run(si, s, options.warmup, options.repeats)?;
-            rows.extend(measurements_of(s, launch.rank, &samples, options, check));
+            rows.extend(measurements_of(s, launch.rank, &samples, options, check, &device));
         }
         Ok(rows)
     })();
@@ -1169,7 +1170,7 @@ pub fn validate(plan: &Plan, schedules: &[Schedule], options: &RunOptions, out: 
 }
 
 /// The measurement rows of one rank for one schedule.
-fn measurements_of(s: &Schedule, rank: u32, samples: &Samples, options: &RunOptions, check: f64) -> Vec<Measurement> {
+fn measurements_of(s: &Schedule, rank: u32, samples: &Samples, options: &RunOptions, check: f64, device: &str) -> Vec<Measurement> {
     let rs = &s.ranks[rank as usize];
     let gpn = s.cluster.gpus_per_node.max(1);
     let base = |mb: Option<usize>| {
@@ -1181,18 +1182,12 @@ fn measurements_of(s: &Schedule, rank: u32, samples: &Samples, options: &RunOpti
         tags
     };
     let row = |kind, op: String, time_s: f64, predicted_s, repeats: usize, tags: Vec<(&str, String)>| Measurement {
-        kind,
-        op,
-        ranks: 1,
-        nodes: 1,
-        bytes: None,
-        flops: None,
-        shape: String::new(),
-        overlapped: false,
         time_s,
         predicted_s,
         repeats: repeats as u32,
         source: super::report::source(&options.source, &tags),
+        device: device.to_string(),
+        ..Measurement::new(kind, op)
     };
     let mut rows = Vec::new();
     rows.push(row(MeasuredKind::Step, "step".into(), median(&samples.step), Some(s.predicted_step_s), samples.step.len(), base(None)));
@@ -1219,6 +1214,7 @@ fn measurements_of(s: &Schedule, rank: u32, samples: &Samples, options: &RunOpti
                 r.repeats = t.len() as u32;
                 r.overlapped = op.stream != Stream::Compute;
                 r.source = super::report::source(&options.source, &tags);
+                r.device = device.to_string();
                 rows.push(r);
             }
         }
@@ -1248,26 +1244,14 @@ fn op_row(s: &Schedule, op: &OpKind, rank: u32, gpn: u32, pair_flops: f64) -> Op
     members.dedup();
     let mut nodes: Vec<u32> = members.iter().map(|r| r / gpn).collect();
     nodes.dedup();
-    let mut r = Measurement {
-        kind: MeasuredKind::Collective,
-        op: String::new(),
-        ranks: members.len() as u32,
-        nodes: nodes.len() as u32,
-        bytes: None,
-        flops: None,
-        shape: String::new(),
-        overlapped: false,
-        time_s: 0.0,
-        predicted_s: None,
-        repeats: 0,
-        source: String::new(),
-    };
+    let mut r = Measurement { ranks: members.len() as u32, nodes: nodes.len() as u32, ..Measurement::new(MeasuredKind::Collective, "") };
     match op {
         OpKind::Gemm { m, n, k, .. } => {
             r.kind = MeasuredKind::Gemm;
             r.op = "gemm".into();
             r.flops = Some(2.0 * (*m * *n * *k) as f64);
             r.shape = format!("m={m};n={n};k={k}");
+            set_kernel(&mut r, CUBLAS_GEMM);
         }
         OpKind::AttnFwd(a) | OpKind::AttnBwd(a) if !a.skip => {
             let fwd = matches!(op, OpKind::AttnFwd(_));
@@ -1280,14 +1264,32 @@ fn op_row(s: &Schedule, op: &OpKind, rank: u32, gpn: u32, pair_flops: f64) -> Op
                 "seqlen={};seqlen_k={};heads={};kv_heads={};head_dim={};causal=1;pairs={}",
                 a.rows_q, a.rows_k, a.heads.q_heads, a.heads.kv_heads, s.model.head_dim, a.pairs
             );
+            set_kernel(&mut r, HSAP_REFERENCE);
         }
         _ => {
             let (c, bytes, _) = op.collective()?;
             r.op = c.name().into();
             r.bytes = Some(bytes as f64);
+            set_kernel(&mut r, NCCL);
         }
     }
     Some(r)
+}
+
+/// What ran an op of this executor: (kernel, library, dtype). Attention runs hsap's own CUDA-core
+/// kernels, which calibration refuses as attention efficiency (docs/measurements.md).
+type Ran = (&'static str, &'static str, &'static str);
+const HSAP_REFERENCE: Ran = (measurements::REFERENCE_KERNEL, "hsap", "bf16");
+const CUBLAS_GEMM: Ran = ("cublas_gemm", "cublas", "bf16");
+const NCCL: Ran = ("nccl", "nccl", "bf16");
+
+fn set_kernel(r: &mut Measurement, (kernel, library, dtype): Ran) {
+    r.kernel = kernel.into();
+    r.library = library.into();
+    if library == "hsap" {
+        r.version = env!("CARGO_PKG_VERSION").into();
+    }
+    r.dtype = dtype.into();
 }
 
 /// What `calibrate --run` measures: collectives over message sizes on every group shape the
@@ -1309,7 +1311,7 @@ impl MicrobenchPlan {
     /// Group shapes: 2, 4, ... GPUs inside a node; whole nodes 2, 4, ...; and one GPU on each of
     /// 2, 4, ... nodes (the rings of hierarchical schemes). Messages from 1 KiB to 1 GiB by
     /// factors of 4. Attention on one causal document of 1K to 64K tokens; the model's GEMMs
-    /// for 1K to 32K tokens.
+    /// (the workload's layer GEMMs, forward, input and weight gradients) for 1K to 32K tokens.
     pub fn for_cluster(cluster: &Cluster, model: &ModelShape) -> MicrobenchPlan {
         let (gpn, nodes) = (cluster.gpus_per_node, cluster.nodes);
         let mut groups: Vec<Vec<u32>> = Vec::new();
@@ -1325,14 +1327,18 @@ impl MicrobenchPlan {
             k *= 2;
         }
         let sizes = (0..).map(|i| 1024u64 << (2 * i)).take_while(|&b| b <= 1 << 30).collect();
-        let d = u64::from(model.head_dim);
-        let (h, q, kv, f) = (u64::from(model.hidden), u64::from(model.heads) * d, u64::from(model.kv_heads) * d, u64::from(model.ffn));
-        let up = match model.mlp {
-            crate::model::Mlp::Gated => 2 * f,
-            crate::model::Mlp::Plain => f,
-        };
-        let tokens: Vec<u64> = (10..=15).map(|i| 1u64 << i).collect();
-        let gemms = tokens.iter().flat_map(|&m| [(m, q + 2 * kv, h), (m, h, q), (m, up, h), (m, h, f)]).collect();
+        // The workload's own shapes, forward and both backward GEMMs, without repeats.
+        let mut gemms: Vec<(u64, u64, u64)> = Vec::new();
+        for tokens in (10..=15).map(|i| f64::from(1u32 << i)) {
+            for g in crate::workload::layer_gemms(model, tokens, 1.0) {
+                for (m, n, k) in crate::workload::pass_shapes(g) {
+                    let shape = (m as u64, n as u64, k as u64);
+                    if !gemms.contains(&shape) {
+                        gemms.push(shape);
+                    }
+                }
+            }
+        }
         let attention = (10..=16)
             .flat_map(|i| {
                 let mut u = 1;
@@ -1359,14 +1365,25 @@ impl MicrobenchPlan {
 
 /// Runs `plan` as one rank of the launch (every GPU of the cluster takes part); rank 0 returns
 /// every rank's rows, the others `None`.
-pub fn microbenchmarks(cluster: &Cluster, plan: &MicrobenchPlan, repeats: u32, warmup: u32, timeout: Duration, source: &str) -> Result<Option<Vec<Measurement>>> {
+/// `reference_gemms`: also time the model's GEMMs with cuBLAS (`--kernels reference`).
+#[allow(clippy::too_many_arguments)]
+pub fn microbenchmarks(
+    cluster: &Cluster,
+    plan: &MicrobenchPlan,
+    repeats: u32,
+    warmup: u32,
+    timeout: Duration,
+    source: &str,
+    reference_gemms: bool,
+) -> Result<Option<Vec<Measurement>>> {
     check_libraries()?;
     let launch = Launch::from_env()?;
     if launch.world != cluster.gpus() {
         return Err(Error::invalid(format!("the cluster has {} GPUs; this launch has {} processes", cluster.gpus(), launch.world), "start one process per GPU"));
     }
     let mut gpu = Gpu::new(launch.local_rank, plan.head_dim)?;
-    let fp = fingerprint(format!("{plan:?}{repeats}{warmup}").as_bytes());
+    let device = gpu.ctx.name().map_err(fail("reading the GPU's name"))?;
+    let fp = fingerprint(format!("{plan:?}{repeats}{warmup}{reference_gemms}").as_bytes());
     let (mut session, id) = Session::open(&launch, fp, timeout, nccl_id)?;
     let mine = (|| -> Result<Vec<Measurement>> {
         let world = Comm::init(launch.world, launch.rank, &id)?;
@@ -1432,88 +1449,40 @@ pub fn microbenchmarks(cluster: &Cluster, plan: &MicrobenchPlan, repeats: u32, w
                         }
                     };
                     let t = time(&gpu, &op)?;
-                    rows.push(Measurement {
-                        kind: MeasuredKind::Collective,
-                        op: c.name().into(),
+                    let mut r = Measurement {
                         ranks: n as u32,
                         nodes: nodes.len() as u32,
                         bytes: Some(bytes as f64),
-                        flops: None,
-                        shape: String::new(),
-                        overlapped: false,
                         time_s: median(&t),
-                        predicted_s: None,
                         repeats: t.len() as u32,
                         source: tag(&format!("group={}", members.iter().map(u32::to_string).collect::<Vec<_>>().join(","))),
-                    });
+                        device: device.clone(),
+                        ..Measurement::new(MeasuredKind::Collective, c.name())
+                    };
+                    set_kernel(&mut r, NCCL);
+                    rows.push(r);
                 }
             }
         }
-        for &(m, n, k) in &plan.gemms {
+        // The reference set times GEMMs with cuBLAS here; the torch set times them (and
+        // attention) with the harness instead. Attention never runs here: the reference kernels'
+        // times are not a training kernel's, and calibration refuses them.
+        let gemms: &[(u64, u64, u64)] = if reference_gemms { &plan.gemms } else { &[] };
+        for &(m, n, k) in gemms {
             let mark = gpu.mark();
             let (x, w, y) = (gpu.alloc(m * k * BF16_BYTES, false, 3)?, gpu.alloc(k * n * BF16_BYTES, false, 4)?, gpu.alloc(m * n * BF16_BYTES, false, 5)?);
             let t = time(&gpu, &|| gpu.gemm(m, n, k, x, w, y))?;
-            rows.push(Measurement {
-                kind: MeasuredKind::Gemm,
-                op: "gemm".into(),
-                ranks: 1,
-                nodes: 1,
-                bytes: None,
+            let mut r = Measurement {
                 flops: Some(2.0 * (m * n * k) as f64),
                 shape: format!("m={m};n={n};k={k}"),
-                overlapped: false,
                 time_s: median(&t),
-                predicted_s: None,
                 repeats: t.len() as u32,
                 source: tag("gemm"),
-            });
-            gpu.release(mark)?;
-        }
-        for &(tokens, hq, hk) in &plan.attention {
-            let mark = gpu.mark();
-            let meta = VarlenMeta {
-                rows: tokens,
-                cu_seqlens_padded: vec![0, tokens],
-                seqlens: vec![tokens],
-                docs: vec![0],
-                pos: (0..tokens).collect(),
+                device: device.clone(),
+                ..Measurement::new(MeasuredKind::Gemm, "gemm")
             };
-            let h = HeadMap {
-                q_heads: hq,
-                kv_heads: hk,
-                q_head0: 0,
-                kv_head0: 0,
-                group: (hq / hk).max(1),
-                head_dim: plan.head_dim,
-            };
-            let dm = DevMeta::upload(&mut gpu, &meta)?;
-            let rows_q = u64::from(tokens) * u64::from(hq) * u64::from(plan.head_dim);
-            let rows_k = u64::from(tokens) * u64::from(hk) * u64::from(plan.head_dim);
-            let (q, k, v, d_o) = (gpu.alloc(rows_q * 2, false, 6)?, gpu.alloc(rows_k * 2, false, 7)?, gpu.alloc(rows_k * 2, false, 8)?, gpu.alloc(rows_q * 2, false, 9)?);
-            let (o, lse, delta) = (gpu.alloc(rows_q * 4, true, 10)?, gpu.alloc(u64::from(tokens) * u64::from(hq) * 4, true, 11)?, gpu.alloc(u64::from(tokens) * u64::from(hq) * 4, true, 12)?);
-            let (dq, dk, dv) = (gpu.alloc(rows_q * 4, true, 13)?, gpu.alloc(rows_k * 4, true, 14)?, gpu.alloc(rows_k * 4, true, 15)?);
-            let pairs = u64::from(tokens) * u64::from(tokens + 1) / 2;
-            let fwd = time(&gpu, &|| gpu.attn_fwd(&h, &dm, &dm, q, k, v, o, lse, true))?;
-            let bwd = time(&gpu, &|| {
-                gpu.preprocess(d_o, o, delta, tokens, hq)?;
-                gpu.attn_bwd(&h, &dm, &dm, [q, k, v], [d_o, lse, delta], dq, [dk, dv], true, false)
-            })?;
-            for (kind, name, t, factor) in [(MeasuredKind::AttentionFwd, "attn_fwd_varlen", fwd, 1.0), (MeasuredKind::AttentionBwd, "attn_bwd_varlen", bwd, 2.5)] {
-                rows.push(Measurement {
-                    kind,
-                    op: name.into(),
-                    ranks: 1,
-                    nodes: 1,
-                    bytes: None,
-                    flops: Some(factor * 4.0 * pairs as f64 * f64::from(hq) * f64::from(plan.head_dim)),
-                    shape: format!("seqlen={tokens};heads={hq};kv_heads={hk};head_dim={};causal=1", plan.head_dim),
-                    overlapped: false,
-                    time_s: median(&t),
-                    predicted_s: None,
-                    repeats: t.len() as u32,
-                    source: tag("attention"),
-                });
-            }
+            set_kernel(&mut r, CUBLAS_GEMM);
+            rows.push(r);
             gpu.release(mark)?;
         }
         Ok(rows)
@@ -1721,7 +1690,7 @@ mod tests {
         }
         samples.microbatches.insert(0, vec![0.2]);
         let options = RunOptions { repeats: 3, warmup: 1, timeout: Duration::from_secs(1), source: "validate plan.json".into(), out: "m.csv".into() };
-        let rows = measurements_of(s, 3, &samples, &options, 1e-7);
+        let rows = measurements_of(s, 3, &samples, &options, 1e-7, "NVIDIA A100-SXM4-80GB");
         let step = rows.iter().find(|r| r.kind == MeasuredKind::Step).unwrap();
         assert_eq!((step.time_s, step.predicted_s, step.repeats), (0.6, Some(0.05), 3));
         let attn = rows.iter().find(|r| r.kind == MeasuredKind::AttentionFwd).unwrap();
@@ -1748,6 +1717,12 @@ mod tests {
         assert_eq!(p.groups[6], vec![0, 8, 16, 24]);
         assert_eq!((p.sizes[0], *p.sizes.last().unwrap(), p.sizes.len()), (1024, 1 << 30, 11));
         assert!(p.gemms.contains(&(4096, 6144, 4096)) && p.gemms.contains(&(32768, 4096, 14336)));
+        // Backward shapes: the QKV projection's input gradient and weight gradient.
+        assert!(p.gemms.contains(&(4096, 4096, 6144)) && p.gemms.contains(&(4096, 6144, 4096)) && p.gemms.contains(&(4096, 6144, 1024)));
+        let mut unique = p.gemms.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), p.gemms.len(), "no shape twice");
         // Attention per Ulysses degree: 32 heads / u, 8 KV heads / u (at least one).
         assert!(p.attention.contains(&(65536, 4, 1)) && p.attention.contains(&(1024, 32, 8)));
     }

@@ -8,11 +8,14 @@
 //! - [`program`]: a rank's blocks laid out from its group's workload, and priced back.
 //! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
 //! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
+//! - [`harness`]: the kernel sets (`--kernels torch|cudnn|reference`) and the production-kernel
+//!   harness (harness/hsap_kernels.py) run with PyTorch.
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers.
 //! - [`report`]: measured against predicted, as a table and a plot.
 
 pub mod attention;
 pub mod cuda;
+pub mod harness;
 pub mod kernels;
 pub mod launch;
 pub mod reference;

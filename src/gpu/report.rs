@@ -49,7 +49,7 @@ impl Comparison {
 }
 
 /// Aggregates rows: per step, micro-batch and group (slowest rank), per phase (slowest rank),
-/// and per op kind (every rank's ops summed, over the ops that have a prediction).
+/// and per op kind and kernel (every rank's ops summed, over the ops that have a prediction).
 pub fn compare(rows: &[Measurement]) -> Vec<Comparison> {
     let mut out = Vec::new();
     let key = |r: &Measurement, keys: &[&str]| keys.iter().map(|k| tag(&r.source, k).unwrap_or("-").to_string()).collect::<Vec<_>>().join(" ");
@@ -95,7 +95,9 @@ pub fn compare(rows: &[Measurement]) -> Vec<Comparison> {
     for r in rows.iter().filter(|r| !matches!(r.kind, MeasuredKind::Step | MeasuredKind::Phase)) {
         if let Some(p) = r.predicted_s {
             let calls = tag(&r.source, "calls").and_then(|c| c.parse::<f64>().ok()).unwrap_or(1.0);
-            let e = per_op.entry(r.op.clone()).or_insert((0.0, 0.0));
+            // The kernel that ran it, where the row says: validate reports which it timed.
+            let name = if r.kernel.is_empty() { r.op.clone() } else { format!("{} ({})", r.op, r.kernel) };
+            let e = per_op.entry(name).or_insert((0.0, 0.0));
             e.0 += r.time_s * calls;
             e.1 += p * calls;
         }

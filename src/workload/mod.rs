@@ -247,7 +247,29 @@ pub fn batch_layout(shape: &GroupShape, sequences: &[Vec<u32>], params: &HsapPar
 }
 
 /// A GEMM's `(m, n, k)`: an `m x k` by `k x n` product.
-type GemmShape = (f64, f64, f64);
+pub type GemmShape = (f64, f64, f64);
+
+/// GEMMs of one layer's forward on `tokens` tokens per GPU under tensor parallelism `tp`:
+/// (m, n, k) of QKV, output, MLP up and down, in [`Linear::LAYER`]'s order. The backward runs
+/// each as its input gradient `(m, k, n)` and weight gradient `(k, n, m)` ([`pass_shapes`]).
+/// Calibration measures these shapes (`gpu::cuda::MicrobenchPlan`).
+pub fn layer_gemms(m: &ModelShape, tokens: f64, tp: f64) -> [GemmShape; 4] {
+    let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
+    let q = f64::from(m.heads * m.head_dim);
+    let kv = f64::from(m.kv_heads * m.head_dim);
+    let up = match m.mlp {
+        Mlp::Gated => 2.0 * f,
+        Mlp::Plain => f,
+    };
+    let t = tokens;
+    [(t, (q + 2.0 * kv) / tp, h), (t, h, q / tp), (t, up / tp, h), (t, h, f / tp)]
+}
+
+/// The three GEMMs a forward GEMM `(m, n, k)` brings to a training step: itself, its input
+/// gradient and its weight gradient (whose inner dimension is the tokens).
+pub fn pass_shapes((m, n, k): GemmShape) -> [GemmShape; 3] {
+    [(m, n, k), (m, k, n), (k, n, m)]
+}
 
 /// Everything about the group that the stages are built from.
 struct Ctx<'a> {
@@ -403,17 +425,7 @@ impl Ctx<'_> {
     /// GEMMs of one layer's forward for this rank's tokens: (m, n, k) of QKV, output, MLP up and
     /// down.
     fn gemms(&self) -> [GemmShape; 4] {
-        let m = self.model();
-        let tp = self.tp();
-        let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
-        let q = f64::from(m.heads * m.head_dim);
-        let kv = f64::from(m.kv_heads * m.head_dim);
-        let up = match m.mlp {
-            Mlp::Gated => 2.0 * f,
-            Mlp::Plain => f,
-        };
-        let t = self.tokens;
-        [(t, (q + 2.0 * kv) / tp, h), (t, h, q / tp), (t, up / tp, h), (t, h, f / tp)]
+        layer_gemms(self.model(), self.tokens, self.tp())
     }
 
     /// Bytes the memory-bound operations of one layer's forward move per token (per GPU): two
@@ -469,8 +481,8 @@ impl Ctx<'_> {
                 .collect()
         };
         match pass {
-            Pass::Fwd => (kernels(|g| g), Vec::new()),
-            Pass::Bwd => (kernels(|(m, n, k)| (m, k, n)), kernels(|(m, n, k)| (k, n, m))),
+            Pass::Fwd => (kernels(|g| pass_shapes(g)[0]), Vec::new()),
+            Pass::Bwd => (kernels(|g| pass_shapes(g)[1]), kernels(|g| pass_shapes(g)[2])),
         }
     }
 
