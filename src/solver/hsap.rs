@@ -241,10 +241,68 @@ fn plan_micro(
             best = Some((span, origin, groups));
         }
     }
+    if let Some(b) = best.as_mut() {
+        repair(ctx, batch, docs, lower, opts, b);
+    }
     match best {
         Some((_, origin, groups)) => (groups, origin, statuses),
         None => (Vec::new(), Origin::Greedy, statuses),
     }
+}
+
+/// Rounds of re-planning without a shape the surrogate priced far too low.
+const REPAIR_ROUNDS: usize = 2;
+/// Share of the local search's budget each repair round's plan gets: a round only has to show
+/// that another size wins, and at 1,024 GPUs most batches have a mispriced large ring.
+const REPAIR_BUDGET_SHARE: usize = 4;
+/// A slowest group whose exact time exceeds the surrogate's time for it by more than this share
+/// was chosen on a wrong price.
+const MISPRICED: f64 = 0.10;
+
+/// The surrogate ranks; when the exact price of the plan's slowest group is far above what the
+/// surrogate said of it, the plan was chosen on a wrong price (a large ring lightly filled around
+/// a few long documents, whose anchor gain the surrogate overstates). Plans the greedy again
+/// without that group's size and keeps whichever plan the cost model prices faster, a few rounds.
+fn repair(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64, opts: &HsapOptions, best: &mut (f64, Origin, Vec<Group>)) {
+    // A plan within the gap of the surrogate's lower bound has nothing left to win.
+    if best.0 <= lower * (1.0 + opts.rel_gap) {
+        return;
+    }
+    let mut banned: Vec<u32> = Vec::new();
+    let mut current = best.2.clone();
+    for _ in 0..REPAIR_ROUNDS {
+        let Some(size) = mispriced_slowest(ctx, batch, &current) else { return };
+        banned.push(size);
+        let sub = ctx.restricted(|c| !banned.contains(&c.size));
+        let Some((mut groups, _)) = best_greedy(&sub, batch, docs, lower) else { return };
+        choose_schemes(&sub, batch, &mut groups);
+        // Polished by the local search only when it wins as it is: most rounds only show that
+        // the set-aside size was right after all.
+        if ctx.makespan(batch, &groups) < best.0 {
+            improve(&sub, batch, &mut groups, &sub.candidates, Search { budget: opts.local_evals / REPAIR_BUDGET_SHARE, resize: true });
+            let span = ctx.makespan(batch, &groups);
+            if span < best.0 {
+                *best = (span, Origin::Greedy, groups.clone());
+            }
+        }
+        current = groups;
+    }
+}
+
+/// The size of the plan's slowest group when its exact time is more than [`MISPRICED`] above
+/// the surrogate's time for the same documents.
+fn mispriced_slowest(ctx: &Ctx, batch: &Batch, groups: &[Group]) -> Option<u32> {
+    let (group, lens, exact) = groups
+        .iter()
+        .filter(|g| !g.docs.is_empty())
+        .map(|g| {
+            let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
+            let exact = ctx.time_within_memory(&ctx.group_cost(&g.shape, &lens));
+            (g, lens, exact)
+        })
+        .max_by(|a, b| a.2.total_cmp(&b.2))?;
+    let cand = ctx.candidates.iter().find(|c| c.shape.ulysses == group.shape.ulysses && c.shape.ring == group.shape.ring)?;
+    (exact > cand.time_s(lens.iter().copied()) * (1.0 + MISPRICED)).then_some(group.shape.size())
 }
 
 fn gpus_of(ctx: &Ctx, counts: &[u32]) -> u32 {

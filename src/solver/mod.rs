@@ -313,6 +313,25 @@ impl Ctx {
         })
     }
 
+    /// The same context with only the candidates `keep` accepts: what a search may choose from
+    /// when a shape the surrogate priced far too low is set aside for one micro-batch.
+    pub fn restricted(&self, keep: impl Fn(&Candidate) -> bool) -> Ctx {
+        let candidates: Vec<Candidate> = self.candidates.iter().filter(|c| keep(c)).cloned().collect();
+        let mut sizes: Vec<u32> = candidates.iter().map(|c| c.size).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        Ctx {
+            cm: self.cm.clone(),
+            gpus: self.gpus,
+            pods: self.pods,
+            gpus_per_node: self.gpus_per_node,
+            limit_bytes: self.limit_bytes,
+            max_len: self.max_len,
+            candidates,
+            sizes,
+        }
+    }
+
     /// Sum over micro-batches of the slowest group's exact time (no gradient synchronisation);
     /// infinite when a group exceeds memory.
     pub fn busy_s(&self, batch: &Batch, sol: &Solution) -> f64 {
