@@ -324,7 +324,7 @@ impl Ctx {
             cm: self.cm.clone(),
             gpus: self.gpus,
             pods: self.pods,
-            gpus_per_node: self.gpus_per_node,
+            gpus_per_domain: self.gpus_per_domain,
             limit_bytes: self.limit_bytes,
             max_len: self.max_len,
             candidates,
