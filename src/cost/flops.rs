@@ -57,6 +57,9 @@ mod tests {
             mlp: Mlp::Plain,
             tied_embeddings: false,
             source: "test".into(),
+            layer_pattern: None,
+            softmax_layers: None,
+            linear_attention: None,
         }
     }
 
