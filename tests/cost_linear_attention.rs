@@ -208,3 +208,27 @@ fn predict_prices_every_lasp_scheme_on_the_linear_and_the_hybrid_preset() {
         .code(2)
         .stderr(predicates::str::contains("field 'strategy'").and(predicates::str::contains("lasp2h")));
 }
+
+#[test]
+fn tune_plans_a_real_trace_on_the_hybrid_preset_and_the_report_names_the_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("hsap-tune")
+        .unwrap()
+        .args(["--trace", "traces/distca_textbookchapters_llama3.csv", "--model", "hybrid-llama3-1b-3to1", "--cluster", "dgx-a100-80g"])
+        .args(["--nodes", "2", "--limit-batches", "4", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("static-ring      skipped: hybrid-llama3-1b-3to1 has 12 linear-attention layers"), "{stdout}");
+    let groups = std::fs::read_to_string(dir.path().join("groups.csv")).unwrap();
+    let schemes: Vec<&str> = groups.lines().skip(1).map(|l| l.split(',').nth(6).unwrap()).collect();
+    assert!(schemes.iter().all(|&s| s == "lasp2h" || s == "ulysses"), "{schemes:?}");
+    assert!(schemes.contains(&"lasp2h"), "batches 0-3 hold documents one GPU cannot run alone: {schemes:?}");
+    for line in groups.lines().skip(1).filter(|l| l.contains(",ulysses,")) {
+        assert!(line.contains(",1,1,1,ulysses,"), "only one-GPU groups run unsplit: {line}");
+    }
+    let summary = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
+    assert!(summary.contains("## Schemes of the groups") && summary.contains("| hsap | lasp2h |"), "{summary}");
+}
