@@ -231,4 +231,13 @@ fn tune_plans_a_real_trace_on_the_hybrid_preset_and_the_report_names_the_schemes
     }
     let summary = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
     assert!(summary.contains("## Schemes of the groups") && summary.contains("| hsap | lasp2h |"), "{summary}");
+    // The validator does not lay linear layers out yet: it refuses the plan rather than run
+    // softmax attention in their place.
+    Command::cargo_bin("hsap-tune")
+        .unwrap()
+        .args(["validate", "--dry-run", "--plan"])
+        .arg(dir.path().join("plan.jsonl"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("12 linear-attention layers, which validate cannot lay out or run yet"));
 }
