@@ -31,6 +31,11 @@ fn is_chunk(linear: Linear) -> bool {
 
 /// FLOPs of the chunk products the busiest slot runs in `pass`, per layer.
 fn chunk_gemm_flops(w: &Workload, pass: Pass) -> f64 {
+    slot_chunk_flops(w, pass).into_iter().fold(0.0, f64::max)
+}
+
+/// FLOPs of the chunk products each slot runs in `pass`, per layer.
+fn slot_chunk_flops(w: &Workload, pass: Pass) -> Vec<f64> {
     let r = w.shape.ring as usize;
     (0..r)
         .map(|slot| {
@@ -44,7 +49,7 @@ fn chunk_gemm_flops(w: &Workload, pass: Pass) -> f64 {
                 })
                 .sum::<f64>()
         })
-        .fold(0.0, f64::max)
+        .collect()
 }
 
 #[test]
@@ -240,4 +245,29 @@ fn tune_plans_a_real_trace_on_the_hybrid_preset_and_the_report_names_the_schemes
         .assert()
         .code(2)
         .stderr(predicates::str::contains("12 linear-attention layers, which validate cannot lay out or run yet"));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Over random document mixes and SP degrees, a LASP group runs every document's chunks once,
+    /// plus at most one more for each shard boundary that cuts a document (the shard's first
+    /// piece starts a chunk of its own): between the single GPU's chunk work and that plus
+    /// `r - 1` chunks of every head.
+    #[test]
+    fn shards_add_at_most_one_chunk_per_boundary(
+        docs in proptest::collection::vec(1u32..5_000, 1..20),
+        log_r in 1u32..4,
+        scheme in proptest::sample::select(vec![Scheme::Lasp1, Scheme::Lasp2, Scheme::Lasp2h]),
+    ) {
+        let r = 1 << log_r;
+        let cm = cost_model("linear-llama3-1b", 1, fwd_only());
+        let one: f64 = slot_chunk_flops(&cm.workload(&shape(scheme, 1), &[docs.clone()], Scope::Attention), Pass::Fwd).iter().sum();
+        let split: f64 = slot_chunk_flops(&cm.workload(&shape(scheme, r), &[docs.clone()], Scope::Attention), Pass::Fwd).iter().sum();
+        // One chunk of one head: 2,097,152 FLOPs (chunk_flops_by_hand...); 32 heads.
+        let chunk = 32.0 * 2_097_152.0;
+        let whole: f64 = docs.iter().map(|&d| f64::from(d.div_ceil(64))).sum::<f64>() * chunk;
+        proptest::prop_assert_eq!(one, whole);
+        proptest::prop_assert!(split >= one && split <= one + f64::from(r - 1) * chunk, "r {}: {} against {}", r, split, one);
+    }
 }

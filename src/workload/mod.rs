@@ -1066,19 +1066,11 @@ impl Ctx<'_> {
 
     /// Chunks of `chunk` tokens the linear-attention kernels run on each slot. A document's state
     /// starts at zero at its first token (varlen: packed documents never mix) and a shard of a
-    /// split document starts from the state that arrives, so every piece starts a chunk; with
-    /// `padding`, every run of padding is a sequence of its own too.
-    fn slot_chunks(&self, chunk: u32, padding: bool) -> Vec<f64> {
+    /// split document starts from the state that arrives, so every piece starts a chunk; padding
+    /// is in no sequence (cu_seqlens exclude it, as for softmax attention).
+    fn slot_chunks(&self, chunk: u32) -> Vec<f64> {
         let chunks = |len: u32| u64::from(len.div_ceil(chunk.max(1)));
-        self.layout
-            .slots
-            .iter()
-            .map(|slot| {
-                let real: u64 = slot.pieces.iter().map(|p| chunks(p.len)).sum();
-                let pad: u64 = if padding { slot.pad_after.iter().chain([&slot.padding]).map(|&p| chunks(p)).sum() } else { 0 };
-                (real + pad) as f64
-            })
-            .collect()
+        self.layout.slots.iter().map(|slot| slot.pieces.iter().map(|p| chunks(p.len)).sum::<u64>() as f64).collect()
     }
 
     /// Linear-attention heads each rank computes (tensor parallelism splits them).
@@ -1097,7 +1089,7 @@ impl Ctx<'_> {
     fn linear_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
         let Some(la) = self.model().linear_attention.clone() else { return };
         let heads = self.linear_heads(&la);
-        let chunks = self.slot_chunks(la.chunk, true);
+        let chunks = self.slot_chunks(la.chunk);
         let per_slot = |phase: Phase| -> Vec<Vec<Kernel>> { chunks.iter().map(|&n| chunk_kernels(&la, n * heads, pass, phase)).collect() };
         let busiest = chunks.iter().copied().fold(0.0, f64::max);
         self.flops += f64::from(layers) * chunk_flops_per_head(&la, pass_factor(pass)) * busiest * heads;
@@ -1205,7 +1197,7 @@ impl Ctx<'_> {
                 let attention = match (kind, &m.linear_attention) {
                     (LayerKind::Linear, Some(la)) => {
                         // Every head's chunks of real tokens, forward once, backward twice.
-                        let chunks: f64 = self.slot_chunks(la.chunk, false).iter().sum();
+                        let chunks: f64 = self.slot_chunks(la.chunk).iter().sum();
                         chunk_flops_per_head(la, 1.0) * chunks * f64::from(la.heads) * passes
                     }
                     _ => pairs * f64::from(m.heads) * 4.0 * d * attention_passes,
@@ -1272,7 +1264,7 @@ impl Ctx<'_> {
     /// chunk kernels) and the scheme's received states (LASP-2: every rank's; LASP-1: the one
     /// arriving and the one sent).
     fn linear_buffer_bytes(&self, la: &LinearAttention) -> f64 {
-        let chunks = self.slot_chunks(la.chunk, true).into_iter().fold(0.0, f64::max);
+        let chunks = self.slot_chunks(la.chunk).into_iter().fold(0.0, f64::max);
         let state = self.state_bytes(la);
         let exchange = match (self.shape.scheme, self.shape.ring) {
             (_, 1) => 0.0,
