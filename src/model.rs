@@ -28,6 +28,87 @@ pub struct ModelShape {
     /// Where the shape comes from.
     #[serde(default)]
     pub source: String,
+    /// The layers' token mixers as a pattern of `S` (softmax attention) and `L` (linear attention)
+    /// repeated over the layers, first layer first: `"LLLS"` is three linear layers per softmax
+    /// layer. Absent (with `softmax_layers`): every layer is softmax attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_pattern: Option<String>,
+    /// The softmax layers by index (0-based), the others linear: the explicit form of a hybrid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub softmax_layers: Option<Vec<u32>>,
+    /// The linear-attention layers' shape; required when any layer is linear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_attention: Option<LinearAttention>,
+}
+
+/// A layer's token mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Softmax attention (FlashAttention), `heads` x `head_dim` with `kv_heads` key/value heads.
+    Softmax,
+    /// Linear attention computed chunk by chunk with a `key_dim x value_dim` state per head.
+    Linear,
+}
+
+impl LayerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Softmax => "softmax",
+            LayerKind::Linear => "linear",
+        }
+    }
+}
+
+/// Which linear-attention recurrence the linear layers run; all share the chunked form (an
+/// intra-chunk quadratic block and an inter-chunk state), docs/cost-model.md section 2b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearVariant {
+    /// `M_t = M_{t-1} + K_t^T V_t` (Katharopoulos et al. 2020; LASP and LASP-2's Linear-Llama3).
+    #[default]
+    Basic,
+    /// Lightning attention: the same products with a per-head decay applied to the state and
+    /// the intra-chunk mask (Qin et al. 2024, arXiv 2405.17381; MiniMax-01's linear layers).
+    Lightning,
+    /// Gated DeltaNet: a data-dependent decay and the delta rule, computed chunkwise with the
+    /// WY representation (Yang et al. 2024, arXiv 2412.06464, section 3.3).
+    GatedDelta,
+}
+
+impl LinearVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearVariant::Basic => "basic",
+            LinearVariant::Lightning => "lightning",
+            LinearVariant::GatedDelta => "gated_delta",
+        }
+    }
+}
+
+/// The shape of the linear-attention layers: `heads` heads, each with a `key_dim x value_dim`
+/// memory state, computed in chunks of `chunk` tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearAttention {
+    #[serde(default)]
+    pub variant: LinearVariant,
+    pub heads: u32,
+    pub key_dim: u32,
+    pub value_dim: u32,
+    /// Tokens per chunk of the chunked algorithm (flash-linear-attention's chunk kernels use 64).
+    pub chunk: u32,
+}
+
+/// The largest linear-attention chunk hsap computes with (a chunk is one tile-sized quadratic
+/// block; the published kernels use 64 to 256).
+pub const MAX_CHUNK: u32 = 4_096;
+
+impl LinearAttention {
+    /// Elements of one head's memory state.
+    pub fn state_elements_per_head(&self) -> f64 {
+        f64::from(self.key_dim) * f64::from(self.value_dim)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -168,6 +249,9 @@ impl ModelShape {
             } else {
                 format!("Hugging Face config {} (its text_config; the vision encoder is not modelled)", path.display())
             },
+            layer_pattern: None,
+            softmax_layers: None,
+            linear_attention: None,
         };
         shape.check_named(path, |i| MAX_DIMS[i].1)?;
         Ok(shape)
@@ -201,20 +285,141 @@ impl ModelShape {
                 "grouped-query attention needs heads divisible by kv_heads",
             ));
         }
-        Ok(())
+        self.check_layer_kinds(path)
     }
 
-    /// Parameters of one transformer layer (attention and MLP weights; norms are negligible and left out).
-    pub fn layer_params(&self) -> u64 {
+    /// Checks the hybrid pattern (or the softmax indices) and the linear layers' shape.
+    fn check_layer_kinds(&self, path: &Path) -> Result<()> {
+        let bad = |what: String, hint: &str| Err(Error::input(path, 0, what, hint));
+        match (&self.layer_pattern, &self.softmax_layers) {
+            (Some(_), Some(_)) => return bad("both layer_pattern and softmax_layers given".into(), "give one of them"),
+            (Some(p), None) => {
+                if p.is_empty() || p.len() > self.layers as usize || p.chars().any(|c| c != 'S' && c != 'L') {
+                    return bad(
+                        format!("layer_pattern \"{p}\" is not 1 to {} letters S (softmax) and L (linear)", self.layers),
+                        "e.g. layer_pattern = \"LLLS\": three linear layers per softmax layer, repeated",
+                    );
+                }
+            }
+            (None, Some(indices)) => {
+                let mut seen = vec![false; self.layers as usize];
+                for &i in indices {
+                    match seen.get_mut(i as usize) {
+                        Some(s) if !*s => *s = true,
+                        Some(_) => return bad(format!("softmax_layers lists layer {i} twice"), "list each softmax layer once"),
+                        None => return bad(format!("softmax_layers lists layer {i} of {} (indices start at 0)", self.layers), "use indices below layers"),
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        let linear = self.pattern_kinds().contains(&LayerKind::Linear);
+        match &self.linear_attention {
+            None if linear => bad("linear layers without a [linear_attention] shape".into(), "add [linear_attention] with heads, key_dim, value_dim and chunk"),
+            Some(la) => {
+                let dims = [("heads", la.heads, MAX_DIMS[2].2), ("key_dim", la.key_dim, MAX_DIMS[4].2), ("value_dim", la.value_dim, MAX_DIMS[4].2), ("chunk", la.chunk, MAX_CHUNK)];
+                for (name, v, max) in dims {
+                    if v == 0 || v > max {
+                        return bad(format!("linear_attention.{name} = {v} is outside 1 to {}", thousands(u64::from(max))), "fix the linear-attention shape");
+                    }
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Each layer's token mixer, first layer first. Without a [`LinearAttention`] shape (which
+    /// `check` requires of a model with linear layers) every layer prices as softmax.
+    pub fn layer_kinds(&self) -> Vec<LayerKind> {
+        if self.linear_attention.is_none() {
+            return vec![LayerKind::Softmax; self.layers as usize];
+        }
+        self.pattern_kinds()
+    }
+
+    /// The kinds the pattern or the indices name.
+    fn pattern_kinds(&self) -> Vec<LayerKind> {
+        let kind = |c: char| if c == 'L' { LayerKind::Linear } else { LayerKind::Softmax };
+        match (&self.layer_pattern, &self.softmax_layers) {
+            (Some(p), _) if !p.is_empty() => p.chars().cycle().take(self.layers as usize).map(kind).collect(),
+            (_, Some(indices)) => {
+                let mut kinds = vec![LayerKind::Linear; self.layers as usize];
+                for &i in indices {
+                    if let Some(k) = kinds.get_mut(i as usize) {
+                        *k = LayerKind::Softmax;
+                    }
+                }
+                kinds
+            }
+            _ => vec![LayerKind::Softmax; self.layers as usize],
+        }
+    }
+
+    /// (softmax layers, linear layers).
+    pub fn layer_counts(&self) -> (u32, u32) {
+        let linear = self.layer_kinds().iter().filter(|&&k| k == LayerKind::Linear).count() as u32;
+        (self.layers - linear, linear)
+    }
+
+    /// The kinds the model has with their layer counts, softmax first; kinds without layers left out.
+    pub fn kind_counts(&self) -> Vec<(LayerKind, u32)> {
+        let (softmax, linear) = self.layer_counts();
+        [(LayerKind::Softmax, softmax), (LayerKind::Linear, linear)].into_iter().filter(|&(_, n)| n > 0).collect()
+    }
+
+    /// The kind a one-layer scope (`layer`, `attention`) prices: the model's more frequent kind,
+    /// linear on a tie.
+    pub fn dominant_kind(&self) -> LayerKind {
+        let (softmax, linear) = self.layer_counts();
+        if linear >= softmax && linear > 0 {
+            LayerKind::Linear
+        } else {
+            LayerKind::Softmax
+        }
+    }
+
+    /// Whether any layer is linear attention.
+    pub fn has_linear_layers(&self) -> bool {
+        self.layer_counts().1 > 0
+    }
+
+    /// Output widths of a layer's Q/K/V projection (all three together) and input width of its
+    /// output projection: softmax `(a + 2g) d` and `a d`; linear `H (2 d_k + d_v)` and `H d_v`.
+    pub fn mixer_widths(&self, kind: LayerKind) -> (u64, u64) {
+        match (kind, &self.linear_attention) {
+            (LayerKind::Linear, Some(la)) => {
+                let (h, k, v) = (u64::from(la.heads), u64::from(la.key_dim), u64::from(la.value_dim));
+                (h * (2 * k + v), h * v)
+            }
+            _ => {
+                let q = u64::from(self.heads * self.head_dim);
+                (q + 2 * u64::from(self.kv_heads * self.head_dim), q)
+            }
+        }
+    }
+
+    /// Parameters of one layer of `kind` (mixer projections and MLP; norms and gates left out).
+    pub fn kind_layer_params(&self, kind: LayerKind) -> u64 {
         let h = u64::from(self.hidden);
-        let q = u64::from(self.heads * self.head_dim);
-        let kv = u64::from(self.kv_heads * self.head_dim);
-        let attention = h * q + 2 * h * kv + q * h;
+        let (qkv, o) = self.mixer_widths(kind);
         let mlp_matrices = match self.mlp {
             Mlp::Gated => 3,
             Mlp::Plain => 2,
         };
-        attention + mlp_matrices * h * u64::from(self.ffn)
+        h * qkv + o * h + mlp_matrices * h * u64::from(self.ffn)
+    }
+
+    /// Parameters of one transformer layer (attention and MLP weights; norms are negligible and
+    /// left out): a hybrid's mean over its layers (rounded down), which is what per-layer weight
+    /// traffic and memory average to.
+    pub fn layer_params(&self) -> u64 {
+        self.all_layer_params() / u64::from(self.layers.max(1))
+    }
+
+    /// Parameters of every layer, each of its kind.
+    fn all_layer_params(&self) -> u64 {
+        self.kind_counts().iter().map(|&(kind, n)| u64::from(n) * self.kind_layer_params(kind)).sum()
     }
 
     /// Parameters of the embedding and output projection.
@@ -228,7 +433,7 @@ impl ModelShape {
     }
 
     pub fn params(&self) -> u64 {
-        u64::from(self.layers) * self.layer_params() + self.embedding_params()
+        self.all_layer_params() + self.embedding_params()
     }
 }
 

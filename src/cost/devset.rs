@@ -349,6 +349,9 @@ fn row_model(row: &E2eRow, src: &SourceRules, rules: &Rules) -> Result<ModelShap
         mlp: if gated { Mlp::Gated } else { Mlp::Plain },
         tied_embeddings: false,
         source: format!("{E2E_FILE}:{}", row.line),
+        layer_pattern: None,
+        softmax_layers: None,
+        linear_attention: None,
     })
 }
 

@@ -14,6 +14,9 @@ use crate::model::{Mlp, ModelShape};
 /// with L layers, h hidden, a heads, g KV heads, q = a x head_dim, f the MLP width, gate 3/2 for
 /// gated MLPs, V the vocabulary, s the sequence length.
 pub fn megatron_model_flops_per_token(model: &ModelShape, seq_len: u32) -> f64 {
+    if model.has_linear_layers() {
+        return hybrid_model_flops_per_token(model, seq_len);
+    }
     let l = f64::from(model.layers);
     let h = f64::from(model.hidden);
     let s = f64::from(seq_len);
@@ -26,6 +29,22 @@ pub fn megatron_model_flops_per_token(model: &ModelShape, seq_len: u32) -> f64 {
     let attention = (1.0 + kv_ratio + s / h) * q_ratio;
     let mlp = f64::from(model.ffn) / h * gate;
     12.0 * l * h * h * (attention + mlp) + 6.0 * h * f64::from(model.vocab)
+}
+
+/// Megatron's count carried to a model with linear-attention layers, term by term: the GEMMs
+/// `6 x` every layer's parameters (Megatron's projection and MLP terms are exactly that), each
+/// softmax layer's non-causal scores `12 s q`, each linear layer's chunk products
+/// `3 x heads x (2 C (d_k + d_v) + 4 d_k d_v)` (forward once, backward twice; docs/cost-model.md
+/// section 2b), and the logits `6 h V`.
+fn hybrid_model_flops_per_token(model: &ModelShape, seq_len: u32) -> f64 {
+    let (softmax, _) = model.layer_counts();
+    let gemms = 6.0 * model.kind_counts().iter().map(|&(kind, n)| f64::from(n) * model.kind_layer_params(kind) as f64).sum::<f64>();
+    let scores = f64::from(softmax) * 12.0 * f64::from(seq_len) * f64::from(model.heads * model.head_dim);
+    let linear = model.linear_attention.as_ref().map_or(0.0, |la| {
+        let per_chunk = crate::workload::chunk_flops_per_head(la, 1.0);
+        f64::from(model.layer_counts().1) * 3.0 * f64::from(la.heads) * per_chunk / f64::from(la.chunk)
+    });
+    gemms + scores + linear + 6.0 * f64::from(model.hidden) * f64::from(model.vocab)
 }
 
 /// The hardware FLOPs per token Narayanan et al. (2021, "Efficient Large-Scale Language Model
@@ -44,6 +63,16 @@ pub fn narayanan_hardware_flops_per_token(model: &ModelShape, seq_len: u32) -> f
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_linear_models_count_has_no_quadratic_term() {
+        // linear-llama3-1b: 16 x 67,108,864 layer parameters x 6 = 6,442,450,944; chunk products
+        // 16 x 3 x 32 x 2,097,152 / 64 = 50,331,648; logits 6 x 2048 x 128,256 = 1,576,009,728.
+        let m = ModelShape::resolve("linear-llama3-1b").unwrap();
+        let want = 6_442_450_944.0 + 50_331_648.0 + 1_576_009_728.0;
+        assert_eq!(megatron_model_flops_per_token(&m, 4096), want);
+        assert_eq!(megatron_model_flops_per_token(&m, 1 << 20), want, "independent of the sequence length");
+    }
+
     fn gpt(layers: u32, hidden: u32, vocab: u32) -> ModelShape {
         ModelShape {
             name: "gpt".into(),
@@ -57,6 +86,9 @@ mod tests {
             mlp: Mlp::Plain,
             tied_embeddings: false,
             source: "test".into(),
+            layer_pattern: None,
+            softmax_layers: None,
+            linear_attention: None,
         }
     }
 

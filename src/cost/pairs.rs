@@ -183,7 +183,7 @@ fn zigzag_docs(layout: &GroupLayout) -> Vec<bool> {
         && match shape.scheme {
             Scheme::Allgather | Scheme::Hsap => true,
             Scheme::Ring | Scheme::Usp | Scheme::DoubleRing => shape.variant == RingVariant::Zigzag,
-            Scheme::Ulysses => false,
+            Scheme::Ulysses | Scheme::Lasp1 | Scheme::Lasp2 | Scheme::Lasp2h => false,
         };
     if !zigzag || layout.slots.len() != shape.ring as usize {
         return vec![false; layout.docs.len()];

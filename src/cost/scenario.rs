@@ -511,6 +511,9 @@ fn resolve_model(spec: &ModelSpec, scope: Scope, base: &Path, at: &Located) -> R
         mlp: spec.mlp.unwrap_or_default(),
         tied_embeddings: spec.tied_embeddings.unwrap_or(false),
         source: format!("inline in {}", at.path.display()),
+        layer_pattern: None,
+        softmax_layers: None,
+        linear_attention: None,
     };
     let positive = [("layers", layers), ("hidden", hidden), ("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim), ("ffn", ffn), ("vocab", vocab)];
     if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -54,6 +54,9 @@ pub fn attention_shape(name: &str, heads: u32, kv_heads: u32, head_dim: u32) -> 
         mlp: Mlp::Plain,
         tied_embeddings: false,
         source: "benchmark shape".into(),
+        layer_pattern: None,
+        softmax_layers: None,
+        linear_attention: None,
     }
 }
 

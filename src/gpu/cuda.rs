@@ -1330,7 +1330,7 @@ impl MicrobenchPlan {
         // The workload's own shapes, forward and both backward GEMMs, without repeats.
         let mut gemms: Vec<(u64, u64, u64)> = Vec::new();
         for tokens in (10..=15).map(|i| f64::from(1u32 << i)) {
-            for g in crate::workload::layer_gemms(model, tokens, 1.0) {
+            for g in crate::workload::layer_gemms(model, crate::model::LayerKind::Softmax, tokens, 1.0) {
                 for (m, n, k) in crate::workload::pass_shapes(g) {
                     let shape = (m as u64, n as u64, k as u64);
                     if !gemms.contains(&shape) {

@@ -1074,6 +1074,15 @@ impl Schedule {
 
     /// Lays out one batch: every micro-batch's groups must cover every GPU exactly once.
     pub fn build(plan: &Plan, batch: &BatchPlan, tiling: Tiling) -> Result<Schedule> {
+        // The schedule lays softmax attention out for every layer; a linear layer's chunk
+        // products and state exchanges are not laid out or executed yet (issue 17).
+        let (_, linear) = plan.model.layer_counts();
+        if linear > 0 {
+            return Err(Error::invalid(
+                format!("{} has {linear} linear-attention layers, which validate cannot lay out or run yet", plan.model.name),
+                "validate runs softmax-attention plans; predict, tune and simulate price linear and hybrid models",
+            ));
+        }
         let cm = runnable(plan)?;
         let model = &plan.model;
         let cluster = &plan.cluster;

@@ -65,6 +65,9 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
     if let Some(why) = &s.uncalibrated {
         let _ = writeln!(md, "**Uncalibrated cluster preset**: {why}\n");
     }
+    if let Some(table) = lasp_schemes_table(data) {
+        let _ = writeln!(md, "{table}");
+    }
     if !s.priced_by.is_empty() {
         let _ = writeln!(md, "Priced on the calibrated cluster by:\n");
         for line in &s.priced_by {
@@ -122,6 +125,32 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
         }
     }
     md
+}
+
+/// Which schemes each strategy's groups ran, for runs whose groups run linear-attention schemes
+/// (a hybrid's groups split its two layer kinds differently): groups and GPU-groups (GPUs summed
+/// over groups) per scheme. None for softmax-only runs, whose schemes the plans figure shows.
+fn lasp_schemes_table(data: &RunData) -> Option<String> {
+    if !data.groups.iter().any(|g| g.scheme.is_lasp()) {
+        return None;
+    }
+    let mut rows: Vec<(&str, crate::scheme::Scheme, u64, u64)> = Vec::new();
+    for g in &data.groups {
+        match rows.iter_mut().find(|r| r.0 == g.strategy && r.1 == g.scheme) {
+            Some(r) => {
+                r.2 += 1;
+                r.3 += u64::from(g.size);
+            }
+            None => rows.push((g.strategy.as_str(), g.scheme, 1, u64::from(g.size))),
+        }
+    }
+    let mut md = String::from("## Schemes of the groups\n\n");
+    md.push_str("lasp1 and lasp2 split linear-attention layers (LASP, LASP-2); lasp2h runs LASP-2 on the linear layers and an all-gather of K and V on the softmax layers; a one-GPU group (ulysses u1xr1) splits nothing (docs/schemes.md).\n\n");
+    md.push_str("| strategy | scheme | groups | GPUs in them (summed over groups) |\n|---|---|---:|---:|\n");
+    for (strategy, scheme, groups, gpus) in rows {
+        let _ = writeln!(md, "| {strategy} | {} | {groups} | {gpus} |", scheme.name());
+    }
+    Some(md)
 }
 
 const NO_BASELINE: &str = "No baseline ran (`--baselines none`): there is nothing to compare hsap with.";

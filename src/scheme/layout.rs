@@ -149,6 +149,9 @@ pub fn layout(shape: &GroupShape, docs: &[u32], hsap: &HsapParams) -> GroupLayou
         (_, 1) => (vec![contiguous(docs, 1).remove(0)], vec![false; docs.len()]),
         (Scheme::Hsap, _) => sequence_aware(docs, r, hsap),
         (Scheme::Allgather, _) => (zigzag(docs, r, &vec![true; docs.len()]), vec![true; docs.len()]),
+        // A memory state carries a document from one rank to the next in sequence order, so the
+        // LASP schemes keep the packed sequence in contiguous shards (their softmax layers too).
+        (Scheme::Lasp1 | Scheme::Lasp2 | Scheme::Lasp2h, _) => (contiguous(docs, r), vec![true; docs.len()]),
         _ => (
             match shape.variant {
                 RingVariant::Basic => contiguous(docs, r),

@@ -23,6 +23,16 @@ pub enum Scheme {
     /// Sequence-aware hierarchical SP: Ulysses inside a node, ring across, and documents placed so that
     /// masked blocks are skipped and no KV goes to a rank that does not need it.
     Hsap,
+    /// LASP (Sun et al. 2024, arXiv 2404.02882): linear attention over contiguous sequence
+    /// shards, each rank's memory state passed to the next rank point to point, one rank after
+    /// another (ulysses = 1). Linear layers only.
+    Lasp1,
+    /// LASP-2 (Sun et al. 2025, arXiv 2502.07563): one all-gather of every rank's memory state,
+    /// overlapped with the intra-chunk computation (ulysses = 1). Linear layers only.
+    Lasp2,
+    /// LASP-2H (arXiv 2502.07563, section 3.4): LASP-2 on the linear layers and an all-gather of
+    /// K and V on the softmax layers, over the same contiguous shards (ulysses = 1).
+    Lasp2h,
 }
 
 impl Scheme {
@@ -35,8 +45,20 @@ impl Scheme {
         Scheme::Hsap,
     ];
 
+    /// The schemes of linear-attention and hybrid models (the softmax schemes are [`Scheme::ALL`]).
+    pub const LINEAR: [Scheme; 3] = [Scheme::Lasp1, Scheme::Lasp2, Scheme::Lasp2h];
+
+    /// Whether the scheme is one of the LASP family, which shard the sequence contiguously and
+    /// exchange linear attention's memory states.
+    pub fn is_lasp(self) -> bool {
+        Scheme::LINEAR.contains(&self)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
+            Scheme::Lasp1 => "lasp1",
+            Scheme::Lasp2 => "lasp2",
+            Scheme::Lasp2h => "lasp2h",
             Scheme::Ulysses => "ulysses",
             Scheme::Ring => "ring",
             Scheme::Allgather => "allgather",
@@ -47,10 +69,11 @@ impl Scheme {
     }
 
     pub fn from_name(name: &str) -> Result<Scheme> {
-        Scheme::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| Error::Unknown {
+        let every = || Scheme::ALL.into_iter().chain(Scheme::LINEAR);
+        every().find(|s| s.name() == name).ok_or_else(|| Error::Unknown {
             kind: "scheme",
             name: name.to_string(),
-            known: Scheme::ALL.iter().map(|s| s.name().to_string()).collect(),
+            known: every().map(|s| s.name().to_string()).collect(),
             hint: "pick one of the schemes listed".into(),
         })
     }
@@ -110,8 +133,12 @@ impl GroupShape {
             Scheme::Ring | Scheme::Allgather if u != 1 => {
                 return bad(format!("{} with ulysses = {u}", self.scheme.name()), "use scheme usp for ulysses x ring")
             }
+            s if s.is_lasp() && u != 1 => {
+                return bad(format!("{} with ulysses = {u}", s.name()), "the LASP schemes shard the sequence over ring ranks only: use ulysses = 1")
+            }
             _ => {}
         }
+        self.check_layer_kinds(model)?;
         if model.heads % u != 0 {
             return bad(
                 format!("ulysses degree {u} does not divide the model's {} query heads", model.heads),
@@ -131,6 +158,27 @@ impl GroupShape {
                 format!("a group of {g} GPUs is larger than the cluster's {}", cluster.gpus()),
                 "raise --nodes or lower the degrees",
             );
+        }
+        Ok(())
+    }
+
+    /// Whether the scheme can run the model's layer kinds: linear layers split over more than one
+    /// GPU need a LASP scheme, and LASP-1 and LASP-2 run linear layers only (LASP-2H also
+    /// softmax ones).
+    fn check_layer_kinds(&self, model: &ModelShape) -> Result<()> {
+        let (softmax, linear) = model.layer_counts();
+        let scheme = self.scheme;
+        if linear > 0 && !scheme.is_lasp() && self.size() > 1 {
+            return Err(Error::invalid(
+                format!("{} has {linear} linear-attention layers, which scheme {} does not split", model.name, scheme.name()),
+                "use scheme lasp1, lasp2 (linear layers only) or lasp2h (hybrids), with the SP degree in ring",
+            ));
+        }
+        if softmax > 0 && matches!(scheme, Scheme::Lasp1 | Scheme::Lasp2) && self.ring > 1 {
+            return Err(Error::invalid(
+                format!("{} has {softmax} softmax layers; {} splits linear-attention layers only", model.name, scheme.name()),
+                "use scheme lasp2h for a hybrid model (all-gather attention on its softmax layers)",
+            ));
         }
         Ok(())
     }

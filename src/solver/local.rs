@@ -9,7 +9,7 @@
 
 use super::assign::{earliest_finish, Bin};
 use super::surrogate::Candidate;
-use super::{scheme_options, Ctx, Group};
+use super::{model_scheme_options, Ctx, Group};
 use crate::scheme::GroupShape;
 use crate::trace::Batch;
 
@@ -168,7 +168,7 @@ impl<'a> Local<'a> {
     /// The best scheme of (u, r) for `docs` and its exact time.
     fn best(&mut self, ulysses: u32, ring: u32, docs: &[usize]) -> (GroupShape, f64) {
         let lens: Vec<u32> = docs.iter().map(|&d| self.len(d)).collect();
-        self.left = self.left.saturating_sub(scheme_options(ulysses, ring, self.ctx.gpus_per_domain).len());
+        self.left = self.left.saturating_sub(model_scheme_options(&self.ctx.cm.model, ulysses, ring, self.ctx.gpus_per_domain).len());
         let (shape, cost) = self.ctx.best_scheme(ulysses, ring, &lens);
         let t = if docs.is_empty() { 0.0 } else { self.ctx.time_within_memory(&cost) };
         (shape, t)

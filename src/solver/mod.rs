@@ -25,6 +25,7 @@ pub use surrogate::Candidate;
 
 
 use crate::cost::{CostModel, GroupCost};
+use crate::model::ModelShape;
 use crate::error::{Error, Result};
 use crate::plan::{BatchPlan, GroupPlan, MicroBatch, RankLayout};
 use crate::scheme::{layout, GroupShape, RingVariant, Scheme};
@@ -222,7 +223,7 @@ impl Ctx {
     /// USP, and for u = 1 ring and all-gather, and double ring across nodes.
     pub fn best_scheme(&self, ulysses: u32, ring: u32, lens: &[u32]) -> (GroupShape, GroupCost) {
         let mut best: Option<(GroupShape, GroupCost)> = None;
-        for shape in scheme_options(ulysses, ring, self.gpus_per_domain) {
+        for shape in model_scheme_options(&self.cm.model, ulysses, ring, self.gpus_per_domain) {
             let cost = self.group_cost(&shape, lens);
             let better = match &best {
                 None => true,
@@ -403,10 +404,17 @@ impl Ctx {
 }
 
 /// The (u, r) splits of the given group sizes: Ulysses degree a power of two that divides the
-/// heads and stays inside an NVLink domain; ring over the rest.
+/// heads and stays inside an NVLink domain; ring over the rest. A model with linear-attention
+/// layers is split over the ring only (the LASP schemes).
 pub fn group_shapes(cm: &CostModel, sizes: &[u32]) -> Vec<GroupShape> {
     let gpn = cm.cluster.gpus_per_domain();
     let mut shapes = Vec::new();
+    if cm.model.has_linear_layers() {
+        for &g in sizes {
+            shapes.extend(model_scheme_options(&cm.model, 1, g, gpn).into_iter().take(1));
+        }
+        return shapes;
+    }
     for &g in sizes {
         let mut u = 1;
         while u <= g.min(gpn) {
@@ -535,14 +543,30 @@ fn longest_alone_s(cm: &CostModel, size: u32, len: u32, limit_bytes: f64) -> f64
     let gpn = cm.cluster.gpus_per_domain();
     group_shapes(cm, &[size])
         .iter()
-        .flat_map(|s| scheme_options(s.ulysses, s.ring, gpn))
+        .flat_map(|s| model_scheme_options(&cm.model, s.ulysses, s.ring, gpn))
         .map(|s| cm.group(&s, &[len]))
         .filter(|c| c.memory_bytes <= limit_bytes)
         .map(|c| c.time_s)
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The schemes a (u, r) group may run.
+/// The schemes a (u, r) group of `model` may run: [`scheme_options`] for softmax models; for a
+/// model with linear-attention layers, with u = 1, LASP-2 and LASP-1 (LASP-2H when it also has
+/// softmax layers), and one GPU alone.
+pub fn model_scheme_options(model: &ModelShape, ulysses: u32, ring: u32, gpus_per_domain: u32) -> Vec<GroupShape> {
+    if !model.has_linear_layers() {
+        return scheme_options(ulysses, ring, gpus_per_domain);
+    }
+    let s = |scheme| GroupShape { scheme, ulysses, ring, variant: RingVariant::Basic };
+    match (ulysses, ring) {
+        (1, 1) => vec![s(Scheme::Ulysses)],
+        (1, _) if model.layer_counts().0 > 0 => vec![s(Scheme::Lasp2h)],
+        (1, _) => vec![s(Scheme::Lasp2), s(Scheme::Lasp1)],
+        _ => Vec::new(),
+    }
+}
+
+/// The schemes a (u, r) group of a softmax model may run.
 pub fn scheme_options(ulysses: u32, ring: u32, gpus_per_domain: u32) -> Vec<GroupShape> {
     let s = |scheme| GroupShape { scheme, ulysses, ring, variant: RingVariant::Zigzag };
     if ring == 1 {

@@ -124,6 +124,15 @@ pub fn run_all_with(
             skipped.push((s.name().to_string(), why));
             continue;
         }
+        if ctx.cm.model.has_linear_layers() {
+            let why = format!(
+                "{} has {} linear-attention layers, which only the LASP schemes split (hsap plans them)",
+                ctx.cm.model.name,
+                ctx.cm.model.layer_counts().1
+            );
+            skipped.push((s.name().to_string(), why));
+            continue;
+        }
         let pb = Progress::stderr(opts.progress, &format!("planning {}", s.name()), batches.len() as u64, "batches");
         let timed = |f: &dyn Fn(&Batch) -> Option<super::Solution>, b: &Batch| {
             let t0 = Instant::now();

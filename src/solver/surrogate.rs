@@ -130,7 +130,7 @@ fn interpolate(grid: &[u32], values: &[f64], len: u32) -> f64 {
 /// priced by the best of its (u, r)'s schemes.
 pub fn tabulate(cm: &CostModel, shapes: &[GroupShape], max_len: u32, limit_bytes: f64, progress: &Progress) -> Vec<Candidate> {
     let gpn = cm.cluster.gpus_per_domain();
-    tabulate_with(cm, shapes, max_len, limit_bytes, progress, |s| super::scheme_options(s.ulysses, s.ring, gpn))
+    tabulate_with(cm, shapes, max_len, limit_bytes, progress, |s| super::model_scheme_options(&cm.model, s.ulysses, s.ring, gpn))
 }
 
 /// Tabulates shapes that run exactly their own scheme (the static baselines).

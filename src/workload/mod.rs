@@ -17,7 +17,7 @@ use crate::cost::memory::{
 };
 use crate::cost::pairs::{slot_work, SlotWork};
 use crate::cost::{CostModel, Dtype, Pass, Scope, Transfer};
-use crate::model::{Mlp, ModelShape};
+use crate::model::{LayerKind, LinearAttention, LinearVariant, Mlp, ModelShape};
 use crate::scheme::{layout, GroupLayout, GroupShape, HsapParams, Piece, RankShard, Run, Scheme, Slot};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,16 @@ pub enum Linear {
     MlpUp,
     MlpDown,
     LmHead,
+    /// Linear attention's intra-chunk scores, `Q K^T` inside each chunk.
+    ChunkScores,
+    /// The masked scores times `V` inside each chunk.
+    ChunkOutput,
+    /// Each chunk's queries against the memory state before it, `Q M`.
+    ChunkInter,
+    /// Each chunk's contribution to the memory state, `K^T V`.
+    ChunkState,
+    /// Gated DeltaNet's WY representation inside each chunk (`K K^T`, `T K`, `T V`, `W M`).
+    ChunkDelta,
 }
 
 impl Linear {
@@ -55,6 +65,11 @@ impl Linear {
             Linear::MlpUp => "mlp_up",
             Linear::MlpDown => "mlp_down",
             Linear::LmHead => "lm_head",
+            Linear::ChunkScores => "chunk_scores",
+            Linear::ChunkOutput => "chunk_output",
+            Linear::ChunkInter => "chunk_inter",
+            Linear::ChunkState => "chunk_state",
+            Linear::ChunkDelta => "chunk_delta",
         }
     }
 }
@@ -80,6 +95,11 @@ pub enum Traffic {
     /// FlashAttention-2's backward under grouped-query attention: the per-query-head key and
     /// value gradients summed into their KV heads.
     GqaReduction,
+    /// Linear attention's per-chunk memory states, written by the inter-chunk scan and read
+    /// by the inter-chunk products.
+    StateScan,
+    /// Memory states received from other ranks summed into the one a shard starts from.
+    StateMerge,
     Optimizer,
 }
 
@@ -97,6 +117,8 @@ impl Traffic {
             Traffic::KvGradMerge => "kv_grad_merge",
             Traffic::Conversion => "conversion",
             Traffic::GqaReduction => "gqa_reduction",
+            Traffic::StateScan => "state_scan",
+            Traffic::StateMerge => "state_merge",
             Traffic::Optimizer => "optimizer",
         }
     }
@@ -249,20 +271,21 @@ pub fn batch_layout(shape: &GroupShape, sequences: &[Vec<u32>], params: &HsapPar
 /// A GEMM's `(m, n, k)`: an `m x k` by `k x n` product.
 pub type GemmShape = (f64, f64, f64);
 
-/// GEMMs of one layer's forward on `tokens` tokens per GPU under tensor parallelism `tp`:
-/// (m, n, k) of QKV, output, MLP up and down, in [`Linear::LAYER`]'s order. The backward runs
-/// each as its input gradient `(m, k, n)` and weight gradient `(k, n, m)` ([`pass_shapes`]).
-/// Calibration measures these shapes (`gpu::cuda::MicrobenchPlan`).
-pub fn layer_gemms(m: &ModelShape, tokens: f64, tp: f64) -> [GemmShape; 4] {
+/// GEMMs of one layer of `kind`'s forward on `tokens` tokens per GPU under tensor parallelism
+/// `tp`: (m, n, k) of the mixer's input projections (QKV), its output, MLP up and down, in
+/// [`Linear::LAYER`]'s order. The backward runs each as its input gradient `(m, k, n)` and weight
+/// gradient `(k, n, m)` ([`pass_shapes`]). Calibration measures these shapes
+/// (`gpu::cuda::MicrobenchPlan`).
+pub fn layer_gemms(m: &ModelShape, kind: LayerKind, tokens: f64, tp: f64) -> [GemmShape; 4] {
     let (h, f) = (f64::from(m.hidden), f64::from(m.ffn));
-    let q = f64::from(m.heads * m.head_dim);
-    let kv = f64::from(m.kv_heads * m.head_dim);
+    let (qkv, o) = m.mixer_widths(kind);
+    let (qkv, o) = (qkv as f64, o as f64);
     let up = match m.mlp {
         Mlp::Gated => 2.0 * f,
         Mlp::Plain => f,
     };
     let t = tokens;
-    [(t, (q + 2.0 * kv) / tp, h), (t, h, q / tp), (t, up / tp, h), (t, h, f / tp)]
+    [(t, qkv / tp, h), (t, h, o / tp), (t, up / tp, h), (t, h, f / tp)]
 }
 
 /// The three GEMMs a forward GEMM `(m, n, k)` brings to a training step: itself, its input
@@ -290,6 +313,8 @@ struct Ctx<'a> {
     kv_heads: f64,
     steps: Vec<Step>,
     flops: f64,
+    /// The token mixer of the layers being built.
+    kind: LayerKind,
 }
 
 /// Builds the workload of one group running `sequences` (each a packed list of document
@@ -297,26 +322,37 @@ struct Ctx<'a> {
 /// (its pricing is not used).
 pub fn build(cm: &CostModel, shape: &GroupShape, sequences: &[Vec<u32>], scope: Scope) -> Workload {
     let mut ctx = context(cm, shape, sequences, scope);
-    let layers = match scope {
-        Scope::Step => cm.model.layers,
-        Scope::Layer | Scope::Attention => 1,
+    // A hybrid's layers of each kind run as one repeated step each; a one-layer scope prices a
+    // layer of the model's more frequent kind.
+    let kinds = match scope {
+        Scope::Step => cm.model.kind_counts(),
+        Scope::Layer | Scope::Attention => vec![(cm.model.dominant_kind(), 1)],
     };
-    ctx.layer(layers, Pass::Fwd, "");
+    for &(kind, layers) in &kinds {
+        ctx.kind = kind;
+        ctx.layer(layers, Pass::Fwd, "");
+    }
     if cm.train.backward {
-        match cm.train.checkpointing {
-            Checkpointing::Full => ctx.layer(layers, Pass::Fwd, RECOMPUTE),
-            Checkpointing::Selective => {
-                // The attention core is what is recomputed, its ring or gather included
-                // (Transformer Engine's context-parallel attention sits inside Megatron's
-                // recomputed core attention); the Ulysses all-to-alls around it are not.
-                ctx.attention(layers, Pass::Fwd, RECOMPUTE);
-                if scope != Scope::Attention {
-                    ctx.activation_recompute(layers);
+        for &(kind, layers) in &kinds {
+            ctx.kind = kind;
+            match cm.train.checkpointing {
+                Checkpointing::Full => ctx.layer(layers, Pass::Fwd, RECOMPUTE),
+                Checkpointing::Selective => {
+                    // The attention core is what is recomputed, its ring or gather included
+                    // (Transformer Engine's context-parallel attention sits inside Megatron's
+                    // recomputed core attention); the Ulysses all-to-alls around it are not.
+                    ctx.attention(layers, Pass::Fwd, RECOMPUTE);
+                    if scope != Scope::Attention {
+                        ctx.activation_recompute(layers);
+                    }
                 }
+                Checkpointing::None => {}
             }
-            Checkpointing::None => {}
         }
-        ctx.layer(layers, Pass::Bwd, "");
+        for &(kind, layers) in kinds.iter().rev() {
+            ctx.kind = kind;
+            ctx.layer(layers, Pass::Bwd, "");
+        }
     }
     if scope == Scope::Step {
         ctx.head();
@@ -360,6 +396,7 @@ fn context<'a>(cm: &'a CostModel, shape: &GroupShape, sequences: &[Vec<u32>], sc
         scope,
         steps: Vec::new(),
         flops: 0.0,
+        kind: cm.model.dominant_kind(),
     }
 }
 
@@ -368,6 +405,94 @@ fn pass_name(pass: Pass) -> &'static str {
         Pass::Fwd => "fwd",
         Pass::Bwd => "bwd",
     }
+}
+
+/// Which products of the chunked algorithm a stage runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Each chunk's contribution to the state (`K^T V`; Gated DeltaNet's WY products with it);
+    /// backward, the state's gradient from the output's (`Q^T dO`).
+    State,
+    /// The quadratic block inside each chunk.
+    Intra,
+    /// Each chunk against the state before it; backward, the query gradient through the state
+    /// and the key and value gradients of the state's contribution.
+    Inter,
+}
+
+/// A product every chunk of every head runs, `(a x b) . (b x c)`, as one batched GEMM of
+/// `m = batch x a`.
+#[derive(Debug, Clone, Copy)]
+struct ChunkProduct {
+    linear: Linear,
+    a: f64,
+    b: f64,
+    c: f64,
+}
+
+impl ChunkProduct {
+    fn forward(&self, batch: f64) -> Kernel {
+        Kernel::Gemm { linear: self.linear, m: batch * self.a, n: self.c, k: self.b }
+    }
+
+    /// The gradients of its two operands: `dA = dY B^T` (a x c by c x b) and `dB = A^T dY`
+    /// (b x a by a x c).
+    fn gradients(&self, batch: f64) -> [Kernel; 2] {
+        [
+            Kernel::Gemm { linear: self.linear, m: batch * self.a, n: self.b, k: self.c },
+            Kernel::Gemm { linear: self.linear, m: batch * self.b, n: self.c, k: self.a },
+        ]
+    }
+}
+
+/// The forward products of one chunk of `C` tokens and one head (docs/cost-model.md section
+/// 2b): scores `Q K^T` (C x d_k by d_k x C), output `S V` (C x C by C x d_v), inter-chunk
+/// `Q M` (C x d_k by d_k x d_v), state `K^T V` (d_k x C by C x d_v); Gated DeltaNet adds its WY
+/// representation's `K K^T`, `T K`, `T V` and `W M` (arXiv 2412.06464, section 3.3; the
+/// triangular solve for T, C^3 / 3 multiply-adds, is left out).
+fn chunk_products(la: &LinearAttention) -> (Vec<ChunkProduct>, Vec<ChunkProduct>, Vec<ChunkProduct>) {
+    let (c, k, v) = (f64::from(la.chunk), f64::from(la.key_dim), f64::from(la.value_dim));
+    let product = |linear, a, b, c| ChunkProduct { linear, a, b, c };
+    let mut state = vec![product(Linear::ChunkState, k, c, v)];
+    if la.variant == LinearVariant::GatedDelta {
+        state.extend([
+            product(Linear::ChunkDelta, c, k, c),
+            product(Linear::ChunkDelta, c, c, k),
+            product(Linear::ChunkDelta, c, c, v),
+            product(Linear::ChunkDelta, c, k, v),
+        ]);
+    }
+    let intra = vec![product(Linear::ChunkScores, c, k, c), product(Linear::ChunkOutput, c, c, v)];
+    let inter = vec![product(Linear::ChunkInter, c, k, v)];
+    (state, intra, inter)
+}
+
+/// The kernels of `phase` for `batch` chunk-heads. Backward, the state phase is the inter
+/// product's state gradient (`dM = Q^T dO`, what LASP sends), the inter phase its query
+/// gradient and the state product's two gradients, and the intra phase its products' gradients.
+fn chunk_kernels(la: &LinearAttention, batch: f64, pass: Pass, phase: Phase) -> Vec<Kernel> {
+    if batch <= 0.0 {
+        return Vec::new();
+    }
+    let (state, intra, inter) = chunk_products(la);
+    match (pass, phase) {
+        (Pass::Fwd, Phase::State) => state.iter().map(|p| p.forward(batch)).collect(),
+        (Pass::Fwd, Phase::Intra) => intra.iter().map(|p| p.forward(batch)).collect(),
+        (Pass::Fwd, Phase::Inter) => inter.iter().map(|p| p.forward(batch)).collect(),
+        (Pass::Bwd, Phase::State) => inter.iter().map(|p| p.gradients(batch)[1]).collect(),
+        (Pass::Bwd, Phase::Intra) => intra.iter().flat_map(|p| p.gradients(batch)).collect(),
+        (Pass::Bwd, Phase::Inter) => {
+            let dq = inter.iter().map(|p| p.gradients(batch)[0]);
+            dq.chain(state.iter().flat_map(|p| p.gradients(batch))).collect()
+        }
+    }
+}
+
+/// FLOPs of one chunk of one head, forward (`factor` 1) or backward (2: each product's two
+/// gradients): `2 C^2 (d_k + d_v) + 4 C d_k d_v` for basic and lightning attention.
+pub fn chunk_flops_per_head(la: &LinearAttention, factor: f64) -> f64 {
+    let (state, intra, inter) = chunk_products(la);
+    factor * state.iter().chain(&intra).chain(&inter).map(|p| 2.0 * p.a * p.b * p.c).sum::<f64>()
 }
 
 /// Backward GEMMs compute the input and the weight gradient: twice the forward's work.
@@ -425,7 +550,7 @@ impl Ctx<'_> {
     /// GEMMs of one layer's forward for this rank's tokens: (m, n, k) of QKV, output, MLP up and
     /// down.
     fn gemms(&self) -> [GemmShape; 4] {
-        layer_gemms(self.model(), self.tokens, self.tp())
+        layer_gemms(self.model(), self.kind, self.tokens, self.tp())
     }
 
     /// Bytes the memory-bound operations of one layer's forward move per token (per GPU): two
@@ -663,11 +788,15 @@ impl Ctx<'_> {
     }
 
     fn attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
+        if self.kind == LayerKind::Linear {
+            return self.linear_attention(layers, pass, prefix);
+        }
         if self.shape.ring <= 1 {
             return self.attention_compute(layers, pass, prefix);
         }
         match self.shape.scheme {
-            Scheme::Allgather => self.allgather_attention(layers, pass, prefix),
+            // LASP-2H runs its softmax layers as the all-gather scheme (arXiv 2502.07563, 3.4).
+            Scheme::Allgather | Scheme::Lasp2h => self.allgather_attention(layers, pass, prefix),
             Scheme::DoubleRing => self.double_ring_attention(layers, pass, prefix),
             _ => self.ring_attention(layers, pass, prefix),
         }
@@ -949,6 +1078,93 @@ impl Ctx<'_> {
         }
     }
 
+    /// Chunks of `chunk` tokens the linear-attention kernels run on each slot. A document's state
+    /// starts at zero at its first token (varlen: packed documents never mix) and a shard of a
+    /// split document starts from the state that arrives, so every piece starts a chunk; padding
+    /// is in no sequence (cu_seqlens exclude it, as for softmax attention).
+    fn slot_chunks(&self, chunk: u32) -> Vec<f64> {
+        let chunks = |len: u32| u64::from(len.div_ceil(chunk.max(1)));
+        self.layout.slots.iter().map(|slot| slot.pieces.iter().map(|p| chunks(p.len)).sum::<u64>() as f64).collect()
+    }
+
+    /// Linear-attention heads each rank computes (tensor parallelism splits them).
+    fn linear_heads(&self, la: &LinearAttention) -> f64 {
+        f64::from(la.heads) / self.tp()
+    }
+
+    /// Bytes of the memory states of one rank's heads: `key_dim x value_dim` per head, in fp32
+    /// (the chunk kernels accumulate the state in fp32, and LASP and LASP-2 send it as kept).
+    fn state_bytes(&self, la: &LinearAttention) -> f64 {
+        self.linear_heads(la) * la.state_elements_per_head() * 4.0
+    }
+
+    /// A linear-attention layer's pass: the chunked algorithm on each rank's shard, and the
+    /// scheme's exchange of memory states (none on one slot).
+    fn linear_attention(&mut self, layers: u32, pass: Pass, prefix: &str) {
+        let Some(la) = self.model().linear_attention.clone() else { return };
+        let heads = self.linear_heads(&la);
+        let chunks = self.slot_chunks(la.chunk);
+        let per_slot = |phase: Phase| -> Vec<Vec<Kernel>> { chunks.iter().map(|&n| chunk_kernels(&la, n * heads, pass, phase)).collect() };
+        let busiest = chunks.iter().copied().fold(0.0, f64::max);
+        self.flops += f64::from(layers) * chunk_flops_per_head(&la, pass_factor(pass)) * busiest * heads;
+        let state = self.state_bytes(&la);
+        // The scan writes each chunk's state and the inter-chunk products read it back.
+        let scan = |n: f64| Kernel::Memory { traffic: Traffic::StateScan, bytes: 2.0 * n * state };
+        let with_scan = |mut slots: Vec<Vec<Kernel>>| -> Vec<Vec<Kernel>> {
+            for (kernels, &n) in slots.iter_mut().zip(&chunks) {
+                kernels.push(scan(n));
+            }
+            slots
+        };
+        let r = self.shape.ring;
+        let p = pass_name(pass);
+        if r <= 1 || !self.shape.scheme.is_lasp() {
+            let mut slots = per_slot(Phase::State);
+            for (all, (intra, inter)) in slots.iter_mut().zip(per_slot(Phase::Intra).into_iter().zip(per_slot(Phase::Inter))) {
+                all.extend(intra);
+                all.extend(inter);
+            }
+            let label = format!("{prefix}linear attention {p}");
+            return self.stage(label, Part::Attention, pass, layers, Compute::Slots(with_scan(slots)), None);
+        }
+        let name = self.shape.scheme.name();
+        let (nodes, senders) = (self.nodes, self.cm.train.tp);
+        // Received states summed into the one the shard starts from (read two, write one each).
+        let merge = |states: f64| Kernel::Memory { traffic: Traffic::StateMerge, bytes: 3.0 * states * state };
+        match self.shape.scheme {
+            Scheme::Lasp1 => {
+                // LASP's algorithms 2 and 3: the intra-chunk work and the local state first; then
+                // each rank waits for its predecessor's state, adds its own and sends the sum on,
+                // r - 1 hops one after another (backward: the state gradients, the other way).
+                let mut first = per_slot(Phase::State);
+                for (all, intra) in first.iter_mut().zip(per_slot(Phase::Intra)) {
+                    all.extend(intra);
+                }
+                self.stage(format!("{prefix}{name} intra {p}"), Part::Attention, pass, layers, Compute::Slots(first), None);
+                let hops = r - 1;
+                let chain = self.ring_transfer(f64::from(hops) * state, r, nodes).in_messages(hops);
+                let adds = Compute::uniform(vec![merge(f64::from(hops))]);
+                self.stage(format!("{prefix}{name} state chain {p}"), Part::Attention, pass, layers, adds, Some((chain, false)));
+            }
+            _ => {
+                // LASP-2's algorithms 1 and 2: each rank's local state, then one all-gather of
+                // every rank's state beside the intra-chunk work.
+                self.stage(format!("{prefix}{name} local state {p}"), Part::Attention, pass, layers, Compute::Slots(per_slot(Phase::State)), None);
+                let gather = Transfer::new(Collective::AllGather, r, nodes, f64::from(r) * state).with_network_senders(senders);
+                let intra = Compute::Slots(per_slot(Phase::Intra));
+                self.stage(format!("{prefix}{name} allgather states {p}"), Part::Attention, pass, layers, intra, Some((gather, true)));
+            }
+        }
+        let mut last = with_scan(per_slot(Phase::Inter));
+        if self.shape.scheme != Scheme::Lasp1 {
+            // The prefix of the gathered states a shard needs, summed.
+            for kernels in &mut last {
+                kernels.push(merge(f64::from(r - 1)));
+            }
+        }
+        self.stage(format!("{prefix}{name} inter {p}"), Part::Attention, pass, layers, Compute::Slots(last), None);
+    }
+
     /// Output projection and loss, once per micro-batch: the LM head GEMM and the cross-entropy
     /// over the logits (memory-bound: the stack's bytes per logit, each pass).
     fn head(&mut self) {
@@ -977,21 +1193,34 @@ impl Ctx<'_> {
         let passes = if self.cm.train.backward { 3.0 } else { 1.0 };
         let d = f64::from(m.head_dim);
         let attention_passes = if self.cm.train.backward { 3.5 } else { 1.0 };
-        let layers = match self.scope {
-            Scope::Step => f64::from(m.layers),
-            _ => 1.0,
+        let kinds = match self.scope {
+            Scope::Step => m.kind_counts(),
+            _ => vec![(m.dominant_kind(), 1)],
         };
-        let linear = match self.scope {
-            Scope::Attention => 0.0,
-            _ => 2.0 * m.layer_params() as f64 * real * passes,
-        };
-        let attention = pairs * f64::from(m.heads) * 4.0 * d * attention_passes;
         let head = match self.scope {
             Scope::Step => 2.0 * f64::from(m.vocab) * f64::from(m.hidden) * real * passes,
             _ => 0.0,
         };
+        let layers_flops: f64 = kinds
+            .iter()
+            .map(|&(kind, n)| {
+                let linear = match self.scope {
+                    Scope::Attention => 0.0,
+                    _ => 2.0 * m.kind_layer_params(kind) as f64 * real * passes,
+                };
+                let attention = match (kind, &m.linear_attention) {
+                    (LayerKind::Linear, Some(la)) => {
+                        // Every head's chunks of real tokens, forward once, backward twice.
+                        let chunks: f64 = self.slot_chunks(la.chunk).iter().sum();
+                        chunk_flops_per_head(la, 1.0) * chunks * f64::from(la.heads) * passes
+                    }
+                    _ => pairs * f64::from(m.heads) * 4.0 * d * attention_passes,
+                };
+                f64::from(n) * (linear + attention)
+            })
+            .sum();
         let gpus = f64::from(self.shape.size() * self.cm.train.tp);
-        (layers * (linear + attention) + head) / gpus
+        (layers_flops + head) / gpus
     }
 
     /// Peak memory of the most loaded rank for the scope: model states, kept activations of every
@@ -1038,13 +1267,37 @@ impl Ctx<'_> {
     }
 
     fn scheme_buffer_bytes(&self) -> f64 {
+        let softmax = self.softmax_buffer_bytes();
+        match self.model().linear_attention.clone() {
+            Some(la) if self.model().has_linear_layers() => softmax.max(self.linear_buffer_bytes(&la)),
+            _ => softmax,
+        }
+    }
+
+    /// A linear layer's buffers: the states of its chunks (bf16, kept for the backward by the
+    /// chunk kernels) and the scheme's received states (LASP-2: every rank's; LASP-1: the one
+    /// arriving and the one sent).
+    fn linear_buffer_bytes(&self, la: &LinearAttention) -> f64 {
+        let chunks = self.slot_chunks(la.chunk).into_iter().fold(0.0, f64::max);
+        let state = self.state_bytes(la);
+        let exchange = match (self.shape.scheme, self.shape.ring) {
+            (_, 1) => 0.0,
+            (Scheme::Lasp1, _) => 2.0 * state,
+            (_, r) => f64::from(r) * state,
+        };
+        chunks * state / 2.0 + exchange
+    }
+
+    /// A softmax layer's buffers: the all-to-all's and the ring's or the gather's.
+    fn softmax_buffer_bytes(&self) -> f64 {
         let u = f64::from(self.shape.ulysses);
         // Send and receive buffers of the Q/K/V all-to-all.
         let a2a = if u > 1.0 { 2.0 * self.tokens * self.head_bytes(self.qkv_heads_total()) } else { 0.0 };
         let d = self.head_dim();
         let ring = match (self.shape.scheme, self.shape.ring) {
             (_, 1) => 0.0,
-            (Scheme::Allgather, r) => f64::from(r) * self.slot_tokens() * 2.0 * self.head_bytes(self.kv_heads),
+            (Scheme::Allgather | Scheme::Lasp2h, r) => f64::from(r) * self.slot_tokens() * 2.0 * self.head_bytes(self.kv_heads),
+            (Scheme::Lasp1 | Scheme::Lasp2, _) => 0.0,
             // Double buffering (the block in use and the one arriving: K, V and, backward, their
             // gradients), and the fp32 accumulators of the output (forward) or of dQ, dK, dV.
             _ => {
