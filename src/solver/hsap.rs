@@ -270,39 +270,42 @@ fn repair(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64, opts: &HsapOptio
     }
     let mut banned: Vec<u32> = Vec::new();
     let mut current = best.2.clone();
+    let mut times: Vec<f64> = current.iter().map(|g| exact_s(ctx, batch, g)).collect();
     for _ in 0..REPAIR_ROUNDS {
-        let Some(size) = mispriced_slowest(ctx, batch, &current) else { return };
+        let Some(size) = mispriced_slowest(ctx, batch, &current, &times) else { return };
         banned.push(size);
         let sub = ctx.restricted(|c| !banned.contains(&c.size));
         let Some((mut groups, _)) = best_greedy(&sub, batch, docs, lower) else { return };
         choose_schemes(&sub, batch, &mut groups);
-        // Polished by the local search only when it wins as it is: most rounds only show that
-        // the set-aside size was right after all.
-        if ctx.makespan(batch, &groups) < best.0 {
-            improve(&sub, batch, &mut groups, &sub.candidates, Search { budget: opts.local_evals / REPAIR_BUDGET_SHARE, resize: true });
-            let span = ctx.makespan(batch, &groups);
-            if span < best.0 {
-                *best = (span, Origin::Greedy, groups.clone());
-            }
+        // Polished by the local search before it is compared: an unpolished greedy re-plan is
+        // often a quarter slower than the same plan polished, and the polished one can win.
+        improve(&sub, batch, &mut groups, &sub.candidates, Search { budget: opts.local_evals / REPAIR_BUDGET_SHARE, resize: true });
+        // Each group's exact time: the plan's makespan, and what the next round's check reads.
+        times = groups.iter().map(|g| exact_s(ctx, batch, g)).collect();
+        let span = times.iter().copied().fold(0.0, f64::max);
+        if span < best.0 {
+            *best = (span, Origin::Greedy, groups.clone());
         }
         current = groups;
     }
 }
 
-/// The size of the plan's slowest group when its exact time is more than [`MISPRICED`] above
-/// the surrogate's time for the same documents.
-fn mispriced_slowest(ctx: &Ctx, batch: &Batch, groups: &[Group]) -> Option<u32> {
-    let (group, lens, exact) = groups
-        .iter()
-        .filter(|g| !g.docs.is_empty())
-        .map(|g| {
-            let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
-            let exact = ctx.time_within_memory(&ctx.group_cost(&g.shape, &lens));
-            (g, lens, exact)
-        })
-        .max_by(|a, b| a.2.total_cmp(&b.2))?;
-    let cand = ctx.candidates.iter().find(|c| c.shape.ulysses == group.shape.ulysses && c.shape.ring == group.shape.ring)?;
-    (exact > cand.time_s(lens.iter().copied()) * (1.0 + MISPRICED)).then_some(group.shape.size())
+/// A group's exact time on its shape (0 when it runs nothing; infinite past memory).
+fn exact_s(ctx: &Ctx, batch: &Batch, g: &Group) -> f64 {
+    if g.docs.is_empty() {
+        return 0.0;
+    }
+    let lens: Vec<u32> = g.docs.iter().map(|&d| batch.docs[d].len).collect();
+    ctx.time_within_memory(&ctx.group_cost(&g.shape, &lens))
+}
+
+/// The size of the plan's slowest group (by `times`, each group's exact time) when that time is
+/// more than [`MISPRICED`] above the surrogate's time for the same documents.
+fn mispriced_slowest(ctx: &Ctx, batch: &Batch, groups: &[Group], times: &[f64]) -> Option<u32> {
+    let (group, &exact) = groups.iter().zip(times).filter(|(g, _)| !g.docs.is_empty()).max_by(|a, b| a.1.total_cmp(b.1))?;
+    let cand = ctx.candidate(&group.shape)?;
+    let surrogate = cand.time_s(group.docs.iter().map(|&d| batch.docs[d].len));
+    (exact > surrogate * (1.0 + MISPRICED)).then_some(group.shape.size())
 }
 
 fn gpus_of(ctx: &Ctx, counts: &[u32]) -> u32 {
