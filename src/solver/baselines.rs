@@ -7,7 +7,7 @@
 
 use super::assign::{earliest_finish, split_microbatches, Bin};
 use super::local::{improve, Search};
-use super::surrogate::{tabulate_fixed, Candidate};
+use super::surrogate::Candidate;
 use super::{fill_idle, Ctx, Group, Micro, Solution};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
 use crate::trace::Batch;
@@ -141,7 +141,7 @@ fn surrogate_step(cand: &Candidate, batch: &Batch, sol: &Solution) -> f64 {
 /// family holds the longest document.
 pub fn static_family(ctx: &Ctx, family: Family, batches: &[Batch]) -> Option<(StaticChoice, Vec<Solution>)> {
     let shapes = family.shapes(ctx);
-    let cands = tabulate_fixed(&ctx.cm, &shapes, ctx.max_len, ctx.limit_bytes);
+    let cands = ctx.fixed_tables(&shapes);
     let mut tried: Vec<(String, Option<f64>)> = Vec::new();
     let mut ranked: Vec<(f64, &Candidate)> = Vec::new();
     for c in &cands {
@@ -210,7 +210,7 @@ impl MegatronDcp {
                 GroupShape { scheme, ulysses: 1, ring: s, variant: RingVariant::Zigzag }
             })
             .collect();
-        MegatronDcp { cands: tabulate_fixed(&ctx.cm, &shapes, ctx.max_len, ctx.limit_bytes) }
+        MegatronDcp { cands: ctx.fixed_tables(&shapes) }
     }
 
     /// What one GPU holds in memory, the largest sensible `max_tokens_per_rank`.

@@ -8,7 +8,7 @@
 
 use super::assign::{earliest_finish, makespan, split_microbatches, Bin};
 use super::milp::{MilpStatus, Solve};
-use super::surrogate::{tabulate_fixed, Candidate};
+use super::surrogate::Candidate;
 use super::{fill_idle, Ctx, Group, Micro, Solution};
 use crate::scheme::{GroupShape, RingVariant, Scheme};
 use crate::trace::Batch;
@@ -42,7 +42,7 @@ impl Flexsp {
             .filter(|&s| heads % s == 0 && ctx.packs(s))
             .map(|s| GroupShape { scheme: Scheme::Ulysses, ulysses: s, ring: 1, variant: RingVariant::Zigzag })
             .collect();
-        let cands = tabulate_fixed(&ctx.cm, &shapes, ctx.max_len, ctx.limit_bytes);
+        let cands = ctx.fixed_tables(&shapes);
         Flexsp { opts, cands }
     }
 

@@ -144,6 +144,8 @@ pub struct Ctx {
     /// Exact prices already computed ([`Ctx::group_cost`]), shared with [`Ctx::restricted`]'s
     /// contexts, which price with the same cost model.
     prices: Arc<PriceMemo>,
+    /// The baselines' surrogate tables by shape ([`Ctx::fixed_tables`]).
+    fixed: Arc<Mutex<HashMap<GroupShape, Candidate>>>,
 }
 
 /// Exact group prices by shape and document lengths. A batch's searches price the same group
@@ -217,6 +219,7 @@ impl Ctx {
             candidates,
             sizes,
             prices: Arc::default(),
+            fixed: Arc::default(),
         })
     }
 
@@ -250,6 +253,26 @@ impl Ctx {
         }
         map.insert(key, cost.clone());
         cost
+    }
+
+    /// The surrogate tables of shapes that run exactly their own scheme (the baselines'), each
+    /// shape tabulated once per run: static-ring and megatron-dcp share their ring shapes,
+    /// static-ulysses and flexsp their Ulysses ones, and a ring of 1,024 GPUs takes tens of
+    /// seconds to tabulate.
+    pub fn fixed_tables(&self, shapes: &[GroupShape]) -> Vec<Candidate> {
+        let lock = || self.fixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut missing: Vec<GroupShape> = {
+            let known = lock();
+            shapes.iter().filter(|s| !known.contains_key(s)).copied().collect()
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        let made = surrogate::tabulate_fixed(&self.cm, &missing, self.max_len, self.limit_bytes);
+        let mut known = lock();
+        for c in made {
+            known.insert(c.shape, c);
+        }
+        shapes.iter().filter_map(|s| known.get(s).cloned()).collect()
     }
 
     /// The best scheme for a (u, r) group running `lens`: the fastest that fits in memory (the
@@ -365,6 +388,7 @@ impl Ctx {
             candidates,
             sizes,
             prices: Arc::clone(&self.prices),
+            fixed: Arc::clone(&self.fixed),
         }
     }
 
@@ -509,9 +533,10 @@ pub fn pod_nodes(nodes: u32) -> u32 {
 /// logarithmic in the cluster: 1, 2, 4, ... GPUs inside a node; 1, 2, 4, ... nodes while
 /// doubling the group still runs the longest document at least [`LADDER_MIN_GAIN`] faster alone
 /// (past that, a larger group only adds collectives; smaller groups in parallel use the GPUs
-/// better), and always up to the smallest power of two of nodes that holds it; four steps per
-/// octave between them (3, 5, 6, 7, 10, 12, 14, ... nodes) up to half again the largest of those; and the smallest number of nodes that holds the
-/// longest document, when that is not among them. Each test
+/// better), and always up to the smallest power of two of nodes that holds it; eight steps per
+/// octave between them (3; 5, 6, 7; 9, 10, ..., 15; 18, 20, ..., 30; ... nodes) up to half again
+/// the largest of those; and the smallest number of nodes that holds the longest document, when
+/// that is not among them. Each test
 /// prices one document alone, which costs little next to tabulating a shape.
 pub fn size_ladder(cm: &CostModel, nodes: u32, max_len: u32, limit_bytes: f64) -> Vec<u32> {
     let gpn = cm.cluster.gpus_per_domain();
@@ -552,14 +577,16 @@ pub fn size_ladder(cm: &CostModel, nodes: u32, max_len: u32, limit_bytes: f64) -
             }
         }
     }
-    // Four steps per octave between the powers of two (3; 5, 6, 7; 10, 12, 14; 20, 24, 28; ...
-    // nodes) up to 1.5 times the top of the ladder. A long document is often best on a group
-    // whose size balances its time against what the rest of the GPUs take for the others:
-    // with powers of two only, the 1M-document trace on 8 nodes planned 1.8% slower than with
-    // every size; with 3, 6, 12, ... added, ShareGPT (one 161,309-token document) on 8 nodes
-    // still planned 2-3% slower, its best group for that batch being 5 nodes.
+    // Eight steps per octave between the powers of two (3; 5, 6, 7; 9, 10, ..., 15; 18, 20,
+    // ..., 30; ... nodes: each odd multiplier below 16 times the powers of two) up to 1.5 times
+    // the top of the ladder. A long document is often best on a group whose size balances its
+    // time against what the rest of the GPUs take for the others: with powers of two only, the
+    // 1M-document trace on 8 nodes planned 1.8% slower than with every size; with 3, 6, 12, ...
+    // added, ShareGPT (one 161,309-token document) on 8 nodes still planned 2-3% slower, its
+    // best group for that batch being 5 nodes; with four steps per octave, the Wikipedia trace
+    // on 16 nodes planned 1.35% slower (its 121,543-token document best on 11 nodes).
     let top = sizes.iter().copied().max().unwrap_or(gpn) / gpn;
-    for odd in [3, 5, 7] {
+    for odd in [3, 5, 7, 9, 11, 13, 15] {
         let mut k = odd;
         while k <= nodes && 2 * k <= 3 * top {
             if !sizes.contains(&(k * gpn)) {
