@@ -48,8 +48,8 @@ struct NetStage {
     demand: NetworkDemand,
     /// A data-parallel collective (over more ranks than the group): its kind.
     data_parallel: Option<Collective>,
-    /// Domains its flows load.
-    domains: Vec<u32>,
+    /// Domains its flows load: the group's, or every domain (`None`, a data-parallel ring).
+    domains: Option<Vec<u32>>,
     /// The transfer's isolated time and its parts, scaled to it (a faster protocol, a fit, the
     /// stack's factor): latency, intra-domain part, network part.
     latency_s: f64,
@@ -127,10 +127,7 @@ fn net_stages(cm: &CostModel, g: &Placed) -> Vec<NetStage> {
             let parts = comm::parts(cluster, t);
             let demand = parts.network?;
             let data_parallel = (t.ranks > g.gpus).then_some(t.collective);
-            let domains = match data_parallel {
-                Some(_) => (0..t.nodes.min(cluster.domains())).collect(),
-                None => g.domains.to_vec(),
-            };
+            let domains = data_parallel.is_none().then(|| g.domains.to_vec());
             let isolated = parts.isolated_s();
             let scale = if isolated > 0.0 { s.transfer_s / isolated } else { 1.0 };
             Some(NetStage {
@@ -166,15 +163,16 @@ struct Timelines {
     intervals: Vec<Vec<Vec<(f64, f64)>>>,
     /// Per data-parallel kind: the union of every group's transfers of that kind, merged.
     data_parallel: Vec<(Collective, Vec<(f64, f64)>)>,
-    /// Per domain: the other (not data-parallel) transfers on it: (start, end, group, demand).
-    domains: Vec<Vec<(f64, f64, usize, NetworkDemand)>>,
+    /// Per group with network transfers of its own (not data-parallel): the group, its domains
+    /// and those transfers in time order, (start, end, demand).
+    own: Vec<(usize, Vec<u32>, Vec<(f64, f64, NetworkDemand)>)>,
 }
 
 impl Timelines {
     fn lay_out(groups: &[Placed], net: &[Vec<NetStage>]) -> Timelines {
         let mut intervals = Vec::with_capacity(groups.len());
         let mut data_parallel: Vec<(Collective, Vec<(f64, f64)>)> = Vec::new();
-        let mut domains: Vec<Vec<(f64, f64, usize, NetworkDemand)>> = Vec::new();
+        let mut own: Vec<(usize, Vec<u32>, Vec<(f64, f64, NetworkDemand)>)> = Vec::new();
         for (g, (placed, stages)) in groups.iter().zip(net).enumerate() {
             let mut mine: Vec<Vec<(f64, f64)>> = stages.iter().map(|n| Vec::with_capacity(n.reps_s.len())).collect();
             let mut t = 0.0;
@@ -194,12 +192,11 @@ impl Timelines {
                         None => data_parallel.push((kind, mine[k].clone())),
                     },
                     None => {
-                        for &d in &n.domains {
-                            let d = d as usize;
-                            if domains.len() <= d {
-                                domains.resize(d + 1, Vec::new());
-                            }
-                            domains[d].extend(mine[k].iter().map(|&(a, b)| (a, b, g, n.demand)));
+                        if own.last().is_none_or(|o| o.0 != g) {
+                            own.push((g, placed.domains.to_vec(), Vec::new()));
+                        }
+                        if let Some(o) = own.last_mut() {
+                            o.2.extend(mine[k].iter().map(|&(a, b)| (a, b, n.demand)));
                         }
                     }
                 }
@@ -210,10 +207,7 @@ impl Timelines {
         for (_, list) in &mut data_parallel {
             *list = merge(std::mem::take(list));
         }
-        for list in &mut domains {
-            list.sort_by(|a, b| a.0.total_cmp(&b.0));
-        }
-        Timelines { intervals, data_parallel, domains }
+        Timelines { intervals, data_parallel, own }
     }
 
     /// How much longer than alone group `g`'s transfer of `stage` over [a, b] takes its network
@@ -237,11 +231,15 @@ impl Timelines {
             .collect();
         let alone = mean_rate(capacity, stage.demand, &kinds, None);
         let mut slowest = alone;
-        for &d in &stage.domains {
-            let Some(list) = self.domains.get(d as usize) else { continue };
-            // Other groups' flows on this domain during the interval.
+        // Another group's own flows on a domain this transfer loads: a data-parallel ring loads
+        // every domain. (The planner never puts two groups' own flows on one domain: groups are
+        // whole domains or inside one.)
+        let meets = |domains: &[u32]| stage.domains.as_ref().is_none_or(|mine| mine.iter().any(|d| domains.binary_search(d).is_ok()));
+        for (_, _, list) in self.own.iter().filter(|o| o.0 != g && meets(&o.1)) {
+            // Its transfers run one after another: sorted by start and by end alike.
+            let first = list.partition_point(|x| x.1 <= a);
             let (mut rest, mut rate) = (1.0, 0.0);
-            for &(s, e, _, demand) in list.iter().filter(|x| x.2 != g && x.0 < b && x.1 > a) {
+            for &(s, e, demand) in list[first..].iter().take_while(|x| x.0 < b) {
                 let share = (e.min(b) - s.max(a)) / len;
                 rest -= share;
                 rate += share * mean_rate(capacity, stage.demand, &kinds, Some(demand));
