@@ -50,8 +50,9 @@ struct NetStage {
     data_parallel: Option<Collective>,
     /// Domains its flows load: the group's, or every domain (`None`, a data-parallel ring).
     domains: Option<Vec<u32>>,
-    /// The transfer's isolated time and its parts, scaled to it (a faster protocol, a fit, the
+    /// The stage's `transfer_s`, and the parts of the transfer's isolated time scaled to it (a faster protocol, a fit, the
     /// stack's factor): latency, intra-domain part, network part.
+    isolated_s: f64,
     latency_s: f64,
     intra_s: f64,
     network_s: f64,
@@ -60,8 +61,9 @@ struct NetStage {
 }
 
 impl NetStage {
+    /// Never below the isolated time, which the scaled parts only reach to rounding.
     fn stretched_s(&self, slowdown: f64) -> f64 {
-        self.latency_s + self.intra_s.max(self.network_s * slowdown)
+        (self.latency_s + self.intra_s.max(self.network_s * slowdown)).max(self.isolated_s)
     }
 }
 
@@ -132,6 +134,7 @@ fn net_stages(cm: &CostModel, g: &Placed) -> Vec<NetStage> {
             let scale = if isolated > 0.0 { s.transfer_s / isolated } else { 1.0 };
             Some(NetStage {
                 stage: i,
+                isolated_s: s.transfer_s,
                 demand,
                 data_parallel,
                 domains,
@@ -144,17 +147,18 @@ fn net_stages(cm: &CostModel, g: &Placed) -> Vec<NetStage> {
         .collect()
 }
 
-/// A program's time with its network stages' repetitions at their shared times.
+/// A program's time with its network stages' repetitions at their shared times: its isolated
+/// time plus what each stretched repetition adds, so that a group sharing nothing keeps its
+/// isolated time exactly and no group's time falls below it by rounding.
 fn group_time_s(program: &Program, net: &[NetStage]) -> f64 {
-    let mut next = net.iter().peekable();
-    let mut t = 0.0;
-    for (i, stage) in program.stages.iter().enumerate() {
-        match next.next_if(|n| n.stage == i) {
-            Some(n) => t += n.reps_s.iter().map(|&r| stage.time_with(r)).sum::<f64>(),
-            None => t += f64::from(stage.repeat) * stage.time_s(),
-        }
-    }
-    t
+    let added: f64 = net
+        .iter()
+        .map(|n| {
+            let stage = &program.stages[n.stage];
+            n.reps_s.iter().map(|&r| stage.time_with(r) - stage.time_s()).sum::<f64>()
+        })
+        .sum();
+    program.time_s() + added
 }
 
 /// Where every group's network transfers run on its current timeline.
@@ -322,25 +326,8 @@ mod tests {
     /// A program of one exposed stage carrying `t`, priced at its parts' isolated time (so that
     /// nothing is scaled), of `gpus` GPUs.
     fn program(cm: &CostModel, t: Transfer, gpus: u32) -> Program {
-        Program {
-            shape: GroupShape { scheme: Scheme::Ulysses, ulysses: gpus, ring: 1, variant: RingVariant::Zigzag },
-            stages: vec![Stage {
-                label: "transfer".into(),
-                part: Part::Linear,
-                pass: Pass::Fwd,
-                repeat: 1,
-                compute_s: 0.0,
-                mean_compute_s: 0.0,
-                transfer_s: comm::parts(&cm.cluster, &t).isolated_s(),
-                transfer: Some(t),
-                overlapped: false,
-            }],
-            memory_bytes: 0.0,
-            memory: Default::default(),
-            flops_per_gpu: 0.0,
-            model_flops_per_gpu: 0.0,
-            tokens_per_gpu: 0.0,
-        }
+        let shape = GroupShape { scheme: Scheme::Ulysses, ulysses: gpus, ring: 1, variant: RingVariant::Zigzag };
+        crate::cost::one_transfer(shape, Part::Linear, t, comm::parts(&cm.cluster, &t).isolated_s())
     }
 
     /// ZeRO's collective of one layer over all 16 GPUs (one 400 MB buffer): a ring across both

@@ -26,6 +26,8 @@ pub use compute::{Dtype, Pass};
 pub use memory::{Checkpointing, MemoryBreakdown};
 pub use crate::workload::batch_layout;
 pub use program::{kernel_s, OverlapSplit, Part, Program, Stage};
+#[cfg(test)]
+pub(crate) use program::one_transfer;
 
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};

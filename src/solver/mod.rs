@@ -298,7 +298,7 @@ impl Ctx {
                 let w = f64::from(grp.shape.size()) / g;
                 compute_s += w * grp.cost.compute_s;
                 // Waiting on links another group shares is communication, not idling.
-                exposed_comm_s += w * (grp.cost.exposed_comm_s() + (grp.shared_s - grp.cost.time_s));
+                exposed_comm_s += w * (grp.cost.exposed_comm_s() + (grp.shared_s - grp.cost.time_s).max(0.0));
                 idle_s += w * (grp.cost.idle_s + (m.time_s - grp.shared_s));
                 peak = peak.max(grp.cost.memory_bytes);
             }
