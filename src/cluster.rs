@@ -117,10 +117,16 @@ pub struct PcieTree {
     /// What GPU peer traffic gets across the CPU interconnect between two sockets, one direction
     /// (GB/s, achieved: NCCL's own figure for it is already a practical one).
     pub socket_link_gb_per_s: f64,
-    /// Whether GPUs may read and write each other's memory over PCIe (NCCL's P2P transport);
-    /// false (ACS, a platform or driver without PCIe P2P, NCCL_P2P_DISABLE): NCCL stages every
-    /// transfer through host memory, so all of a switch's traffic crosses its uplink.
+    /// Whether GPUs under one PCIe switch may read and write each other's memory (NCCL's P2P
+    /// transport); false (ACS, a platform or driver without PCIe P2P, NCCL_P2P_DISABLE): NCCL
+    /// stages every transfer through host memory, so all of a switch's traffic crosses its uplink.
+    /// Between GPUs under different switches NCCL stages through host memory whatever this says:
+    /// its default P2P level stops at a common PCIe switch (`PATH_PXB`, src/graph/paths.cc).
     pub p2p: bool,
+    /// What NCCL's transfers staged through host memory (its SHM transport) achieve per GPU and
+    /// direction on large messages (GB/s, achieved); uplinks carry staged traffic at their line
+    /// rate times this figure's share of the GPU link's.
+    pub host_staged_gb_per_s: f64,
 }
 
 impl PcieTree {
@@ -565,7 +571,12 @@ impl Cluster {
                     "describe the node's PCIe tree, or drop intra.pcie",
                 ));
             }
-            for (name, v) in [("intra.pcie.switch_uplink_gb_per_s", tree.switch_uplink_gb_per_s), ("intra.pcie.socket_link_gb_per_s", tree.socket_link_gb_per_s)] {
+            let rates = [
+                ("intra.pcie.switch_uplink_gb_per_s", tree.switch_uplink_gb_per_s),
+                ("intra.pcie.socket_link_gb_per_s", tree.socket_link_gb_per_s),
+                ("intra.pcie.host_staged_gb_per_s", tree.host_staged_gb_per_s),
+            ];
+            for (name, v) in rates {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(Error::input(path, 0, format!("{name} = {v} must be positive"), "fix the cluster file"));
                 }
@@ -575,6 +586,12 @@ impl Cluster {
         let achieved = [
             ("intra.busbw_gb_per_s", self.intra.busbw_gb_per_s, "intra.line_rate_gb_per_s", self.intra.line_rate_gb_per_s),
             ("intra.p2p_gb_per_s", self.intra.p2p_gb_per_s.unwrap_or(0.0), "intra.line_rate_gb_per_s", self.intra.line_rate_gb_per_s),
+            (
+                "intra.pcie.host_staged_gb_per_s",
+                self.intra.pcie.as_ref().map_or(0.0, |t| t.host_staged_gb_per_s),
+                "intra.line_rate_gb_per_s",
+                self.intra.line_rate_gb_per_s,
+            ),
             (
                 "inter.nic_gb_per_s",
                 self.inter.nic_gb_per_s,

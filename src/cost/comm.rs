@@ -207,29 +207,37 @@ pub fn intra_gb_per_s(cluster: &Cluster, collective: Collective) -> f64 {
 }
 
 /// The bandwidth part inside a domain: the bytes each GPU moves over its own link at the fabric's
-/// bus bandwidth, or on a PCIe tree the busiest link the transfer's GPUs share when that is slower.
+/// bus bandwidth, or on a PCIe tree the busiest of the links the transfer's GPUs use ([`pcie_s`]).
 fn intra_s(cluster: &Cluster, t: &Transfer) -> f64 {
-    let own_s = t.bytes * t.collective.busbw_factor(t.ranks) / (intra_gb_per_s(cluster, t.collective) * GB);
+    let per_gpu = t.bytes * t.collective.busbw_factor(t.ranks);
+    let direct_gb_per_s = intra_gb_per_s(cluster, t.collective);
     match &cluster.intra.pcie {
-        Some(tree) => own_s.max(pcie_shared_s(cluster, tree, t)),
-        None => own_s,
+        Some(tree) => pcie_s(cluster, tree, t, per_gpu, direct_gb_per_s),
+        None => per_gpu / (direct_gb_per_s * GB),
     }
 }
 
-/// The time of the busiest shared link of a PCIe tree in one node's part of a transfer, its GPUs
-/// sitting side by side from a switch boundary (the planner's placement). With `n` GPUs of the
-/// transfer in the node, `g` of them under one switch and `s` under one socket, each direction of
-/// - a switch's uplink carries what its `g` GPUs send to GPUs under other switches: all-to-all
-///   `g b (n - g) / n`; a ring (send/recv, and ring collectives' `b x busbw factor` per GPU) one
-///   flow per sending GPU of a slot where it leaves the switch; with P2P off, NCCL stages through
-///   host memory and everything the switch's GPUs send goes up (`g b (n - 1) / n`, `g` flows);
+/// One node's part of a transfer on a PCIe tree, its GPUs side by side from a switch boundary
+/// (the planner's placement): the busiest of each GPU's own link, its switch's uplink and the CPU
+/// interconnect. With `n` GPUs of the transfer in the node, `g` of them under one switch and `s`
+/// under one socket, each direction of
+/// - a GPU's link carries its bytes: peer-to-peer at the fabric's bus bandwidth between GPUs under
+///   one switch when P2P is allowed, staged through host memory otherwise (NCCL's default P2P
+///   level stops at a common switch, so every path through a CPU host bridge is staged), at
+///   `host_staged_gb_per_s`; a ring runs at its slowest edge, so a ring that leaves a switch is
+///   staged throughout;
+/// - a switch's uplink carries what its `g` GPUs stage through host memory: all-to-all
+///   `g b (n - g) / n` (P2P off: `g b (n - 1) / n`); a ring (send/recv, and ring collectives'
+///   `b x busbw factor` per GPU) one flow per sending GPU of a slot where it leaves the switch
+///   (P2P off: `g` flows);
 /// - the CPU interconnect carries what one socket's `s` GPUs send to the other's: all-to-all
 ///   `s b (n - s) / n`; a ring its crossing flows.
 ///
-/// Uplinks run at the fabric's practical share of their line rate (busbw over line rate, as each
-/// GPU's own link does); the socket link's figure is already an achieved one.
-fn pcie_shared_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer) -> f64 {
-    let b = t.bytes;
+/// Uplinks carry staged traffic at their line rate times the staged share of the GPU link's; the
+/// socket link's figure is already an achieved one.
+fn pcie_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer, per_gpu: f64, direct_gb_per_s: f64) -> f64 {
+    let direct = direct_gb_per_s * GB;
+    let staged = tree.host_staged_gb_per_s * GB;
     let gpus = match t.collective {
         // A ring of send/recv: `ranks` slots of `gpus_per_rank` GPUs each.
         Collective::SendRecv => t.ranks.div_ceil(t.nodes.max(1)).saturating_mul(t.gpus_per_rank.max(1)),
@@ -238,20 +246,24 @@ fn pcie_shared_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer) -> f64 {
     }
     .min(cluster.gpus_per_node);
     if gpus <= 1 {
-        return 0.0;
+        return per_gpu / direct;
     }
+    let b = t.bytes;
     let n = f64::from(gpus);
     let g = f64::from(gpus.min(tree.gpus_per_switch));
     let s = f64::from(gpus.min(tree.gpus_per_socket()));
     let crosses_switch = gpus > tree.gpus_per_switch;
     let crosses_socket = gpus > tree.gpus_per_socket();
-    let (uplink_bytes, socket_bytes) = match t.collective {
+    let (own_s, uplink_bytes, socket_bytes) = match t.collective {
         Collective::AllToAll => {
-            let up = if tree.p2p { g * b * (n - g) / n } else { g * b * (n - 1.0) / n };
-            (up, s * b * (n - s) / n)
+            // What each GPU sends to the others under its switch, and to GPUs elsewhere.
+            let (local, remote) = (b * (g - 1.0) / n, b * (n - g) / n);
+            let (direct_bytes, staged_bytes) = if tree.p2p { (local, remote) } else { (0.0, local + remote) };
+            (direct_bytes / direct + staged_bytes / staged, g * staged_bytes, s * b * (n - s) / n)
         }
         _ => {
-            let per_gpu = b * t.collective.busbw_factor(t.ranks);
+            let is_staged = !tree.p2p || crosses_switch;
+            let own_s = per_gpu / if is_staged { staged } else { direct };
             // Ring collectives: one ring edge leaves each switch and socket; send/recv: every GPU
             // of a slot sends to the next slot's, side by side.
             let slot = if t.collective == Collective::SendRecv { f64::from(t.gpus_per_rank.max(1)) } else { 1.0 };
@@ -260,13 +272,13 @@ fn pcie_shared_s(cluster: &Cluster, tree: &PcieTree, t: &Transfer) -> f64 {
                 (true, true) => slot.min(g) * per_gpu,
                 (true, false) => 0.0,
             };
-            (up, if crosses_socket { slot.min(s) * per_gpu } else { 0.0 })
+            (own_s, up, if crosses_socket { slot.min(s) * per_gpu } else { 0.0 })
         }
     };
-    let practical = cluster.intra.busbw_gb_per_s / cluster.intra.line_rate_gb_per_s;
-    let uplink_s = uplink_bytes / (tree.switch_uplink_gb_per_s * practical * GB);
+    let uplink_staged = tree.switch_uplink_gb_per_s * tree.host_staged_gb_per_s / cluster.intra.line_rate_gb_per_s;
+    let uplink_s = uplink_bytes / (uplink_staged * GB);
     let socket_s = if crosses_socket { socket_bytes / (tree.socket_link_gb_per_s * GB) } else { 0.0 };
-    uplink_s.max(socket_s)
+    own_s.max(uplink_s).max(socket_s)
 }
 
 fn bandwidth_time_s(cluster: &Cluster, t: &Transfer) -> f64 {
@@ -448,17 +460,20 @@ mod tests {
 
     #[test]
     fn a_pcie_all_to_all_is_priced_through_the_narrowest_shared_link() {
-        // L40S: 2 GPUs per switch, 2 switches per socket, two sockets; GPU links and switch uplinks
-        // at 31 GB/s x 23.8/31 = 23.8 GB/s, the CPU interconnect at 10 GB/s. 64 MiB per rank.
+        // L40S: 2 GPUs per switch, 2 switches per socket, two sockets; GPU links at 23.8 GB/s
+        // peer-to-peer under a switch, 17.4 GB/s staged through host memory (all traffic that
+        // leaves a switch), uplinks at the staged 17.4 GB/s, the CPU interconnect at 10 GB/s.
+        // 64 MiB per rank.
         let b = 67_108_864.0;
         let simple = (8.4 + 5.7) * 1e-6;
-        // Two GPUs under one switch share nothing: each sends half its buffer at 23.8 GB/s.
+        // Two GPUs under one switch share nothing: each sends half its buffer peer-to-peer.
         let u2 = Transfer::new(Collective::AllToAll, 2, 1, b);
         assert!((time_s(&l40s(), &u2) - (simple + b * 0.5 / 23.8e9)).abs() < 1e-12);
-        // Four GPUs of one socket: each switch's 2 GPUs send 2 of 4 quarters across its uplink,
-        // 2 x b x 2/4 = b, against 3/4 b on each GPU's own link: the uplink bounds it.
+        // Four GPUs of one socket: each switch's 2 GPUs stage 2 of 4 quarters across its uplink,
+        // 2 x b x 2/4 = b, against b/4 peer-to-peer plus b/2 staged on each GPU's own link: the
+        // uplink bounds it.
         let u4 = Transfer::new(Collective::AllToAll, 4, 1, b);
-        assert!((time_s(&l40s(), &u4) - (simple + b / 23.8e9)).abs() < 1e-12);
+        assert!((time_s(&l40s(), &u4) - (simple + b / 17.4e9)).abs() < 1e-12);
         // All eight: a socket's 4 GPUs send half their buffers to the other socket, 4 x b / 2 =
         // 2b over the 10 GB/s CPU interconnect: 13.4 ms, 7.1x the flat fabric's 7/8 b / 23.8 GB/s.
         let u8 = Transfer::new(Collective::AllToAll, 8, 1, b);
@@ -467,15 +482,16 @@ mod tests {
         flat.intra.pcie = None;
         assert!((time_s(&flat, &u8) - (simple + b * 0.875 / 23.8e9)).abs() < 1e-12);
         // Without peer-to-peer NCCL stages through host memory: under one switch both GPUs' sends
-        // go up the uplink and come down again, 2 x b/2 = b per direction: twice the P2P time.
+        // go up the uplink and come down again, 2 x b/2 = b per direction at the staged rate.
         let mut staged = l40s();
         staged.intra.pcie.as_mut().unwrap().p2p = false;
-        assert!((time_s(&staged, &u2) - (simple + b / 23.8e9)).abs() < 1e-12);
+        assert!((time_s(&staged, &u2) - (simple + b / 17.4e9)).abs() < 1e-12);
     }
 
     #[test]
     fn ring_hops_under_one_switch_are_cheap_and_across_sockets_are_not() {
-        // A ring of 2 slots of one GPU each under one switch: the block at the GPU link's 23.8 GB/s.
+        // A ring of 2 slots of one GPU each under one switch: the block peer-to-peer at the GPU
+        // link's 23.8 GB/s.
         let b = 16_777_216.0;
         let simple = (8.4 + 5.7) * 1e-6;
         let near = Transfer::new(Collective::SendRecv, 2, 1, b);
@@ -489,6 +505,14 @@ mod tests {
         let ag = Transfer::new(Collective::AllGather, 8, 1, b);
         let simple_ag = (8.4 + 7.0 * 5.7) * 1e-6;
         assert!((time_s(&l40s(), &ag) - (simple_ag + 0.875 * b / 10e9)).abs() < 1e-12);
+        // A ring all-reduce over one socket's 4 GPUs leaves each switch, so NCCL stages its edges
+        // through host memory: 2 x 3/4 b per GPU at the staged 17.4 GB/s, not the 23.8 GB/s of
+        // peer-to-peer under a switch.
+        let ar = Transfer::new(Collective::AllReduce, 4, 1, b);
+        let simple_ar = (8.4 + 6.0 * 5.7) * 1e-6;
+        assert!((time_s(&l40s(), &ar) - (simple_ar + 1.5 * b / 17.4e9)).abs() < 1e-12);
+        let pair = Transfer::new(Collective::AllReduce, 2, 1, b);
+        assert!((time_s(&l40s(), &pair) - ((8.4 + 2.0 * 5.7) * 1e-6 + b / 23.8e9)).abs() < 1e-12);
     }
 
     #[test]

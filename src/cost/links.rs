@@ -305,7 +305,7 @@ fn covered(list: &[(f64, f64)], a: f64, b: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::cluster::{Cluster, LinkLevel};
-    use crate::cost::{Pass, Part, Stage, TrainConfig, Transfer};
+    use crate::cost::{Part, Stage, TrainConfig, Transfer};
     use crate::model::ModelShape;
     use crate::scheme::{GroupShape, RingVariant, Scheme};
 

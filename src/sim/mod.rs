@@ -169,7 +169,7 @@ fn add(list: &mut Vec<(Collective, f64)>, c: Collective, v: f64) {
 mod tests {
     use super::*;
     use crate::cluster::{Cluster, LinkLevel};
-    use crate::cost::{Pass, Part, Stage, TrainConfig, Transfer};
+    use crate::cost::{Part, TrainConfig, Transfer};
     use crate::model::ModelShape;
     use crate::plan::{GroupPlan, MicroBatch, RankLayout};
     use crate::scheme::{layout, GroupShape, RingVariant, Scheme};

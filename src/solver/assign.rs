@@ -1,7 +1,7 @@
 //! Putting documents into groups: splitting a batch into micro-batches and a greedy assignment by
 //! the surrogate (earliest finish). The exact local search that follows is `local.rs`.
 
-use super::{Candidate, Ctx, Group};
+use super::{Candidate, Ctx, DocCost, Group};
 use crate::trace::Batch;
 
 /// Attention pairs plus the linear layers' work in pair units: the work proxy the sequence-aware
@@ -76,21 +76,22 @@ impl<'a> Bin<'a> {
         self.cand.finish_s(self.load_s, self.alone_s, self.gain_s)
     }
 
-    /// Surrogate time of the group with one more document of `len` tokens.
-    pub fn finish_with_s(&self, len: u32) -> f64 {
-        let c = self.cand;
-        c.finish_s(self.load_s + c.marginal_s(len), self.alone_s.max(c.alone_s(len)), self.gain_s.min(c.anchor_gain_s(len)))
+    /// Surrogate time of the group with one more document whose figures on this group's shape
+    /// are `c`.
+    pub fn finish_with(&self, c: &DocCost) -> f64 {
+        self.cand.finish_s(self.load_s + c.marginal_s, self.alone_s.max(c.alone_s), self.gain_s.min(c.gain_s))
     }
 
     pub fn fits(&self, len: u32) -> bool {
         self.cand.fits(self.tokens + u64::from(len))
     }
 
-    pub fn push(&mut self, d: usize, len: u32) {
+    /// Adds document `d` of `len` tokens, whose figures on this group's shape are `c`.
+    pub fn push_with(&mut self, d: usize, len: u32, c: &DocCost) {
         self.docs.push(d);
-        self.load_s += self.cand.marginal_s(len);
-        self.alone_s = self.alone_s.max(self.cand.alone_s(len));
-        self.gain_s = self.gain_s.min(self.cand.anchor_gain_s(len));
+        self.load_s += c.marginal_s;
+        self.alone_s = self.alone_s.max(c.alone_s);
+        self.gain_s = self.gain_s.min(c.gain_s);
         self.tokens += u64::from(len);
     }
 }
@@ -107,6 +108,19 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
     for d in order {
         let len = batch.docs[d].len;
         empty_seen.clear();
+        // Bins of one shape sit side by side: one interpolation per run of them.
+        let mut last: Option<(*const Candidate, DocCost)> = None;
+        let mut cost = |b: &Bin<'_>| {
+            let c: *const Candidate = b.cand;
+            match last {
+                Some((p, cost)) if p == c => cost,
+                _ => {
+                    let cost = b.cand.doc(len);
+                    last = Some((c, cost));
+                    cost
+                }
+            }
+        };
         let best = bins
             .iter()
             .enumerate()
@@ -122,10 +136,13 @@ pub fn earliest_finish(bins: &mut [Bin<'_>], batch: &Batch, docs: &[usize]) -> b
                 first
             })
             .filter(|(_, b)| b.fits(len))
-            .map(|(i, b)| (i, b.finish_with_s(len), b.load_s))
+            .map(|(i, b)| {
+                let c = cost(b);
+                (i, b.finish_with(&c), b.load_s, c)
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));
-        let Some((i, _, _)) = best else { return false };
-        bins[i].push(d, len);
+        let Some((i, _, _, c)) = best else { return false };
+        bins[i].push_with(d, len, &c);
     }
     true
 }

@@ -16,7 +16,7 @@
 use super::assign::{choose_schemes, deal, earliest_finish, makespan, split_microbatches, Bin};
 use super::local::{improve, improve_scaled, Search};
 use super::milp::{MilpStatus, Solve};
-use super::{fill_idle, Candidate, Ctx, Group, Micro, Priced, Solution};
+use super::{fill_idle, Candidate, Ctx, DocCost, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
 use crate::trace::Batch;
 use good_lp::{constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable};
@@ -381,8 +381,8 @@ fn lower_bound(ctx: &Ctx, lens: &[u32]) -> f64 {
     for &l in lens {
         let fitting = ctx.candidates.iter().filter(|c| capacity(c) >= u64::from(l));
         let (best_time, best_work) = fitting.fold((f64::INFINITY, f64::INFINITY), |(t, w), c| {
-            let m = c.marginal_s(l);
-            (t.min(c.single_s(l)), w.min(f64::from(c.size) * m))
+            let doc = c.doc(l);
+            (t.min(c.single_of(&doc)), w.min(f64::from(c.size) * doc.marginal_s))
         });
         longest = longest.max(best_time);
         gpu_time += best_work;
@@ -390,55 +390,84 @@ fn lower_bound(ctx: &Ctx, lens: &[u32]) -> f64 {
     longest.max(gpu_time / f64::from(ctx.gpus))
 }
 
+/// Every document's figures on every candidate shape, in the greedy's order: the bisection asks
+/// for them at each of its makespans.
+struct OrderCosts<'a> {
+    ctx: &'a Ctx,
+    order: Vec<usize>,
+    lens: Vec<u32>,
+    /// `costs[k * candidates + c]`: document `order[k]` on candidate `c`.
+    costs: Vec<DocCost>,
+    /// [`Candidate::single_s`] of the same pairs.
+    single_s: Vec<f64>,
+}
+
+impl<'a> OrderCosts<'a> {
+    /// The documents longest first (ties by index).
+    fn new(ctx: &'a Ctx, batch: &Batch, docs: &[usize]) -> OrderCosts<'a> {
+        let mut order = docs.to_vec();
+        order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+        let lens: Vec<u32> = order.iter().map(|&d| batch.docs[d].len).collect();
+        let costs: Vec<DocCost> = lens.iter().flat_map(|&l| ctx.candidates.iter().map(move |c| c.doc(l))).collect();
+        let n = ctx.candidates.len().max(1);
+        let single_s = costs.iter().enumerate().map(|(i, dc)| ctx.candidates[i % n].single_of(dc)).collect();
+        OrderCosts { ctx, order, lens, costs, single_s }
+    }
+
+    fn at(&self, k: usize, c: usize) -> (&DocCost, f64) {
+        let i = k * self.ctx.candidates.len() + c;
+        (&self.costs[i], self.single_s[i])
+    }
+}
+
 /// First-fit decreasing at makespan `t`: each document goes to the open group with the least room
 /// left that still finishes by `t` and has memory; otherwise it opens the smallest group (then the
 /// fastest) that runs it by `t`. None when that needs more than the cluster's GPUs.
-fn greedy_at<'a>(ctx: &'a Ctx, batch: &Batch, order: &[usize], t: f64) -> Option<Vec<Bin<'a>>> {
-    let mut bins: Vec<Bin<'a>> = Vec::new();
+fn greedy_at<'a>(oc: &OrderCosts<'a>, t: f64) -> Option<Vec<Bin<'a>>> {
+    let ctx = oc.ctx;
+    // Each bin with its candidate's index, for the table.
+    let mut bins: Vec<(usize, Bin<'a>)> = Vec::new();
     let mut used = 0u32;
-    for &d in order {
-        let len = batch.docs[d].len;
+    for (k, (&d, &len)) in oc.order.iter().zip(&oc.lens).enumerate() {
         let fit = bins
             .iter()
             .enumerate()
-            .filter(|(_, b)| capacity(b.cand) >= b.tokens + u64::from(len))
-            .map(|(i, b)| (i, b.finish_with_s(len)))
+            .filter(|(_, (_, b))| capacity(b.cand) >= b.tokens + u64::from(len))
+            .map(|(i, (c, b))| (i, b.finish_with(oc.at(k, *c).0)))
             .filter(|&(_, finish)| finish <= t)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let i = match fit {
             Some((i, _)) => i,
             None => {
-                let cand = ctx
+                let (c, cand, _) = ctx
                     .candidates
                     .iter()
-                    .filter(|c| capacity(c) >= u64::from(len) && c.single_s(len) <= t)
-                    .min_by(|a, b| {
-                        a.size
-                            .cmp(&b.size)
-                            .then(a.single_s(len).total_cmp(&b.single_s(len)))
-                    })?;
+                    .enumerate()
+                    .map(|(c, cand)| (c, cand, oc.at(k, c).1))
+                    .filter(|&(_, cand, single)| capacity(cand) >= u64::from(len) && single <= t)
+                    .min_by(|a, b| a.1.size.cmp(&b.1.size).then(a.2.total_cmp(&b.2)))?;
                 used += cand.size;
                 if used > ctx.gpus {
                     return None;
                 }
-                bins.push(Bin::new(cand));
+                bins.push((c, Bin::new(cand)));
                 bins.len() - 1
             }
         };
-        bins[i].push(d, len);
+        let (c, bin) = &mut bins[i];
+        bin.push_with(d, len, oc.at(k, *c).0);
     }
-    Some(bins)
+    Some(bins.into_iter().map(|(_, b)| b).collect())
 }
 
 /// The greedy plan at the smallest feasible makespan (bisection), with idle GPUs turned into
 /// single-GPU groups and documents re-spread over all groups by earliest finish.
 fn best_greedy(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64) -> Option<(Vec<Group>, f64)> {
-    let mut order = docs.to_vec();
-    order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
+    let oc = OrderCosts::new(ctx, batch, docs);
     let mut hi = lower.max(1e-6);
     let mut found = None;
     for _ in 0..40 {
-        if let Some(bins) = greedy_at(ctx, batch, &order, hi) {
+        if let Some(bins) = greedy_at(&oc, hi) {
             found = Some(bins);
             break;
         }
@@ -451,7 +480,7 @@ fn best_greedy(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64) -> Option<(
             break;
         }
         let mid = 0.5 * (lo + hi);
-        match greedy_at(ctx, batch, &order, mid) {
+        match greedy_at(&oc, mid) {
             Some(bins) => {
                 best_bins = bins;
                 hi = mid;
@@ -523,15 +552,17 @@ fn pack_types(
     order.sort_by(|&a, &b| batch.docs[b].len.cmp(&batch.docs[a].len).then(a.cmp(&b)));
     for d in order {
         let len = batch.docs[d].len;
+        let costs: Vec<DocCost> = ctx.candidates.iter().map(|c| c.doc(len)).collect();
         let pick = |typed: bool| {
             bins.iter()
                 .enumerate()
                 .filter(|(_, (t, b))| (!typed || Some(*t) == prefer[d]) && b.fits(len))
-                .map(|(i, (_, b))| (i, b.finish_with_s(len), b.load_s))
+                .map(|(i, (t, b))| (i, b.finish_with(&costs[*t]), b.load_s))
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)))
         };
         let (i, _, _) = pick(true).or_else(|| pick(false))?;
-        bins[i].1.push(d, len);
+        let t = bins[i].0;
+        bins[i].1.push_with(d, len, &costs[t]);
     }
     let plain: Vec<Bin<'_>> = bins.into_iter().map(|b| b.1).collect();
     Some((bins_to_groups(ctx, &plain), makespan(&plain)))

@@ -55,14 +55,15 @@ impl Agg {
     }
 
     fn add(mut self, c: &Candidate, d: usize, len: u32) -> Agg {
-        self.load += c.marginal_s(len);
-        let a = (c.alone_s(len), d);
+        let doc = c.doc(len);
+        self.load += doc.marginal_s;
+        let a = (doc.alone_s, d);
         if a.0 > self.alone[0].0 {
             self.alone = [a, self.alone[0]];
         } else if a.0 > self.alone[1].0 {
             self.alone[1] = a;
         }
-        let g = (c.anchor_gain_s(len), d);
+        let g = (doc.gain_s, d);
         if g.0 < self.gain[0].0 {
             self.gain = [g, self.gain[0]];
         } else if g.0 < self.gain[1].0 {

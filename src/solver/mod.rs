@@ -21,7 +21,7 @@ pub use flexsp::{Flexsp, FlexspOptions};
 pub use hsap::{hsap, HsapOptions};
 pub use milp::{MilpStatus, Solve};
 pub use run::{run_all, run_all_with, RunOptions, RunResult, StrategyResult, Strategy};
-pub use surrogate::Candidate;
+pub use surrogate::{Candidate, DocCost};
 
 
 use crate::cost::{CostModel, GroupCost, Program};
@@ -32,6 +32,8 @@ use crate::scheme::{layout, GroupShape, RingVariant, Scheme};
 use crate::progress::{Mode, Progress};
 use crate::trace::Batch;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// One SP group of a micro-batch: its shape and the documents it runs (indices into the batch's
 /// `docs`, in packing order).
@@ -143,6 +145,27 @@ pub struct Ctx {
     pub candidates: Vec<Candidate>,
     /// The group sizes the candidates have, ascending.
     pub sizes: Vec<u32>,
+    /// Exact prices already computed ([`Ctx::group_cost`]), shared with [`Ctx::restricted`]'s
+    /// contexts, which price with the same cost model.
+    prices: Arc<PriceMemo>,
+}
+
+/// Exact group prices by shape and document lengths. A batch's searches price the same group
+/// several times (its scheme's choice, the local search's start, the repair's check, the final
+/// pricing), and `CostModel::group` is a pure function of them. Bounded: emptied when full, which
+/// only costs the repeats.
+#[derive(Default)]
+struct PriceMemo(Mutex<HashMap<(GroupShape, Box<[u32]>), GroupCost>>);
+
+/// Entries the memo holds before it is emptied: a few batches' worth on a pod of 1,024 GPUs
+/// (about 400 bytes each).
+const PRICE_MEMO_ENTRIES: usize = 1 << 15;
+
+impl PriceMemo {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(GroupShape, Box<[u32]>), GroupCost>> {
+        // A panic elsewhere while the lock was held leaves whole entries: the map is still valid.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Ctx {
@@ -197,6 +220,7 @@ impl Ctx {
             max_len,
             candidates,
             sizes,
+            prices: Arc::default(),
         })
     }
 
@@ -219,7 +243,17 @@ impl Ctx {
 
     /// Exact cost of a group running `lens`.
     pub fn group_cost(&self, shape: &GroupShape, lens: &[u32]) -> GroupCost {
-        self.cm.group(shape, lens)
+        let key = (*shape, Box::<[u32]>::from(lens));
+        if let Some(cost) = self.prices.map().get(&key) {
+            return cost.clone();
+        }
+        let cost = self.cm.group(shape, lens);
+        let mut map = self.prices.map();
+        if map.len() >= PRICE_MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, cost.clone());
+        cost
     }
 
     /// The best scheme for a (u, r) group running `lens`: the fastest that fits in memory (the
@@ -333,6 +367,7 @@ impl Ctx {
             max_len: self.max_len,
             candidates,
             sizes,
+            prices: Arc::clone(&self.prices),
         }
     }
 

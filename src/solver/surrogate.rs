@@ -55,6 +55,18 @@ pub struct Candidate {
     alone_s: Vec<f64>,
 }
 
+/// A document's surrogate figures on one candidate shape ([`Candidate::doc`]): what the planner's
+/// packings ask of a (shape, length) pair, interpolated once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DocCost {
+    /// [`Candidate::marginal_s`].
+    pub marginal_s: f64,
+    /// [`Candidate::alone_s`].
+    pub alone_s: f64,
+    /// [`Candidate::anchor_gain_s`].
+    pub gain_s: f64,
+}
+
 impl Candidate {
     /// Surrogate marginal time of one document of `len` tokens on a loaded group.
     pub fn marginal_s(&self, len: u32) -> f64 {
@@ -73,23 +85,41 @@ impl Candidate {
     /// with the others' compute), so a group lightly filled around one long document is closer
     /// to that document alone plus the others' marginal costs than to the loaded line.
     pub fn anchor_gain_s(&self, len: u32) -> f64 {
-        (self.alone_s(len) - self.base_s - self.marginal_s(len)).min(0.0)
+        self.gain_of(self.alone_s(len), self.marginal_s(len))
+    }
+
+    fn gain_of(&self, alone_s: f64, marginal_s: f64) -> f64 {
+        (alone_s - self.base_s - marginal_s).min(0.0)
+    }
+
+    /// The three figures of a document of `len` tokens with one search of the grid: equal to
+    /// [`Self::marginal_s`], [`Self::alone_s`] and [`Self::anchor_gain_s`], at a quarter of the cost.
+    pub fn doc(&self, len: u32) -> DocCost {
+        let at = Position::of(&self.grid, len);
+        let (marginal_s, alone_s) = (at.value(&self.marginal_s), at.value(&self.alone_s));
+        DocCost { marginal_s, alone_s, gain_s: self.gain_of(alone_s, marginal_s) }
     }
 
     /// Surrogate time of the group running `lens`.
     pub fn time_s(&self, lens: impl IntoIterator<Item = u32>) -> f64 {
         let (mut load, mut alone, mut gain) = (self.base_s, 0.0f64, 0.0f64);
         for l in lens {
-            load += self.marginal_s(l);
-            alone = alone.max(self.alone_s(l));
-            gain = gain.min(self.anchor_gain_s(l));
+            let c = self.doc(l);
+            load += c.marginal_s;
+            alone = alone.max(c.alone_s);
+            gain = gain.min(c.gain_s);
         }
         self.finish_s(load, alone, gain)
     }
 
     /// Surrogate time of the group running one document of `len`.
     pub fn single_s(&self, len: u32) -> f64 {
-        self.finish_s(self.base_s + self.marginal_s(len), self.alone_s(len), self.anchor_gain_s(len))
+        self.single_of(&self.doc(len))
+    }
+
+    /// [`Self::single_s`] of a document whose figures are known.
+    pub fn single_of(&self, c: &DocCost) -> f64 {
+        self.finish_s(self.base_s + c.marginal_s, c.alone_s, c.gain_s)
     }
 
     /// The group's time given its load `base + sum f`, the slowest of its documents alone and
@@ -115,14 +145,33 @@ impl Candidate {
 /// Piecewise-linear interpolation on the grid; beyond its end (or its last finite value),
 /// quadratic growth from the last point (attention dominates long documents).
 fn interpolate(grid: &[u32], values: &[f64], len: u32) -> f64 {
-    let i = grid.partition_point(|&g| g < len);
-    if i == 0 || grid.get(i) == Some(&len) {
-        return values[i.min(grid.len() - 1)];
+    Position::of(grid, len).value(values)
+}
+
+/// Where a length falls on a grid: found once, read for every table on that grid.
+struct Position {
+    i: usize,
+    len: u32,
+    /// `(x0, x1)` of the interval holding `len` (None: on a grid point or before the first).
+    interval: Option<(u32, Option<u32>)>,
+}
+
+impl Position {
+    fn of(grid: &[u32], len: u32) -> Position {
+        let i = grid.partition_point(|&g| g < len);
+        if i == 0 || grid.get(i) == Some(&len) {
+            return Position { i: i.min(grid.len() - 1), len, interval: None };
+        }
+        Position { i, len, interval: Some((grid[i - 1], grid.get(i).copied())) }
     }
-    let (x0, y0) = (f64::from(grid[i - 1]), values[i - 1]);
-    match (grid.get(i), values.get(i)) {
-        (Some(&x1), Some(&y1)) if y1.is_finite() => y0 + (y1 - y0) * (f64::from(len) - x0) / (f64::from(x1) - x0),
-        _ => y0 * (f64::from(len) / x0).powi(2),
+
+    fn value(&self, values: &[f64]) -> f64 {
+        let Some((x0, x1)) = self.interval else { return values[self.i] };
+        let (x0, y0) = (f64::from(x0), values[self.i - 1]);
+        match (x1, values.get(self.i)) {
+            (Some(x1), Some(&y1)) if y1.is_finite() => y0 + (y1 - y0) * (f64::from(self.len) - x0) / (f64::from(x1) - x0),
+            _ => y0 * (f64::from(self.len) / x0).powi(2),
+        }
     }
 }
 
@@ -245,6 +294,48 @@ fn max_fitting(cm: &CostModel, shape: &GroupShape, limit_bytes: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hand-made table: on the grid, between points, before the first, past the last finite
+    /// value (alone runs out of memory at 512) and past the grid's end.
+    fn candidate() -> Candidate {
+        let grid = grid(1000);
+        let marginal_s = grid.iter().map(|&l| 1e-6 * f64::from(l) + 1e-9 * f64::from(l).powi(2)).collect();
+        let alone_s = grid.iter().map(|&l| if l <= 512 { 2e-3 + 1e-5 * f64::from(l) } else { f64::INFINITY }).collect();
+        Candidate {
+            shape: GroupShape { scheme: crate::scheme::Scheme::Ulysses, ulysses: 1, ring: 1, variant: Default::default() },
+            size: 1,
+            floor_s: 1e-3,
+            base_s: 2e-3,
+            max_tokens: 512,
+            grid,
+            marginal_s,
+            alone_s,
+        }
+    }
+
+    #[test]
+    fn a_documents_figures_in_one_search_equal_each_figure_alone() {
+        let c = candidate();
+        for len in (1..1200).chain([4000, u32::MAX]) {
+            let doc = c.doc(len);
+            assert_eq!(doc.marginal_s.to_bits(), c.marginal_s(len).to_bits(), "marginal at {len}");
+            assert_eq!(doc.alone_s.to_bits(), c.alone_s(len).to_bits(), "alone at {len}");
+            assert_eq!(doc.gain_s.to_bits(), c.anchor_gain_s(len).to_bits(), "gain at {len}");
+            let single = c.single_s(len);
+            assert_eq!(single.to_bits(), c.finish_s(c.base_s + c.marginal_s(len), c.alone_s(len), c.anchor_gain_s(len)).to_bits());
+        }
+    }
+
+    #[test]
+    fn interpolation_is_linear_between_points_and_quadratic_past_the_last_finite_one() {
+        let g = [1, 10, 100];
+        let v = [1.0, 10.0, f64::INFINITY];
+        assert_eq!(interpolate(&g, &v, 1), 1.0);
+        assert_eq!(interpolate(&g, &v, 5), 5.0);
+        assert_eq!(interpolate(&g, &v, 10), 10.0);
+        assert_eq!(interpolate(&g, &v, 20), 10.0 * 4.0);
+        assert_eq!(interpolate(&g[..2], &v[..2], 30), 10.0 * 9.0);
+    }
 
     #[test]
     fn grid_is_geometric_and_ends_at_the_maximum() {
