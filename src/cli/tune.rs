@@ -219,7 +219,7 @@ fn write_table(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "total: the cost model's step times (groups in isolation); simulated: the same plans replayed with groups sharing the network"
+        "total: the cost model's step times (groups sharing NICs priced in closed form); simulated: the same plans replayed event by event"
     )?;
     writeln!(
         out,

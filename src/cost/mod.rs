@@ -11,6 +11,7 @@ pub mod comm;
 pub mod compute;
 pub mod devset;
 pub mod flops;
+pub mod links;
 pub mod memory;
 pub mod pairs;
 pub mod pipeline;
@@ -25,6 +26,8 @@ pub use compute::{Dtype, Pass};
 pub use memory::{Checkpointing, MemoryBreakdown};
 pub use crate::workload::batch_layout;
 pub use program::{kernel_s, OverlapSplit, Part, Program, Stage};
+#[cfg(test)]
+pub(crate) use program::one_transfer;
 
 use crate::cluster::{Cluster, Collective};
 use crate::error::{Error, Result};
@@ -267,6 +270,28 @@ impl CostModel {
     pub fn group(&self, shape: &GroupShape, docs: &[u32]) -> GroupCost {
         let program = self.program(shape, docs);
         program.cost(&self.cluster)
+    }
+
+    /// Each group's time in a micro-batch of `groups` (programs with their global ranks) running
+    /// at once, the NICs shared between their network traffic (`links`, docs/cost-model.md
+    /// section "Shared links"). Groups that share no NIC keep their isolated `Program::time_s`.
+    pub fn shared_times_s(&self, groups: &[(&Program, &[u32])]) -> Vec<f64> {
+        let gpd = self.cluster.gpus_per_domain().max(1);
+        let domains: Vec<Vec<u32>> = groups
+            .iter()
+            .map(|(_, ranks)| {
+                let mut d: Vec<u32> = ranks.iter().map(|r| r / gpd).collect();
+                d.sort_unstable();
+                d.dedup();
+                d
+            })
+            .collect();
+        let placed: Vec<links::Placed> = groups
+            .iter()
+            .zip(&domains)
+            .map(|((program, ranks), domains)| links::Placed { program, domains, gpus: ranks.len() as u32 })
+            .collect();
+        links::shared_times_s(self, &placed)
     }
 
     /// Peak memory of one group's micro-batch (what [`Self::group`] reports), from its layout

@@ -208,3 +208,28 @@ fn compute_s(cm: &CostModel, compute: &Compute, factor: f64) -> (f64, f64) {
         }),
     }
 }
+
+/// A program of one exposed stage carrying `t` in `transfer_s` and nothing else: the unit tests'
+/// smallest user of the network.
+#[cfg(test)]
+pub(crate) fn one_transfer(shape: GroupShape, part: Part, t: Transfer, transfer_s: f64) -> Program {
+    Program {
+        shape,
+        stages: vec![Stage {
+            label: "transfer".into(),
+            part,
+            pass: Pass::Fwd,
+            repeat: 1,
+            compute_s: 0.0,
+            mean_compute_s: 0.0,
+            transfer_s,
+            transfer: Some(t),
+            overlapped: false,
+        }],
+        memory_bytes: 0.0,
+        memory: Default::default(),
+        flops_per_gpu: 0.0,
+        model_flops_per_gpu: 0.0,
+        tokens_per_gpu: 0.0,
+    }
+}

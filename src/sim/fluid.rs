@@ -3,6 +3,7 @@
 
 use super::timeline::Timeline;
 use crate::cluster::{Cluster, Collective, GB};
+use crate::cost::links::max_min_shares;
 use crate::cost::{comm, CostModel, Program, Stage, Transfer};
 
 /// How one group's micro-batch went.
@@ -340,7 +341,7 @@ fn flow_rates(cluster: &Cluster, cursors: &[Cursor], background: Option<&Flight>
                 None => flows.extend(std::iter::repeat_n((i, f.cap_per_flow), f.flows_per_node as usize)),
             }
         }
-        for (i, share) in water_fill(capacity, &flows) {
+        for (i, share) in max_min_shares(capacity, &flows) {
             rate[i] = rate[i].min(share);
         }
         for (i, l) in followers {
@@ -348,32 +349,4 @@ fn flow_rates(cluster: &Cluster, cursors: &[Cursor], background: Option<&Flight>
         }
     }
     rate
-}
-
-/// Max-min fair allocation of `capacity` to flows with caps: returns (flight index, rate) per flow.
-fn water_fill(capacity: f64, flows: &[(usize, f64)]) -> Vec<(usize, f64)> {
-    let mut order: Vec<usize> = (0..flows.len()).collect();
-    order.sort_by(|&a, &b| flows[a].1.total_cmp(&flows[b].1));
-    let mut left = capacity;
-    let mut out = Vec::with_capacity(flows.len());
-    for (k, &j) in order.iter().enumerate() {
-        let share = left / (flows.len() - k) as f64;
-        let r = flows[j].1.min(share);
-        left -= r;
-        out.push((flows[j].0, r));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn water_filling_gives_capped_flows_their_cap_and_splits_the_rest() {
-        // 48 GB/s over flows capped at 5, 24 and 24: 5, then 21.5 each.
-        let r = water_fill(48.0, &[(0, 24.0), (1, 5.0), (2, 24.0)]);
-        let get = |i| r.iter().find(|(k, _)| *k == i).unwrap().1;
-        assert_eq!((get(0), get(1), get(2)), (21.5, 5.0, 21.5));
-    }
 }

@@ -169,7 +169,7 @@ fn add(list: &mut Vec<(Collective, f64)>, c: Collective, v: f64) {
 mod tests {
     use super::*;
     use crate::cluster::{Cluster, LinkLevel};
-    use crate::cost::{Pass, Part, Stage, TrainConfig, Transfer};
+    use crate::cost::{Part, TrainConfig, Transfer};
     use crate::model::ModelShape;
     use crate::plan::{GroupPlan, MicroBatch, RankLayout};
     use crate::scheme::{layout, GroupShape, RingVariant, Scheme};
@@ -284,25 +284,8 @@ mod tests {
         let t = Transfer::new(Collective::SendRecv, 2, 2, bytes).with_network_senders(1);
         assert_eq!(t.level, LinkLevel::Inter);
         let cluster = Cluster::resolve("a100-40g-ib400").unwrap();
-        Program {
-            shape: GroupShape { scheme: Scheme::Ring, ulysses: 1, ring: 2, variant: RingVariant::Basic },
-            stages: vec![Stage {
-                label: "hop".into(),
-                part: Part::Attention,
-                pass: Pass::Fwd,
-                repeat: 1,
-                compute_s: 0.0,
-                mean_compute_s: 0.0,
-                transfer_s: crate::cost::comm::time_s(&cluster, &t),
-                transfer: Some(t),
-                overlapped: false,
-            }],
-            memory_bytes: 0.0,
-            memory: Default::default(),
-            flops_per_gpu: 0.0,
-            model_flops_per_gpu: 0.0,
-            tokens_per_gpu: 0.0,
-        }
+        let shape = GroupShape { scheme: Scheme::Ring, ulysses: 1, ring: 2, variant: RingVariant::Basic };
+        crate::cost::one_transfer(shape, Part::Attention, t, crate::cost::comm::time_s(&cluster, &t))
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! same batch), priced exactly: never worse than any incumbent.
 
 use super::assign::{choose_schemes, deal, earliest_finish, makespan, split_microbatches, Bin};
-use super::local::{improve, Search};
+use super::local::{improve, improve_scaled, Search};
 use super::milp::{MilpStatus, Solve};
 use super::{fill_idle, Candidate, Ctx, DocCost, Group, Micro, Priced, Solution};
 use crate::error::{Error, Result};
@@ -243,6 +243,7 @@ fn plan_micro(
     }
     if let Some(b) = best.as_mut() {
         repair(ctx, batch, docs, lower, opts, b);
+        balance_shared(ctx, batch, opts, &mut b.2);
     }
     match best {
         Some((_, origin, groups)) => (groups, origin, statuses),
@@ -287,6 +288,34 @@ fn repair(ctx: &Ctx, batch: &Batch, docs: &[usize], lower: f64, opts: &HsapOptio
             *best = (span, Origin::Greedy, groups.clone());
         }
         current = groups;
+    }
+}
+
+/// Rounds of moving documents on shared-link prices.
+const SHARED_ROUNDS: usize = 2;
+
+/// The searches price groups alone; running together, groups whose network traffic another
+/// group's shares (a ZeRO gather beside another group's reduce-scatter, a ring's hops beside
+/// both) take longer, and the slowest of them sets the micro-batch's time. Moves documents off
+/// those groups: the local search with each group's time scaled by what sharing adds to it
+/// (`Ctx::shared_times`), kept when the shared makespan drops, a few rounds.
+fn balance_shared(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, groups: &mut Vec<Group>) {
+    let Some(mut times) = ctx.shared_times(batch, groups) else { return };
+    let span = |t: &[(f64, f64)]| t.iter().map(|x| x.0).fold(0.0, f64::max);
+    for _ in 0..SHARED_ROUNDS {
+        let factors: Vec<f64> = times.iter().map(|&(shared, alone)| if alone > 0.0 && alone.is_finite() { shared / alone } else { 1.0 }).collect();
+        if factors.iter().all(|&f| f <= 1.0 + 1e-9) {
+            return;
+        }
+        let mut next = groups.clone();
+        let search = Search { budget: opts.local_evals / REPAIR_BUDGET_SHARE, resize: false };
+        improve_scaled(ctx, batch, &mut next, &ctx.candidates, search, &factors);
+        let Some(next_times) = ctx.shared_times(batch, &next) else { return };
+        if span(&next_times) >= span(&times) {
+            return;
+        }
+        *groups = next;
+        times = next_times;
     }
 }
 

@@ -113,6 +113,8 @@ struct Local<'a> {
     cands: &'a [Candidate],
     left: usize,
     resize: bool,
+    /// Per group, what sharing links multiplies its exact time by ([`improve_scaled`]).
+    factors: &'a [f64],
     groups: Vec<Group>,
     /// Exact time of each group (0 when empty, infinite over memory).
     time: Vec<f64>,
@@ -122,19 +124,29 @@ struct Local<'a> {
 /// Improves `groups` in place (see the module doc). `cands` are the surrogate's candidates the
 /// groups' (u, r) are looked up in (groups without one are only priced exactly).
 pub fn improve(ctx: &Ctx, batch: &Batch, groups: &mut Vec<Group>, cands: &[Candidate], search: Search) {
+    improve_scaled(ctx, batch, groups, cands, search, &[]);
+}
+
+/// [`improve`] with group `i`'s exact times multiplied by `factors[i]` (1 where absent): what
+/// sharing links with the other groups adds to each (`Ctx::shared_times`), taken as fixed while
+/// documents move. Groups keep their shapes and places (`search.resize` is ignored), so that each
+/// factor stays with its group.
+pub fn improve_scaled(ctx: &Ctx, batch: &Batch, groups: &mut Vec<Group>, cands: &[Candidate], search: Search, factors: &[f64]) {
+    let resize = search.resize && factors.is_empty();
     let mut s = Local {
         ctx,
         batch,
         cands,
         left: search.budget,
-        resize: search.resize,
+        resize,
+        factors,
         groups: std::mem::take(groups),
         time: Vec::new(),
         agg: Vec::new(),
     };
     for i in 0..s.groups.len() {
         let (shape, docs) = (s.groups[i].shape, s.groups[i].docs.clone());
-        let t = s.price(&shape, &docs);
+        let t = s.price_at(i, &shape, &docs);
         s.time.push(t);
     }
     s.agg = (0..s.groups.len()).map(|i| s.agg_of(i)).collect();
@@ -164,6 +176,11 @@ impl<'a> Local<'a> {
         self.left = self.left.saturating_sub(1);
         let lens: Vec<u32> = docs.iter().map(|&d| self.len(d)).collect();
         self.ctx.time_within_memory(&self.ctx.group_cost(shape, &lens))
+    }
+
+    /// [`Self::price`] of group `i`, times its factor.
+    fn price_at(&mut self, i: usize, shape: &GroupShape, docs: &[usize]) -> f64 {
+        self.price(shape, docs) * self.factors.get(i).copied().unwrap_or(1.0)
     }
 
     /// The best scheme of (u, r) for `docs` and its exact time.
@@ -382,7 +399,7 @@ impl<'a> Local<'a> {
                 let from_docs = without(&self.groups[k].docs, doc);
                 let to_docs = with(&self.groups[to].docs, doc);
                 let (sk, sj) = (self.groups[k].shape, self.groups[to].shape);
-                let (a, b) = (self.price(&sk, &from_docs), self.price(&sj, &to_docs));
+                let (a, b) = (self.price_at(k, &sk, &from_docs), self.price_at(to, &sj, &to_docs));
                 if !better(a.max(b)) {
                     return false;
                 }
@@ -393,7 +410,7 @@ impl<'a> Local<'a> {
                 let k_docs = with(&without(&self.groups[k].docs, doc), back);
                 let j_docs = with(&without(&self.groups[to].docs, back), doc);
                 let (sk, sj) = (self.groups[k].shape, self.groups[to].shape);
-                let (a, b) = (self.price(&sk, &k_docs), self.price(&sj, &j_docs));
+                let (a, b) = (self.price_at(k, &sk, &k_docs), self.price_at(to, &sj, &j_docs));
                 if !better(a.max(b)) {
                     return false;
                 }

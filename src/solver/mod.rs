@@ -24,7 +24,7 @@ pub use run::{run_all, run_all_with, RunOptions, RunResult, StrategyResult, Stra
 pub use surrogate::{Candidate, DocCost};
 
 
-use crate::cost::{CostModel, GroupCost};
+use crate::cost::{CostModel, GroupCost, Program};
 use crate::model::ModelShape;
 use crate::error::{Error, Result};
 use crate::plan::{BatchPlan, GroupPlan, MicroBatch, RankLayout};
@@ -66,7 +66,11 @@ pub struct PricedGroup {
     pub docs: Vec<usize>,
     /// Global ranks, local-rank order.
     pub ranks: Vec<u32>,
+    /// Priced alone (`CostModel::group`).
     pub cost: GroupCost,
+    /// Its time in the micro-batch, the NICs shared with the other groups
+    /// (`CostModel::shared_times_s`): at least `cost.time_s`.
+    pub shared_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -310,36 +314,34 @@ impl Ctx {
     pub fn finish(&self, batch: &Batch, sol: &Solution) -> Result<Priced> {
         let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
         let mut micro: Vec<PricedMicro> = Vec::with_capacity(sol.micro.len());
+        let mut syncs = Vec::with_capacity(sol.micro.len());
         for m in &sol.micro {
             let ranks = place_pods(&m.groups, self.pods, self.gpus, self.gpus_per_domain)?;
-            let groups: Vec<PricedGroup> = m
+            let programs: Vec<Program> = m.groups.iter().map(|g| self.cm.program(&g.shape, &lens(&g.docs))).collect();
+            // The groups run at once: each one's time with the NICs shared (`cost::links`).
+            let placed: Vec<(&Program, &[u32])> = programs.iter().zip(&ranks).map(|(p, r)| (p, r.as_slice())).collect();
+            let shared = self.cm.shared_times_s(&placed);
+            // The micro-batch that hides the most of the gradient synchronisation goes last.
+            let busy: Vec<&Program> = programs.iter().zip(&m.groups).filter(|(_, g)| !g.docs.is_empty()).map(|(p, _)| p).collect();
+            syncs.push(self.cm.grad_sync_after(self.cluster_gpus(), &busy));
+            let mut groups: Vec<PricedGroup> = m
                 .groups
                 .iter()
                 .zip(ranks)
-                .map(|(g, ranks)| PricedGroup {
+                .zip(programs.iter().zip(shared))
+                .map(|((g, ranks), (program, shared_s))| PricedGroup {
                     shape: g.shape,
                     docs: g.docs.clone(),
                     ranks,
-                    cost: self.group_cost(&g.shape, &lens(&g.docs)),
+                    cost: program.cost(&self.cm.cluster),
+                    shared_s,
                 })
                 .collect();
-            let mut groups = groups;
             // Listed in rank order, as a reader of the plan expects.
             groups.sort_by_key(|g| g.ranks.first().copied());
-            let time_s = groups.iter().map(|g| g.cost.time_s).fold(0.0, f64::max);
+            let time_s = groups.iter().map(|g| g.shared_s).fold(0.0, f64::max);
             micro.push(PricedMicro { groups, time_s });
         }
-        // The micro-batch that hides the most of the gradient synchronisation goes last.
-        let sync_of = |m: &PricedMicro| {
-            let programs: Vec<_> = m
-                .groups
-                .iter()
-                .filter(|g| !g.docs.is_empty())
-                .map(|g| self.cm.program(&g.shape, &lens(&g.docs)))
-                .collect();
-            self.cm.grad_sync_after(self.cluster_gpus(), &programs.iter().collect::<Vec<_>>())
-        };
-        let syncs: Vec<_> = micro.iter().map(sync_of).collect();
         let last = (0..micro.len()).min_by(|&a, &b| syncs[a].exposed_s.total_cmp(&syncs[b].exposed_s).then(a.cmp(&b)));
         if let Some(last) = last {
             let m = micro.remove(last);
@@ -352,8 +354,9 @@ impl Ctx {
             for grp in &m.groups {
                 let w = f64::from(grp.shape.size()) / g;
                 compute_s += w * grp.cost.compute_s;
-                exposed_comm_s += w * grp.cost.exposed_comm_s();
-                idle_s += w * (grp.cost.idle_s + (m.time_s - grp.cost.time_s));
+                // Waiting on links another group shares is communication, not idling.
+                exposed_comm_s += w * (grp.cost.exposed_comm_s() + (grp.shared_s - grp.cost.time_s).max(0.0));
+                idle_s += w * (grp.cost.idle_s + (m.time_s - grp.shared_s));
                 peak = peak.max(grp.cost.memory_bytes);
             }
         }
@@ -390,6 +393,29 @@ impl Ctx {
             prices: Arc::clone(&self.prices),
             fixed: Arc::clone(&self.fixed),
         }
+    }
+
+    /// Each group's time in a micro-batch of `groups` (on this context's GPUs, the idle ones
+    /// filled) running at once: (with the NICs shared, alone), both infinite past memory, 0 for a
+    /// group without documents. `None` when the groups cannot be placed.
+    pub fn shared_times(&self, batch: &Batch, groups: &[Group]) -> Option<Vec<(f64, f64)>> {
+        let mut all = groups.to_vec();
+        fill_idle(&mut all, self.gpus);
+        let ranks = place(&all, self.gpus, self.gpus_per_domain).ok()?;
+        let lens = |g: &Group| g.docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
+        let programs: Vec<Program> = all.iter().map(|g| self.cm.program(&g.shape, &lens(g))).collect();
+        let placed: Vec<(&Program, &[u32])> = programs.iter().zip(&ranks).map(|(p, r)| (p, r.as_slice())).collect();
+        let shared = self.cm.shared_times_s(&placed);
+        let times = groups.iter().zip(&programs).zip(shared).map(|((g, p), shared)| {
+            if g.docs.is_empty() {
+                (0.0, 0.0)
+            } else if p.memory_bytes > self.limit_bytes {
+                (f64::INFINITY, f64::INFINITY)
+            } else {
+                (shared, p.time_s())
+            }
+        });
+        Some(times.collect())
     }
 
     /// Sum over micro-batches of the slowest group's exact time (no gradient synchronisation);
