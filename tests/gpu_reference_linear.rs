@@ -208,3 +208,41 @@ fn a_wrong_cu_seqlens_is_caught() {
     assert!(out.out_error > 1e-2, "a wrong layout gave error {}", out.out_error);
     assert!(run_plan(&p, &good, &x, true).unwrap().out_error <= TOLERANCE);
 }
+
+/// The planner's own plan: a batch with documents too long for one GPU, planned by `Planner` on
+/// the 3:1 hybrid preset, puts them on lasp2h groups; each such group's rank layouts (token
+/// ranges, cu_seqlens) run through the executor with its linear layers' exchange and match f64
+/// linear attention. Heads and state are shrunk (1 head, 4 x 4) to keep the f64 truth cheap; the
+/// layouts are the plan's.
+#[test]
+fn the_planners_lasp_groups_match_f64_linear_attention() {
+    use hsap::cluster::Cluster;
+    use hsap::cost::TrainConfig;
+    use hsap::model::ModelShape;
+    use hsap::planner::{Planner, PlannerOptions};
+    let model = ModelShape::resolve("hybrid-llama3-1b-3to1").unwrap();
+    let cluster = Cluster::resolve("dgx-a100-80g").unwrap().with_nodes(1).unwrap();
+    let planner = Planner::new(model, cluster, TrainConfig::default(), PlannerOptions { time_limit_s: 0.0, ..PlannerOptions::default() }).unwrap();
+    let lengths: Vec<u32> = vec![8_000, 3_000, 700, 3, 1_500, 64, 130, 5, 2_000, 5_000, 77, 1];
+    let batch = planner.plan(&lengths).unwrap();
+    let mut lasp_groups = 0;
+    for group in batch.microbatches.iter().flat_map(|m| &m.groups) {
+        if !group.scheme.is_lasp() {
+            continue;
+        }
+        lasp_groups += usize::from(group.ring > 1);
+        for scheme in [Scheme::Lasp1, group.scheme] {
+            let p = LinearProblem {
+                scheme,
+                ring: group.ring,
+                docs: group.doc_lengths(),
+                la: shape(LinearVariant::Basic, 1, 4, 4, 64),
+                decay: vec![1.0],
+                seed: 3,
+            };
+            let out = run_plan(&p, &group.rank_layouts, &LinearInputs::random(&p), true).unwrap_or_else(|e| panic!("{scheme:?} r{}: {e}", group.ring));
+            assert!(out.out_error <= TOLERANCE, "{scheme:?} r{} docs {:?}: error {}", group.ring, p.docs, out.out_error);
+        }
+    }
+    assert!(lasp_groups > 0, "the plan split no document over a LASP group: {batch:?}");
+}
