@@ -64,14 +64,14 @@ fn presets_list_their_layer_kinds() {
     assert_eq!(seven.layer_kinds()[7], LayerKind::Softmax);
     // Every softmax model keeps its layers softmax.
     assert_eq!(ModelShape::resolve("llama3-8b").unwrap().layer_counts(), (32, 0));
-    // A linear layer of linear-llama3-1b: Q, K, V of 32 heads x 64 (3 x 2048 x 2048), the output
+    // A linear layer of linear-llama3-1b: Q, K, V of 16 heads x 128 (3 x 2048 x 2048), the output
     // projection (2048 x 2048) and the gated MLP (3 x 2048 x 8192): 16,777,216 + 50,331,648
-    // = 67,108,864; its softmax layer has 8 KV heads: (2048 + 2 x 512) x 2048 + 2048 x 2048 +
-    // 50,331,648 = 60,817,408. The 3:1 hybrid: 12 x 67,108,864 + 4 x 60,817,408 = 1,048,576,000,
-    // plus one tied 128,256 x 2048 embedding (262,668,288).
+    // = 67,108,864; its softmax layer has 8 KV heads of 128: (2048 + 2 x 1024) x 2048 +
+    // 2048 x 2048 + 50,331,648 = 62,914,560. The 3:1 hybrid: 12 x 67,108,864 + 4 x 62,914,560 =
+    // 1,056,964,608, plus one tied 128,256 x 2048 embedding (262,668,288).
     assert_eq!(linear.kind_layer_params(LayerKind::Linear), 67_108_864);
-    assert_eq!(linear.kind_layer_params(LayerKind::Softmax), 60_817_408);
-    assert_eq!(hybrid.params(), 1_048_576_000 + 262_668_288);
+    assert_eq!(linear.kind_layer_params(LayerKind::Softmax), 62_914_560);
+    assert_eq!(hybrid.params(), 1_056_964_608 + 262_668_288);
 }
 
 #[test]
@@ -95,50 +95,50 @@ fn explicit_softmax_indices_equal_the_pattern_and_bad_patterns_are_refused() {
 
 #[test]
 fn chunk_flops_by_hand_with_documents_resetting_the_state() {
-    // linear-llama3-1b: C = 64, d_k = d_v = 64, 32 heads. One chunk of one head, forward:
-    // Q K^T 2 x 64 x 64 x 64 = 524,288; S V 524,288; Q M 524,288; K^T V 524,288: 2,097,152
-    // (= 2 C^2 (d_k + d_v) + 4 C d_k d_v).
+    // linear-llama3-1b: C = 64, d_k = d_v = 128, 16 heads. One chunk of one head, forward:
+    // Q K^T 2 x 64 x 128 x 64 = 1,048,576; S V 1,048,576; Q M 2 x 64 x 128 x 128 = 2,097,152;
+    // K^T V 2,097,152: 6,291,456 (= 2 C^2 (d_k + d_v) + 4 C d_k d_v).
     let cm = cost_model("linear-llama3-1b", 1, fwd_only());
     let one = shape(Scheme::Lasp2, 1);
     let w = cm.workload(&one, &[vec![8192]], Scope::Attention);
-    // 8,192 tokens: 128 chunks x 32 heads x 2,097,152 = 8,589,934,592.
-    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 8_589_934_592.0);
-    assert_eq!(w.flops_per_gpu, 8_589_934_592.0);
+    // 8,192 tokens: 128 chunks x 16 heads x 6,291,456 = 12,884,901,888.
+    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 12_884_901_888.0);
+    assert_eq!(w.flops_per_gpu, 12_884_901_888.0);
     // Varlen: documents of 100 and 28 tokens are chunked apart (2 + 1 chunks, not 128 / 64 = 2).
     let w = cm.workload(&one, &[vec![100, 28]], Scope::Attention);
-    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 3.0 * 32.0 * 2_097_152.0);
+    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 3.0 * 16.0 * 6_291_456.0);
     // The backward computes each product's two gradients: twice the forward.
     let train = TrainConfig { zero: 0, checkpointing: hsap::cost::Checkpointing::None, ..TrainConfig::default() };
     let w = cost_model("linear-llama3-1b", 1, train).workload(&one, &[vec![8192]], Scope::Attention);
-    assert_eq!(chunk_gemm_flops(&w, Pass::Bwd), 2.0 * 8_589_934_592.0);
+    assert_eq!(chunk_gemm_flops(&w, Pass::Bwd), 2.0 * 12_884_901_888.0);
 }
 
 #[test]
 fn lasp2_gathers_every_ranks_state_once_per_pass_beside_the_intra_chunk_work() {
-    // Ring 8 on one DGX A100: each rank's state is 32 heads x 64 x 64 x 4 B = 524,288 bytes; the
-    // all-gather's output holds 8 of them, 4,194,304 bytes, forward and backward, for each of
-    // the 16 layers.
+    // Ring 8 on one DGX A100: each rank's state is 16 heads x 128 x 128 x 4 B = 1,048,576 bytes;
+    // the all-gather's output holds 8 of them, 8,388,608 bytes, forward and backward, for each
+    // of the 16 layers.
     let cm = cost_model("linear-llama3-1b", 1, TrainConfig { zero: 0, checkpointing: hsap::cost::Checkpointing::None, ..TrainConfig::default() });
     let w = cm.workload(&shape(Scheme::Lasp2, 8), &[vec![65_536]], Scope::Step);
     let gathers: Vec<_> = w.steps.iter().filter_map(|s| s.transfer.filter(|t| t.collective == Collective::AllGather && s.part == Part::Attention).map(|t| (s, t))).collect();
     assert_eq!(gathers.len(), 2, "one per pass");
     for (step, t) in gathers {
-        assert_eq!((t.bytes, t.ranks, step.repeat, step.overlapped), (4_194_304.0, 8, 16, true), "{}", step.label);
+        assert_eq!((t.bytes, t.ranks, step.repeat, step.overlapped), (8_388_608.0, 8, 16, true), "{}", step.label);
     }
     // 65,536 tokens over 8 ranks: 8,192 each, 128 chunks: a rank's forward chunk work is the
     // single GPU's over 8,192 tokens.
-    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 8_589_934_592.0);
+    assert_eq!(chunk_gemm_flops(&w, Pass::Fwd), 12_884_901_888.0);
 }
 
 #[test]
 fn lasp1_sends_the_state_from_rank_to_rank_one_hop_after_another() {
-    // Ring 8: seven hops of 524,288 bytes each, one message each, exposed.
+    // Ring 8: seven hops of 1,048,576 bytes each, one message each, exposed.
     let cm = cost_model("linear-llama3-1b", 1, fwd_only());
     let w = cm.workload(&shape(Scheme::Lasp1, 8), &[vec![65_536]], Scope::Layer);
     let chains: Vec<_> = w.steps.iter().filter(|s| s.label.contains("state chain")).collect();
     assert_eq!(chains.len(), 1);
     let t = chains[0].transfer.unwrap();
-    assert_eq!((t.collective, t.bytes, t.messages, chains[0].overlapped), (Collective::SendRecv, 7.0 * 524_288.0, 7, false));
+    assert_eq!((t.collective, t.bytes, t.messages, chains[0].overlapped), (Collective::SendRecv, 7.0 * 1_048_576.0, 7, false));
     // The same chunk work as LASP-2; the state chain makes LASP-1 slower on the same layout.
     let lasp2 = cm.program_batch(&shape(Scheme::Lasp2, 8), &[vec![65_536]], Scope::Layer);
     let lasp1 = cm.program_batch(&shape(Scheme::Lasp1, 8), &[vec![65_536]], Scope::Layer);
@@ -154,9 +154,10 @@ fn lasp2h_runs_lasp2_on_linear_layers_and_gathers_kv_on_softmax_layers() {
     let repeat_of = |needle: &str| w.steps.iter().find(|s| s.label.contains(needle)).map(|s| s.repeat);
     assert_eq!(repeat_of("allgather kv fwd"), Some(4), "the 4 softmax layers");
     assert_eq!(repeat_of("lasp2h allgather states fwd"), Some(12), "the 12 linear layers");
-    // K and V of 8 KV heads x 64 for all 65,536 tokens, bf16: 65,536 x 2 x 8 x 64 x 2 = 134,217,728.
+    // K and V of 8 KV heads x 128 for all 65,536 tokens, bf16: 65,536 x 2 x 8 x 128 x 2 =
+    // 268,435,456.
     let kv = w.steps.iter().find(|s| s.label.contains("allgather kv fwd")).unwrap().transfer.unwrap();
-    assert_eq!(kv.bytes, 134_217_728.0);
+    assert_eq!(kv.bytes, 268_435_456.0);
 }
 
 #[test]
@@ -264,8 +265,8 @@ proptest::proptest! {
         let cm = cost_model("linear-llama3-1b", 1, fwd_only());
         let one: f64 = slot_chunk_flops(&cm.workload(&shape(scheme, 1), &[docs.clone()], Scope::Attention), Pass::Fwd).iter().sum();
         let split: f64 = slot_chunk_flops(&cm.workload(&shape(scheme, r), &[docs.clone()], Scope::Attention), Pass::Fwd).iter().sum();
-        // One chunk of one head: 2,097,152 FLOPs (chunk_flops_by_hand...); 32 heads.
-        let chunk = 32.0 * 2_097_152.0;
+        // One chunk of one head: 6,291,456 FLOPs (chunk_flops_by_hand...); 16 heads.
+        let chunk = 16.0 * 6_291_456.0;
         let whole: f64 = docs.iter().map(|&d| f64::from(d.div_ceil(64))).sum::<f64>() * chunk;
         proptest::prop_assert_eq!(one, whole);
         proptest::prop_assert!(split >= one && split <= one + f64::from(r - 1) * chunk, "r {}: {} against {}", r, split, one);

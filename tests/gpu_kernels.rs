@@ -3,7 +3,7 @@
 //! scripts/test, so CI fails instead of skipping).
 
 use hsap::gpu::attention::Tiling;
-use hsap::gpu::kernels::{compile_ptx, nvrtc_present, ATTENTION, DEFAULT_ARCH, FILES};
+use hsap::gpu::kernels::{compile_ptx, nvrtc_present, ATTENTION, DEFAULT_ARCH, FILES, LINEAR_ATTENTION};
 
 fn nvrtc_or_skip() -> bool {
     if nvrtc_present() {
@@ -24,7 +24,10 @@ fn defined_kernels(source: &str) -> Vec<String> {
         .skip(1)
         .map(|rest| {
             let rest = rest.trim_start();
-            let rest = rest.strip_prefix("__launch_bounds__(THREADS)").unwrap_or(rest).trim_start();
+            let rest = match rest.strip_prefix("__launch_bounds__(") {
+                Some(bounded) => bounded.split_once(')').map_or(bounded, |(_, after)| after).trim_start(),
+                None => rest,
+            };
             rest.split('(').next().unwrap_or("").trim().to_string()
         })
         .collect()
@@ -58,8 +61,9 @@ fn every_kernel_compiles_to_ptx() {
         return;
     }
     for file in FILES {
-        // Only the attention kernels depend on the head dimension.
-        let dims: &[u32] = if file.path == ATTENTION.path { &[64, 128, 256] } else { &[128] };
+        // Only the attention kernels depend on the head dimension (linear attention's: the key
+        // and value size of a head).
+        let dims: &[u32] = if [ATTENTION.path, LINEAR_ATTENTION.path].contains(&file.path) { &[64, 128, 256] } else { &[128] };
         for &head_dim in dims {
             let ptx = compile_ptx(&file, head_dim, &Tiling::default(), DEFAULT_ARCH)
                 .unwrap_or_else(|e| panic!("{e}"))

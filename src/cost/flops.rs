@@ -66,9 +66,10 @@ mod tests {
     #[test]
     fn a_linear_models_count_has_no_quadratic_term() {
         // linear-llama3-1b: 16 x 67,108,864 layer parameters x 6 = 6,442,450,944; chunk products
-        // 16 x 3 x 32 x 2,097,152 / 64 = 50,331,648; logits 6 x 2048 x 128,256 = 1,576,009,728.
+        // 16 layers x 3 x 16 heads x 6,291,456 / 64 = 75,497,472; logits 6 x 2048 x 128,256 =
+        // 1,576,009,728.
         let m = ModelShape::resolve("linear-llama3-1b").unwrap();
-        let want = 6_442_450_944.0 + 50_331_648.0 + 1_576_009_728.0;
+        let want = 6_442_450_944.0 + 75_497_472.0 + 1_576_009_728.0;
         assert_eq!(megatron_model_flops_per_token(&m, 4096), want);
         assert_eq!(megatron_model_flops_per_token(&m, 1 << 20), want, "independent of the sequence length");
     }

@@ -24,7 +24,16 @@ pub const ELEMENTWISE: KernelFile = KernelFile {
     functions: &["fill_random_bf16", "fill_random_f32", "cast_f32_bf16", "add_f32", "add_heads_bf16"],
 };
 
-pub const FILES: [KernelFile; 2] = [ATTENTION, ELEMENTWISE];
+/// Linear attention's chunk kernel (intra-chunk block, inter-chunk product, state update; varlen).
+/// Compiled and checked to PTX, not yet launched: the validator's schedules have no
+/// linear-attention ops (docs/validate.md).
+pub const LINEAR_ATTENTION: KernelFile = KernelFile {
+    path: "kernels/linear_attention.cu",
+    source: include_str!("../../kernels/linear_attention.cu"),
+    functions: &["linear_attn_fwd_varlen"],
+};
+
+pub const FILES: [KernelFile; 3] = [ATTENTION, ELEMENTWISE, LINEAR_ATTENTION];
 
 /// The virtual architecture kernels are compiled for when no GPU says otherwise: Ampere, the
 /// oldest generation the cluster presets have.

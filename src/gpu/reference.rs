@@ -11,6 +11,9 @@
 //!
 //! Casts to bf16 are kept exact here (the buffers stay f32) so that the comparison isolates the
 //! layout and the schedule; bf16 rounding is the GPU check's business.
+//!
+//! [`linear`] is its twin for linear-attention layers: the LASP schemes' shards and state
+//! exchanges against single-device causal linear attention.
 
 use super::attention::{self, Grads, HeadMap, Tensors, TileCount, Tiling};
 use super::schedule::{group_attention, A2aDir, AttnDims, AttnOps, Buf, MetaRef, Op, OpKind, Stream, Tensor, BF16_BYTES, F32_BYTES};
@@ -19,6 +22,8 @@ use crate::plan::RankLayout;
 use crate::scheme::{layout, GroupLayout, GroupShape, HsapParams};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+
+pub mod linear;
 
 /// One test case: a group, its packed documents and the model's attention shape.
 #[derive(Debug, Clone)]
