@@ -72,15 +72,28 @@ impl NetStage {
 pub fn max_min_shares(capacity: f64, flows: &[(usize, f64)]) -> Vec<(usize, f64)> {
     let mut order: Vec<usize> = (0..flows.len()).collect();
     order.sort_by(|&a, &b| flows[a].1.total_cmp(&flows[b].1));
+    let mut classes: Vec<(f64, u32)> = order.iter().map(|&j| (flows[j].1, 1)).collect();
+    let level = water_level(capacity, &mut classes);
+    order.into_iter().map(|j| (flows[j].0, flows[j].1.min(level))).collect()
+}
+
+/// The level of a max-min fair allocation of `capacity` to classes of equal flows, (cap per flow,
+/// flows): every flow gets `min(cap, level)`; infinite when every flow gets its cap. Walking the
+/// classes by cap, a class below the equal share of what is left takes its caps; the first one
+/// above it sets the level for itself and every larger class. Sorts `classes` by cap.
+pub fn water_level(capacity: f64, classes: &mut [(f64, u32)]) -> f64 {
+    classes.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut left = capacity;
-    let mut out = Vec::with_capacity(flows.len());
-    for (k, &j) in order.iter().enumerate() {
-        let share = left / (flows.len() - k) as f64;
-        let r = flows[j].1.min(share);
-        left -= r;
-        out.push((flows[j].0, r));
+    let mut remaining: u32 = classes.iter().map(|c| c.1).sum();
+    for &(cap, n) in classes.iter().filter(|c| c.1 > 0) {
+        let share = left / f64::from(remaining);
+        if cap > share {
+            return share;
+        }
+        left -= cap * f64::from(n);
+        remaining -= n;
     }
-    out
+    f64::INFINITY
 }
 
 /// Each group's micro-batch time with the NICs shared (module docs). A group that shares no
@@ -260,23 +273,25 @@ impl Timelines {
 /// data-parallel kinds in flight (each with probability `kinds[i]`, independently), beside
 /// `other` flows if any.
 fn mean_rate(capacity: f64, own: NetworkDemand, kinds: &[f64], other: Option<NetworkDemand>) -> f64 {
+    if own.flows_per_node == 0 {
+        return 1.0;
+    }
+    let other = other.map_or((0.0, 0), |o| (o.cap_per_flow, o.flows_per_node));
     let mut mean = 0.0;
     for state in 0..1usize << kinds.len() {
         let mut p = 1.0;
-        let mut flows: Vec<(usize, f64)> = vec![(0, own.cap_per_flow); own.flows_per_node as usize];
+        let mut in_flight = 0;
         for (i, &q) in kinds.iter().enumerate() {
             if state & (1 << i) != 0 {
                 p *= q;
-                // A data-parallel collective is one ring flow per domain, capped at its NICs.
-                flows.push((1, capacity));
+                in_flight += 1;
             } else {
                 p *= 1.0 - q;
             }
         }
-        if let Some(o) = other {
-            flows.extend(std::iter::repeat_n((1, o.cap_per_flow), o.flows_per_node as usize));
-        }
-        let rate = max_min_shares(capacity, &flows).into_iter().filter(|&(i, _)| i == 0).map(|(_, r)| r).fold(f64::INFINITY, f64::min);
+        // A data-parallel collective is one ring flow per domain, capped at its NICs.
+        let mut classes = [(own.cap_per_flow, own.flows_per_node), (capacity, in_flight), other];
+        let rate = own.cap_per_flow.min(water_level(capacity, &mut classes));
         mean += p * (rate / own.isolated_rate).min(1.0);
     }
     mean
@@ -308,6 +323,19 @@ mod tests {
     use crate::cost::{Part, Stage, TrainConfig, Transfer};
     use crate::model::ModelShape;
     use crate::scheme::{GroupShape, RingVariant, Scheme};
+
+    #[test]
+    fn classes_of_equal_flows_share_as_their_flows_do_one_by_one() {
+        // 4 flows capped at 5, 2 uncapped (cap 100) and 3 capped at 30 on 60: the 5s take 20, the
+        // other five split 40 equally (8 each, under 30 and 100).
+        let mut classes = [(30.0, 3), (5.0, 4), (100.0, 2)];
+        assert_eq!(water_level(60.0, &mut classes), 8.0);
+        let flows: Vec<(usize, f64)> = [(0, 30.0); 3].into_iter().chain([(1, 5.0); 4]).chain([(2, 100.0); 2]).collect();
+        let shares = max_min_shares(60.0, &flows);
+        assert!(shares.iter().all(|&(o, r)| r == if o == 1 { 5.0 } else { 8.0 }), "{shares:?}");
+        // Everyone under the share: every flow its cap, the level infinite.
+        assert_eq!(water_level(60.0, &mut [(5.0, 2), (10.0, 1), (0.0, 0)]), f64::INFINITY);
+    }
 
     #[test]
     fn water_filling_gives_capped_flows_their_cap_and_splits_the_rest() {

@@ -310,6 +310,10 @@ fn balance_shared(ctx: &Ctx, batch: &Batch, opts: &HsapOptions, groups: &mut Vec
         let mut next = groups.clone();
         let search = Search { budget: opts.local_evals / REPAIR_BUDGET_SHARE, resize: false };
         improve_scaled(ctx, batch, &mut next, &ctx.candidates, search, &factors);
+        // Nothing moved: the shared times would be the same.
+        if next == *groups {
+            return;
+        }
         let Some(next_times) = ctx.shared_times(batch, &next) else { return };
         if span(&next_times) >= span(&times) {
             return;

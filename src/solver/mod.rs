@@ -150,21 +150,34 @@ pub struct Ctx {
     prices: Arc<PriceMemo>,
     /// The baselines' surrogate tables by shape ([`Ctx::fixed_tables`]).
     fixed: Arc<Mutex<HashMap<GroupShape, Candidate>>>,
+    /// Micro-batches already priced with shared links ([`Ctx::shared_s`]).
+    shared: Arc<Mutex<HashMap<SharedKey, Vec<f64>>>>,
 }
 
-/// Exact group prices by shape and document lengths. A batch's searches price the same group
-/// several times (its scheme's choice, the local search's start, the repair's check, the final
-/// pricing), and `CostModel::group` is a pure function of them. Bounded: emptied when full, which
-/// only costs the repeats.
-#[derive(Default)]
-struct PriceMemo(Mutex<HashMap<(GroupShape, Box<[u32]>), GroupCost>>);
+/// A micro-batch as the shared-link pricing sees it: each group's shape, document lengths and
+/// ranks.
+type SharedKey = Vec<(GroupShape, Box<[u32]>, Box<[u32]>)>;
 
-/// Entries the memo holds before it is emptied: a few batches' worth on a pod of 1,024 GPUs
-/// (about 400 bytes each).
-const PRICE_MEMO_ENTRIES: usize = 1 << 15;
+/// Micro-batches the shared-link memo holds before it is emptied: the memo only has to carry a
+/// plan from the rebalancing's last pricing to the final one.
+const SHARED_MEMO_ENTRIES: usize = 256;
+
+/// Exact group programs and prices by shape and document lengths. A batch's searches price the
+/// same group several times (its scheme's choice, the local search's start, the repair's check,
+/// the shared-link pricing, the final pricing), and `CostModel::program` is a pure function of
+/// them. Bounded: emptied when full, which only costs the repeats.
+#[derive(Default)]
+struct PriceMemo(Mutex<HashMap<(GroupShape, Box<[u32]>), Priced1>>);
+
+/// A memoised group: its program (the shared-link pricing reads it) and its cost.
+type Priced1 = (Arc<Program>, GroupCost);
+
+/// Entries the memo holds before it is emptied: a few batches' worth on 64 GPUs (a program is a
+/// few kilobytes).
+const PRICE_MEMO_ENTRIES: usize = 1 << 13;
 
 impl PriceMemo {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(GroupShape, Box<[u32]>), GroupCost>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(GroupShape, Box<[u32]>), Priced1>> {
         // A panic elsewhere while the lock was held leaves whole entries: the map is still valid.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -224,6 +237,7 @@ impl Ctx {
             sizes,
             prices: Arc::default(),
             fixed: Arc::default(),
+            shared: Arc::default(),
         })
     }
 
@@ -244,19 +258,30 @@ impl Ctx {
             .find(|c| c.shape.ulysses == shape.ulysses && c.shape.ring == shape.ring)
     }
 
-    /// Exact cost of a group running `lens`.
+    /// Exact cost of a group running `lens` (`CostModel::group`, memoised).
     pub fn group_cost(&self, shape: &GroupShape, lens: &[u32]) -> GroupCost {
+        self.priced(shape, lens).1
+    }
+
+    /// The program of a group running `lens` (`CostModel::program`, memoised).
+    pub fn program(&self, shape: &GroupShape, lens: &[u32]) -> Arc<Program> {
+        self.priced(shape, lens).0
+    }
+
+    fn priced(&self, shape: &GroupShape, lens: &[u32]) -> Priced1 {
         let key = (*shape, Box::<[u32]>::from(lens));
-        if let Some(cost) = self.prices.map().get(&key) {
-            return cost.clone();
+        if let Some(p) = self.prices.map().get(&key) {
+            return p.clone();
         }
-        let cost = self.cm.group(shape, lens);
+        let program = self.cm.program(shape, lens);
+        let cost = program.cost(&self.cm.cluster);
+        let priced = (Arc::new(program), cost);
         let mut map = self.prices.map();
         if map.len() >= PRICE_MEMO_ENTRIES {
             map.clear();
         }
-        map.insert(key, cost.clone());
-        cost
+        map.insert(key, priced.clone());
+        priced
     }
 
     /// The surrogate tables of shapes that run exactly their own scheme (the baselines'), each
@@ -317,12 +342,11 @@ impl Ctx {
         let mut syncs = Vec::with_capacity(sol.micro.len());
         for m in &sol.micro {
             let ranks = place_pods(&m.groups, self.pods, self.gpus, self.gpus_per_domain)?;
-            let programs: Vec<Program> = m.groups.iter().map(|g| self.cm.program(&g.shape, &lens(&g.docs))).collect();
+            let programs: Vec<Arc<Program>> = m.groups.iter().map(|g| self.program(&g.shape, &lens(&g.docs))).collect();
             // The groups run at once: each one's time with the NICs shared (`cost::links`).
-            let placed: Vec<(&Program, &[u32])> = programs.iter().zip(&ranks).map(|(p, r)| (p, r.as_slice())).collect();
-            let shared = self.cm.shared_times_s(&placed);
+            let shared = self.shared_s(&m.groups, &lens, &programs, &ranks);
             // The micro-batch that hides the most of the gradient synchronisation goes last.
-            let busy: Vec<&Program> = programs.iter().zip(&m.groups).filter(|(_, g)| !g.docs.is_empty()).map(|(p, _)| p).collect();
+            let busy: Vec<&Program> = programs.iter().zip(&m.groups).filter(|(_, g)| !g.docs.is_empty()).map(|(p, _)| p.as_ref()).collect();
             syncs.push(self.cm.grad_sync_after(self.cluster_gpus(), &busy));
             let mut groups: Vec<PricedGroup> = m
                 .groups
@@ -392,6 +416,7 @@ impl Ctx {
             sizes,
             prices: Arc::clone(&self.prices),
             fixed: Arc::clone(&self.fixed),
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -402,10 +427,9 @@ impl Ctx {
         let mut all = groups.to_vec();
         fill_idle(&mut all, self.gpus);
         let ranks = place(&all, self.gpus, self.gpus_per_domain).ok()?;
-        let lens = |g: &Group| g.docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
-        let programs: Vec<Program> = all.iter().map(|g| self.cm.program(&g.shape, &lens(g))).collect();
-        let placed: Vec<(&Program, &[u32])> = programs.iter().zip(&ranks).map(|(p, r)| (p, r.as_slice())).collect();
-        let shared = self.cm.shared_times_s(&placed);
+        let lens = |docs: &[usize]| docs.iter().map(|&d| batch.docs[d].len).collect::<Vec<u32>>();
+        let programs: Vec<Arc<Program>> = all.iter().map(|g| self.program(&g.shape, &lens(&g.docs))).collect();
+        let shared = self.shared_s(&all, &lens, &programs, &ranks);
         let times = groups.iter().zip(&programs).zip(shared).map(|((g, p), shared)| {
             if g.docs.is_empty() {
                 (0.0, 0.0)
@@ -416,6 +440,25 @@ impl Ctx {
             }
         });
         Some(times.collect())
+    }
+
+    /// `CostModel::shared_times_s` of `groups` (their `programs` on `ranks`), memoised: the
+    /// rebalancing's last pricing of a plan is the final pricing's, and it is a pure function of
+    /// the groups' shapes, document lengths and ranks.
+    fn shared_s(&self, groups: &[Group], lens: &dyn Fn(&[usize]) -> Vec<u32>, programs: &[Arc<Program>], ranks: &[Vec<u32>]) -> Vec<f64> {
+        let key: SharedKey = groups.iter().zip(ranks).map(|(g, r)| (g.shape, lens(&g.docs).into(), r.as_slice().into())).collect();
+        let lock = || self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(times) = lock().get(&key) {
+            return times.clone();
+        }
+        let placed: Vec<(&Program, &[u32])> = programs.iter().zip(ranks).map(|(p, r)| (p.as_ref(), r.as_slice())).collect();
+        let times = self.cm.shared_times_s(&placed);
+        let mut map = lock();
+        if map.len() >= SHARED_MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, times.clone());
+        times
     }
 
     /// Sum over micro-batches of the slowest group's exact time (no gradient synchronisation);
