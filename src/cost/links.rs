@@ -22,6 +22,7 @@
 use super::comm::{self, NetworkDemand};
 use super::{CostModel, Program};
 use crate::cluster::{Collective, GB};
+use std::collections::HashMap;
 
 /// The timelines are laid out again with the stretched transfers until no group's time moves by
 /// more than this share, at most [`MAX_ROUNDS`] times. Each round re-aligns the groups' phases to
@@ -58,6 +59,8 @@ struct NetStage {
     network_s: f64,
     /// Each repetition's transfer time under sharing (isolated at first).
     reps_s: Vec<f64>,
+    /// Its flows' relative rates beside no other group's flows ([`rates`]).
+    alone: [f64; KINDS + 1],
 }
 
 impl NetStage {
@@ -98,39 +101,81 @@ pub fn water_level(capacity: f64, classes: &mut [(f64, u32)]) -> f64 {
 
 /// Each group's micro-batch time with the NICs shared (module docs). A group that shares no
 /// NIC with another's traffic keeps its isolated time exactly.
+///
+/// Groups with the same program and no network traffic of their own (only data-parallel
+/// collectives, which load every domain alike) have the same timeline and meet the same traffic,
+/// so they are priced once ([`twins`]): a micro-batch of 1,024 GPUs holds hundreds of idle or
+/// equally loaded groups and a few distinct ones. The result is the same as pricing each: the
+/// data-parallel collectives' intervals are merged into their union, which twins do not change.
 pub fn shared_times_s(cm: &CostModel, groups: &[Placed]) -> Vec<f64> {
     let cluster = &cm.cluster;
     let capacity = cluster.nics_per_domain() * cluster.inter.nic_gb_per_s * GB;
-    let mut net: Vec<Vec<NetStage>> = groups.iter().map(|g| net_stages(cm, g)).collect();
-    if net.iter().filter(|n| !n.is_empty()).count() < 2 {
+    let mut all_net: Vec<Vec<NetStage>> = groups.iter().map(|g| net_stages(cm, g, capacity)).collect();
+    if all_net.iter().filter(|n| !n.is_empty()).count() < 2 {
         return groups.iter().map(|g| g.program.time_s()).collect();
     }
-    let mut times: Vec<f64> = groups.iter().map(|g| g.program.time_s()).collect();
+    let (owner, firsts) = twins(groups, &all_net);
+    let unique: Vec<Placed> = firsts.iter().map(|&i| groups[i]).collect();
+    let mut net: Vec<Vec<NetStage>> = firsts.iter().map(|&i| std::mem::take(&mut all_net[i])).collect();
+    let mut times: Vec<f64> = unique.iter().map(|g| g.program.time_s()).collect();
+    let mut rates = Rates { capacity, table: HashMap::new(), last: None };
     for _ in 0..MAX_ROUNDS {
-        let lines = Timelines::lay_out(groups, &net);
+        let lines = Timelines::lay_out(&unique, &net);
         for (g, stages) in net.iter_mut().enumerate() {
             for (s, stage) in stages.iter_mut().enumerate() {
                 for i in 0..stage.reps_s.len() {
                     let (a, b) = lines.intervals[g][s][i];
-                    let slowdown = lines.slowdown(capacity, g, stage, a, b);
+                    let slowdown = lines.slowdown(&mut rates, g, stage, a, b);
                     // Half a step towards the new time: the rounds alternate around their limit,
                     // and the mean of two alternates is nearer it than either.
                     stage.reps_s[i] = 0.5 * (stage.reps_s[i] + stage.stretched_s(slowdown));
                 }
             }
         }
-        let next: Vec<f64> = groups.iter().zip(&net).map(|(g, n)| group_time_s(g.program, n)).collect();
+        let next: Vec<f64> = unique.iter().zip(&net).map(|(g, n)| group_time_s(g.program, n)).collect();
         let moved = times.iter().zip(&next).map(|(a, b)| (b - a).abs() / b.max(f64::MIN_POSITIVE)).fold(0.0, f64::max);
         times = next;
         if moved < CONVERGED {
             break;
         }
     }
-    times
+    owner.iter().map(|&u| times[u]).collect()
+}
+
+/// Classes of twins: groups with the same program (the same `Program`, by address) and GPUs whose
+/// network stages are all data-parallel. Every other group is a class of its own. Returns each
+/// group's class and each class's first group, in order of first appearance.
+fn twins(groups: &[Placed], net: &[Vec<NetStage>]) -> (Vec<usize>, Vec<usize>) {
+    let mut class_of: HashMap<(*const Program, u32), usize> = HashMap::new();
+    let mut firsts = Vec::new();
+    let owner = groups
+        .iter()
+        .zip(net)
+        .enumerate()
+        .map(|(i, (g, n))| {
+            let mut new_class = || {
+                firsts.push(i);
+                firsts.len() - 1
+            };
+            if n.iter().any(|s| s.domains.is_some()) {
+                return new_class();
+            }
+            let key = (std::ptr::from_ref(g.program), g.gpus);
+            match class_of.get(&key) {
+                Some(&c) => c,
+                None => {
+                    let c = new_class();
+                    class_of.insert(key, c);
+                    c
+                }
+            }
+        })
+        .collect();
+    (owner, firsts)
 }
 
 /// The group's network stages, with their isolated parts.
-fn net_stages(cm: &CostModel, g: &Placed) -> Vec<NetStage> {
+fn net_stages(cm: &CostModel, g: &Placed, capacity: f64) -> Vec<NetStage> {
     let cluster = &cm.cluster;
     g.program
         .stages
@@ -155,6 +200,7 @@ fn net_stages(cm: &CostModel, g: &Placed) -> Vec<NetStage> {
                 intra_s: scale * parts.intra_s,
                 network_s: scale * demand.bytes_per_flow / demand.isolated_rate,
                 reps_s: vec![s.transfer_s; s.repeat as usize],
+                alone: rates(capacity, demand, None),
             })
         })
         .collect()
@@ -232,21 +278,24 @@ impl Timelines {
     /// the other users of its NICs weighted by their shares of it), on its most loaded domain.
     /// The interval is the transfer's on the current (stretched) timeline, so its bytes move at
     /// the time-averaged rate: the harmonic, not the arithmetic, mean of the slowdowns.
-    fn slowdown(&self, capacity: f64, g: usize, stage: &NetStage, a: f64, b: f64) -> f64 {
+    fn slowdown(&self, rates: &mut Rates, g: usize, stage: &NetStage, a: f64, b: f64) -> f64 {
         let len = b - a;
         if len <= 0.0 {
             return 1.0;
         }
         // Data-parallel kinds that can be in flight beside this transfer, with their shares of
         // its interval: a collective of the same kind is the same collective (no second flow).
-        let kinds: Vec<f64> = self
-            .data_parallel
-            .iter()
-            .filter(|(c, _)| Some(*c) != stage.data_parallel)
-            .map(|(_, list)| covered(list, a, b) / len)
-            .filter(|&p| p > 0.0)
-            .collect();
-        let alone = mean_rate(capacity, stage.demand, &kinds, None);
+        let mut shares = [0.0; KINDS];
+        let mut n = 0;
+        for (_, list) in self.data_parallel.iter().filter(|(c, _)| Some(*c) != stage.data_parallel) {
+            let p = covered(list, a, b) / len;
+            if p > 0.0 {
+                shares[n] = p;
+                n += 1;
+            }
+        }
+        let kinds = &shares[..n];
+        let alone = mean_rate(stage.demand, &stage.alone, kinds);
         let mut slowest = alone;
         // Another group's own flows on a domain this transfer loads: a data-parallel ring loads
         // every domain. (The planner never puts two groups' own flows on one domain: groups are
@@ -259,7 +308,7 @@ impl Timelines {
             for &(s, e, demand) in list[first..].iter().take_while(|x| x.0 < b) {
                 let share = (e.min(b) - s.max(a)) / len;
                 rest -= share;
-                rate += share * mean_rate(capacity, stage.demand, &kinds, Some(demand));
+                rate += share * mean_rate(stage.demand, &rates.of(stage.demand, demand), kinds);
             }
             if rest < 1.0 {
                 slowest = slowest.min(rate + rest.max(0.0) * alone);
@@ -269,14 +318,62 @@ impl Timelines {
     }
 }
 
-/// The mean rate of a transfer's flows, relative to their isolated rate, over the states of the
-/// data-parallel kinds in flight (each with probability `kinds[i]`, independently), beside
-/// `other` flows if any.
-fn mean_rate(capacity: f64, own: NetworkDemand, kinds: &[f64], other: Option<NetworkDemand>) -> f64 {
+/// Data-parallel kinds: at most one ring flow per collective kind.
+const KINDS: usize = Collective::ALL.len();
+
+/// A transfer's `own` flows' rate relative to their isolated rate (at most 1) with `n`
+/// data-parallel ring flows beside them, `n` = 0..=[`KINDS`], and `other` flows of another group
+/// on its domain if any: what [`mean_rate`] weighs.
+fn rates(capacity: f64, own: NetworkDemand, other: Option<NetworkDemand>) -> [f64; KINDS + 1] {
+    let other = other.map_or((0.0, 0), |o| (o.cap_per_flow, o.flows_per_node));
+    let mut rates = [0.0; KINDS + 1];
+    for (in_flight, r) in (0u32..).zip(rates.iter_mut()) {
+        // A data-parallel collective is one ring flow per domain, capped at its NICs.
+        let mut classes = [(own.cap_per_flow, own.flows_per_node), (capacity, in_flight), other];
+        let rate = own.cap_per_flow.min(water_level(capacity, &mut classes));
+        *r = (rate / own.isolated_rate).min(1.0);
+    }
+    rates
+}
+
+/// [`rates`] beside another group's flows, tabulated once per pricing by the shapes of both
+/// transfers' flows: a micro-batch has a few flow shapes and hundreds of thousands of transfers.
+/// The last one asked is kept apart: a group's transfers in a row mostly have one shape.
+struct Rates {
+    capacity: f64,
+    table: HashMap<RateKey, [f64; KINDS + 1]>,
+    last: Option<(RateKey, [f64; KINDS + 1])>,
+}
+
+/// The bits of (own cap, own flows, own isolated rate, other cap, other flows).
+type RateKey = [u64; 5];
+
+impl Rates {
+    fn of(&mut self, own: NetworkDemand, other: NetworkDemand) -> [f64; KINDS + 1] {
+        let key = [
+            own.cap_per_flow.to_bits(),
+            own.flows_per_node.into(),
+            own.isolated_rate.to_bits(),
+            other.cap_per_flow.to_bits(),
+            other.flows_per_node.into(),
+        ];
+        if let Some((_, r)) = self.last.filter(|(k, _)| *k == key) {
+            return r;
+        }
+        let capacity = self.capacity;
+        let r = *self.table.entry(key).or_insert_with(|| rates(capacity, own, Some(other)));
+        self.last = Some((key, r));
+        r
+    }
+}
+
+/// The mean rate of a transfer's `own` flows, relative to their isolated rate, over the states of
+/// the data-parallel kinds in flight (each with probability `kinds[i]`, independently), from
+/// their `rates` by how many are in flight ([`Rates::of`]).
+fn mean_rate(own: NetworkDemand, rates: &[f64; KINDS + 1], kinds: &[f64]) -> f64 {
     if own.flows_per_node == 0 {
         return 1.0;
     }
-    let other = other.map_or((0.0, 0), |o| (o.cap_per_flow, o.flows_per_node));
     let mut mean = 0.0;
     for state in 0..1usize << kinds.len() {
         let mut p = 1.0;
@@ -289,10 +386,7 @@ fn mean_rate(capacity: f64, own: NetworkDemand, kinds: &[f64], other: Option<Net
                 p *= 1.0 - q;
             }
         }
-        // A data-parallel collective is one ring flow per domain, capped at its NICs.
-        let mut classes = [(own.cap_per_flow, own.flows_per_node), (capacity, in_flight), other];
-        let rate = own.cap_per_flow.min(water_level(capacity, &mut classes));
-        mean += p * (rate / own.isolated_rate).min(1.0);
+        mean += p * rates[in_flight];
     }
     mean
 }
@@ -428,5 +522,30 @@ mod tests {
         b.stages.insert(0, idle);
         let times = cm.shared_times_s(&[(&a, &[0]), (&b, &[1])]);
         assert_eq!(times, vec![a.time_s(), b.time_s()]);
+    }
+
+    #[test]
+    fn twins_priced_once_give_what_pricing_each_gives() {
+        // Three gathering groups that share one program (twins, priced once) and the same three
+        // as separate copies (priced each), beside an all-to-all across both nodes and a
+        // reduce-scatter that starts half-way through the gathers: the same times, to the bit.
+        let cm = model();
+        let a2a = program(&cm, Transfer::new(Collective::AllToAll, 16, 2, 1e8), 16);
+        let gather = program(&cm, data_parallel(Collective::AllGather), 1);
+        let mut reduce = program(&cm, data_parallel(Collective::ReduceScatter), 1);
+        let half = 0.5 * gather.time_s();
+        let wait = Stage { compute_s: half, mean_compute_s: half, transfer: None, transfer_s: 0.0, ..reduce.stages[0].clone() };
+        reduce.stages.insert(0, wait);
+        let copies: Vec<Program> = (0..3).map(|_| gather.clone()).collect();
+        let all: Vec<u32> = (0..16).collect();
+        let (r0, r1, r2, r9) = ([0u32], [1u32], [2u32], [9u32]);
+        let twins = [(&a2a, &all[..]), (&gather, &r0[..]), (&reduce, &r1[..]), (&gather, &r2[..]), (&gather, &r9[..])];
+        let apart = [(&a2a, &all[..]), (&copies[0], &r0[..]), (&reduce, &r1[..]), (&copies[1], &r2[..]), (&copies[2], &r9[..])];
+        let times = cm.shared_times_s(&twins);
+        assert_eq!(times, cm.shared_times_s(&apart));
+        // Not a micro-batch that shares nothing: every group waits on another's traffic.
+        for (t, (p, _)) in times.iter().zip(&twins) {
+            assert!(*t > p.time_s() * (1.0 + CONVERGED), "{t} vs alone {}", p.time_s());
+        }
     }
 }
