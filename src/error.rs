@@ -115,6 +115,42 @@ impl Error {
     }
 }
 
+/// 1-based line numbers of CSV records, counted from their byte offsets: the csv crate's own
+/// `Position::line` counts one line short per CRLF line ending and skips blank lines. Line
+/// endings are the reader's (`\n`, `\r\n` or a lone `\r`). A record's offset can point at the
+/// line ending before it, so the count stops at its first byte that is not a line ending.
+/// Records come in order, so each count resumes where the last stopped (an earlier offset
+/// restarts it).
+pub struct CsvLines<'a> {
+    bytes: &'a [u8],
+    byte: usize,
+    line: usize,
+}
+
+impl<'a> CsvLines<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, byte: 0, line: 1 }
+    }
+
+    /// The line of the record at `position` (0 when the reader gave none).
+    pub fn of(&mut self, position: Option<&csv::Position>) -> usize {
+        let Some(position) = position else { return 0 };
+        let mut start = usize::try_from(position.byte()).map_or(self.bytes.len(), |b| b.min(self.bytes.len()));
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start < self.byte {
+            (self.byte, self.line) = (0, 1);
+        }
+        let between = &self.bytes[self.byte..start];
+        let lone_returns = between.windows(2).filter(|w| w[0] == b'\r' && w[1] != b'\n').count()
+            + usize::from(between.last() == Some(&b'\r'));
+        self.line += between.iter().filter(|&&b| b == b'\n').count() + lone_returns;
+        self.byte = start;
+        self.line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +161,17 @@ mod tests {
         assert_eq!(e.exit_code(), EXIT_INTERNAL);
         assert_ne!(e.exit_code(), Error::invalid("x", "y").exit_code());
         assert!(e.to_string().contains("this is a bug"), "{e}");
+    }
+
+    #[test]
+    fn csv_records_are_located_on_their_lines_whatever_the_line_endings() {
+        for text in ["a,b\n1,2\n\n3,4\nx,y\n", "a,b\r\n1,2\r\n\r\n3,4\r\nx,y\r\n", "a,b\r1,2\r\r3,4\rx,y"] {
+            let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+            let mut lines = CsvLines::new(text.as_bytes());
+            let found: Vec<(String, usize)> =
+                reader.records().map(|r| r.unwrap()).map(|r| (r[0].to_string(), lines.of(r.position()))).collect();
+            let expected: Vec<(String, usize)> = [("1", 2), ("3", 4), ("x", 5)].map(|(f, l)| (f.to_string(), l)).to_vec();
+            assert_eq!(found, expected, "{text:?}");
+        }
     }
 }

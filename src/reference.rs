@@ -351,14 +351,15 @@ fn records(file: &str, text: &str, header: &[&str]) -> Result<Vec<(usize, csv::S
     if found.iter().collect::<Vec<_>>() != header {
         return Err(Error::input(path, 1, format!("header is {found:?}, expected {header:?}"), "fix the header"));
     }
+    let mut lines = crate::error::CsvLines::new(text.as_bytes());
     reader
         .records()
         .map(|r| {
             let r = r.map_err(|e| {
-                let line = e.position().map_or(0, |p| p.line() as usize);
+                let line = lines.of(e.position());
                 Error::input(path, line, e.to_string(), "fix the row")
             })?;
-            let line = r.position().map_or(0, |p| p.line() as usize);
+            let line = lines.of(r.position());
             Ok((line, r))
         })
         .collect()

@@ -115,6 +115,15 @@ fn malformed_row_names_file_line_and_expectation() {
 }
 
 #[test]
+fn rows_of_crlf_and_blank_lined_files_are_located_on_their_own_lines() {
+    // The csv crate's own line count is one short per CRLF line and skips blank lines.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crlf.csv");
+    std::fs::write(&path, "tokens\r\n100\r\n\r\n200\r\nabc\r\n").unwrap();
+    fails_with(path.to_str().unwrap(), &["crlf.csv:5", "tokens = 'abc' is not an integer"]);
+}
+
+#[test]
 fn negative_and_fractional_lengths_are_refused() {
     fails_with(&data("negative.csv"), &["negative.csv:3", "-5 is negative"]);
     fails_with(&data("fractional.csv"), &["fractional.csv:3", "'3.5' is not an integer"]);

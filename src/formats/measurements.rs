@@ -279,5 +279,11 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("m.csv:2"), "{err}");
+        // Windows line endings and a blank line: the row is on line 4.
+        let good = "collective,all_gather,8,1,1024,,,false,2e-5,,5,x";
+        let text = format!("{}\r\n{good}\r\n\r\ncollective,all_gather,8,1,1024,,,false,abc,,5,x\r\n", HEADER[..12].join(","));
+        std::fs::write(&path, text).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("m.csv:4"), "{err}");
     }
 }

@@ -37,6 +37,7 @@ pub fn parse_csv<T: DeserializeOwned>(path: &Path, bytes: &[u8], required: &[&st
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let hint = || format!("see {doc} for the columns of {name}");
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let mut lines = crate::error::CsvLines::new(bytes);
     let headers = reader
         .headers()
         .map_err(|e| Error::input(path, 1, format!("unreadable header: {e}"), hint()))?
@@ -52,10 +53,10 @@ pub fn parse_csv<T: DeserializeOwned>(path: &Path, bytes: &[u8], required: &[&st
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
+            let line = lines.of(e.position());
             Error::input(path, line, format!("unreadable row: {e}"), hint())
         })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = lines.of(record.position());
         let row = record
             .deserialize::<T>(Some(&headers))
             .map_err(|e| Error::input(path, line, describe_csv_error(&e, &headers, &record), hint()))?;

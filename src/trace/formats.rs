@@ -2,7 +2,7 @@
 //! [`LengthSink`], which applies the one set of rules for what a valid length is.
 
 use super::LENGTH_FIELDS;
-use crate::error::{Error, Result};
+use crate::error::{CsvLines, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -222,8 +222,9 @@ fn parse_csv(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Result<()> {
         .trim(csv::Trim::All)
         .from_reader(bytes);
     let mut record = csv::ByteRecord::new();
-    let csv_err = |e: csv::Error| {
-        let line = e.position().map_or(0, |p| p.line() as usize);
+    let mut lines = CsvLines::new(bytes);
+    let csv_err = |lines: &mut CsvLines, e: csv::Error| {
+        let line = lines.of(e.position());
         match e.kind() {
             csv::ErrorKind::Utf8 { .. } => not_utf8(path, line),
             _ => Error::input(path, line, format!("malformed CSV: {e}"), "check quoting and separators"),
@@ -231,17 +232,18 @@ fn parse_csv(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Result<()> {
     };
     // The first non-empty record decides whether there is a header.
     let column = loop {
-        if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+        if !reader.read_byte_record(&mut record).map_err(|e| csv_err(&mut lines, e))? {
             return Ok(()); // empty file: `finish` reports it
         }
         if record.iter().all(|f| f.is_empty()) {
             continue;
         }
-        break csv_column(path, &record, sink)?;
+        let line = lines.of(record.position());
+        break csv_column(path, line, &record, sink)?;
     };
     let (index, name) = column;
-    while reader.read_byte_record(&mut record).map_err(csv_err)? {
-        let line = record.position().map_or(0, |p| p.line() as usize);
+    while reader.read_byte_record(&mut record).map_err(|e| csv_err(&mut lines, e))? {
+        let line = lines.of(record.position());
         if record.len() == 1 && record[0].is_empty() {
             continue;
         }
@@ -260,8 +262,7 @@ fn parse_csv(path: &Path, bytes: &[u8], sink: &mut LengthSink) -> Result<()> {
 
 /// Finds the length column from the first record: a header naming one of [`LENGTH_FIELDS`], or a
 /// single integer column without a header (in which case the record is itself a value).
-fn csv_column(path: &Path, first: &csv::ByteRecord, sink: &mut LengthSink) -> Result<(usize, String)> {
-    let line = first.position().map_or(1, |p| p.line() as usize);
+fn csv_column(path: &Path, line: usize, first: &csv::ByteRecord, sink: &mut LengthSink) -> Result<(usize, String)> {
     let fields: Vec<String> = first.iter().map(|f| String::from_utf8_lossy(f).to_ascii_lowercase()).collect();
     for name in LENGTH_FIELDS {
         if let Some(index) = fields.iter().position(|f| f == name) {
