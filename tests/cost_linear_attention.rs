@@ -237,6 +237,11 @@ fn tune_plans_a_real_trace_on_the_hybrid_preset_and_the_report_names_the_schemes
     }
     let summary = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
     assert!(summary.contains("## Schemes of the groups") && summary.contains("| hsap | lasp2h |"), "{summary}");
+    // The baselines were asked for and skipped, not left out with `--baselines none`.
+    assert!(
+        summary.contains("No baseline could plan this run") && summary.contains("static-ring") && !summary.contains("--baselines none"),
+        "{summary}"
+    );
     // The validator does not lay linear layers out yet: it refuses the plan rather than run
     // softmax attention in their place.
     Command::cargo_bin("hsap-tune")

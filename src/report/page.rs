@@ -77,7 +77,7 @@ pub fn summary_md(data: &RunData, speedups: &[SpeedupStats], accuracy: &[Accurac
     }
     let _ = writeln!(md, "## Speedup of hsap per batch\n");
     if speedups.is_empty() {
-        let _ = writeln!(md, "{NO_BASELINE}");
+        let _ = writeln!(md, "{}", no_baseline(s));
     } else {
         let _ = writeln!(md, "Baseline step time over hsap's, per batch (whole run: total over total).\n");
         let _ = writeln!(md, "| baseline | batches | min | p25 | median | p75 | max | mean | whole run | batches hsap is slower |");
@@ -153,7 +153,23 @@ fn lasp_schemes_table(data: &RunData) -> Option<String> {
     Some(md)
 }
 
-const NO_BASELINE: &str = "No baseline ran (`--baselines none`): there is nothing to compare hsap with.";
+/// Why there is no speedup to show: no baseline asked for, or every one asked for skipped (a
+/// linear-attention model, a cluster planned in pods), with the reasons the planner gave.
+fn no_baseline(s: &Summary) -> String {
+    let skipped = &s.planner.skipped;
+    if skipped.is_empty() {
+        return "No baseline ran (`--baselines none`): there is nothing to compare hsap with.".to_string();
+    }
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, why) in skipped {
+        match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+            Some((_, names)) => names.push(name.as_str()),
+            None => reasons.push((why.as_str(), vec![name.as_str()])),
+        }
+    }
+    let reasons: Vec<String> = reasons.iter().map(|(why, names)| format!("{} ({why})", names.join(", "))).collect();
+    format!("No baseline could plan this run: there is nothing to compare hsap with. Skipped: {}.", reasons.join("; "))
+}
 
 /// The documents the run left out, as the headline says it: how many, and their share of the
 /// trace's tokens.
@@ -347,7 +363,7 @@ nav a {{ margin-right: 1em; }}
     }
     let _ = writeln!(h, "<h2>Speedup of hsap per batch</h2>");
     if speedups.is_empty() {
-        let _ = writeln!(h, "<p>{}</p>", esc(NO_BASELINE));
+        let _ = writeln!(h, "<p>{}</p>", esc(&no_baseline(s)));
     } else {
         let _ = writeln!(h, "<table id=\"speedups\">");
         let _ = writeln!(
