@@ -89,6 +89,38 @@ ensure_test_deps() {
     local lib
     lib=$(dirname "$(compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" | head -n 1)")
     export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    ensure_cudnn
+}
+
+# cuDNN's graph libraries from the nvidia-cudnn-cu12 wheel (pinned; no GPU needed), for
+# tests/cudnn_graphs.rs, which hands --kernels cudnn's attention graphs to it: only the three
+# libraries it loads to finalize graphs are kept (163 MB of the wheel's 717 MB). Named in
+# HSAP_CUDNN_LIB_DIR, not put on LD_LIBRARY_PATH: the test gives them to a child process.
+CUDNN_WHEEL_VERSION=9.28.0.42
+ensure_cudnn() {
+    local dir="$HSAP_CACHE/cudnn-$CUDNN_WHEEL_VERSION"
+    local libs=(libcudnn.so.9 libcudnn_graph.so.9 libcudnn_engines_runtime_compiled.so.9)
+    if [ ! -e "$dir/${libs[2]}" ]; then
+        echo "fetching cuDNN's graph libraries (nvidia-cudnn-cu12==$CUDNN_WHEEL_VERSION) into $dir" >&2
+        local tmp
+        tmp=$(mktemp -d)
+        # The NVRTC venv's pip (ensure_test_deps made it): Debian's python3 has none of its own.
+        "$HSAP_CACHE/nvrtc-venv/bin/pip" download --quiet --no-deps --dest "$tmp" "nvidia-cudnn-cu12==$CUDNN_WHEEL_VERSION"
+        mkdir -p "$dir.partial"
+        python3 - "$tmp"/nvidia_cudnn_cu12-*.whl "$dir.partial" "${libs[@]}" <<'PY'
+import shutil, sys, zipfile
+wheel, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    for name in names:
+        with z.open(f"nvidia/cudnn/lib/{name}") as src, open(f"{out}/{name}", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+PY
+        rm -rf "$tmp" "$dir"
+        mv "$dir.partial" "$dir"
+    fi
+    export HSAP_CUDNN_LIB_DIR="$dir"
+    # tests/cudnn_graphs.rs fails instead of skipping when cuDNN is missing.
+    export HSAP_REQUIRE_CUDNN=1
 }
 
 # The Python package in a cached virtual environment: maturin and pytest once (pinned), then

@@ -44,7 +44,7 @@ fn validate_plan() {
     }
     let kernel = pricer.cost_model().attention.kernel;
     assert_eq!(kernel, AttentionKernel::Fa2, "the A100 plan prices FlashAttention-2");
-    let (calls, notes) = HarnessPlan::for_schedules(&schedules, kernel, 5, 1, "validate plan.json --kernels torch");
+    let (calls, notes) = HarnessPlan::for_schedules(&schedules, kernel, hsap::gpu::harness::KernelSet::Torch, 5, 1, "validate plan.json --kernels torch");
     assert!(notes.is_empty(), "{notes:?}");
     golden("validate-plan.json", &calls);
 }

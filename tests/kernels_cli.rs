@@ -41,7 +41,11 @@ fn calibrate_run_names_what_each_kernel_set_lacks() {
 
     let e = run("cudnn", "python3");
     assert!(e.contains("calibrate --run --kernels cudnn cannot run here; missing: libcuda.so"), "{e}");
-    assert!(e.contains("does not build cuDNN's SDPA graphs"), "{e}");
+    // And every library of the set this machine lacks, by name.
+    for (library, present) in hsap::gpu::harness::cudnn_libraries() {
+        assert_eq!(e.contains(library), !present, "{library}: {e}");
+    }
+    assert!(e.contains("cuDNN 9.1 or later"), "{e}");
 
     let e = run("reference", "python3");
     assert!(e.contains("libcuda.so") && e.contains("srun "), "{e}");

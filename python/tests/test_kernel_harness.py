@@ -65,6 +65,11 @@ def test_pairs_and_flops_follow_flashattention_conventions():
     assert call(seqlens_q=[4]).flops(False) == 4 * 10 * 2 * 8
     assert call(seqlens_q=[4]).flops(True) == 2.5 * 4 * 10 * 2 * 8
     assert harness.GemmCall({"m": 2, "n": 3, "k": 5}).flops() == 60
+    # The shapes as src/gpu/harness.rs writes them for --kernels cudnn (its test
+    # `pairs_flops_and_shapes_are_the_harness_s` pins the same strings).
+    assert call(seqlens_q=[4, 3]).shape() == "seqlen=7;heads=2;kv_heads=2;head_dim=8;causal=1;docs=2;varlen=1"
+    assert call(seqlens_q=[2], seqlens_k=[4], causal=False).shape() == "seqlen=2;seqlen_k=4;heads=2;kv_heads=2;head_dim=8;causal=0;docs=1;varlen=0"
+    assert harness.GemmCall({"m": 2, "n": 3, "k": 5, "dtype": "fp8"}).shape() == "m=2;n=3;k=5"
 
 
 def test_the_shape_plan_gives_each_call_the_kernels_that_take_it(tmp_path):

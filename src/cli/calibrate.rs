@@ -63,7 +63,7 @@ pub struct CalibrateArgs {
     /// With --run: the kernels that time attention and GEMMs. torch: what training runs, through
     /// PyTorch (SDPA's flash, cuDNN and efficient backends, flash_attn 2 and 3, Transformer
     /// Engine; torch.matmul, torch._scaled_mm), by the harness this binary ships; cudnn: cuDNN's
-    /// fused attention and cuBLASLt without Python (not built yet: refused, naming what it needs);
+    /// fused attention (its graph API, cuDNN 9.1 or later) and cuBLASLt, without Python;
     /// reference: cuBLAS GEMMs only, attention left to the published tables (hsap's own attention
     /// kernels prove plans correct, their speed is nobody's). Collectives are NCCL's in every set.
     #[arg(long, value_enum, value_name = "SET", default_value = "torch", requires = "run")]
@@ -255,7 +255,7 @@ fn run_microbenchmarks(args: &CalibrateArgs, err: &mut dyn Write) -> Result<Opti
     let source = format!("calibrate --run --kernels {} ({})", args.kernels.name(), cluster.name);
     let timeout = std::time::Duration::from_secs(args.timeout);
     let mut rows = Vec::new();
-    // One process of the torch set times the kernels alone: there is nothing to send.
+    // One process of the torch or cudnn set times the kernels alone: there is nothing to send.
     if launch.world > 1 || args.kernels == KernelSet::Reference {
         crate::gpu::cuda::check_libraries()?;
         writeln!(
@@ -277,18 +277,21 @@ fn run_microbenchmarks(args: &CalibrateArgs, err: &mut dyn Write) -> Result<Opti
         writeln!(err, "one process: no collectives measured (launch one process per GPU of whole nodes to measure them)").map_err(io_out)?;
     }
     let dir = args.report_dir();
-    if args.kernels == KernelSet::Torch {
+    if args.kernels != KernelSet::Reference {
         let kernels = HarnessPlan::for_calibration(&plan, &cluster, args.repeats, args.warmup, &source);
+        let by = match args.kernels {
+            KernelSet::Torch => format!("PyTorch, {}", harness::python().display()),
+            _ => "cuDNN's fused attention and cuBLASLt".into(),
+        };
         writeln!(
             err,
-            "timing {} attention calls and {} GEMMs with the production kernels (PyTorch, {}) on GPU {}",
+            "timing {} attention calls and {} GEMMs with the production kernels ({by}) on GPU {}",
             kernels.attention.len(),
             kernels.gemms.len(),
-            harness::python().display(),
             launch.local_rank
         )
         .map_err(io_out)?;
-        rows.extend(harness::run(&kernels, &dir, launch.local_rank, err)?);
+        rows.extend(harness::run_production(args.kernels, &kernels, &dir, launch.local_rank, err)?);
     }
     let path = dir.join("microbenchmarks.csv");
     measurements::write(&path, &rows)?;

@@ -47,8 +47,9 @@ pub struct ValidateArgs {
     /// The kernels to run. torch: time every attention call and GEMM of the plan's program with
     /// the stack's production kernel through PyTorch (one process, one GPU), against the
     /// prediction; reference: run the whole plan on every GPU with hsap's own attention kernels,
-    /// proving it correct (its times are not comparable with the prediction); cudnn: not built
-    /// yet (refused). Default: torch where PyTorch with CUDA is importable, else reference.
+    /// proving it correct (its times are not comparable with the prediction); cudnn: as torch,
+    /// without Python: cuDNN's fused attention (when the stack prices cuDNN's) and cuBLASLt.
+    /// Default: torch where PyTorch with CUDA is importable, else reference.
     #[arg(long, value_enum, value_name = "SET")]
     pub kernels: Option<KernelSet>,
 }
@@ -82,8 +83,8 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
     harness::require("validate", set)?;
     let cm = pricer.cost_model();
     let priced = cm.attention.kernel;
-    if set == KernelSet::Torch {
-        return validate_torch(args, &schedules, priced, out, err);
+    if set != KernelSet::Reference {
+        return validate_production(args, set, &schedules, priced, out, err);
     }
     writeln!(
         out,
@@ -104,32 +105,38 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -
     crate::gpu::cuda::validate(&plan, &schedules, &options, out, err)
 }
 
-/// `validate --kernels torch`: the program's attention calls and GEMMs, timed on this process's
-/// GPU by the stack's kernel through the harness, against the cost model's prediction of each.
-fn validate_torch(args: &ValidateArgs, schedules: &[Schedule], kernel: crate::cost::AttentionKernel, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+/// `validate --kernels torch|cudnn`: the program's attention calls and GEMMs, timed on this
+/// process's GPU by the stack's kernel (through the harness, or cuDNN and cuBLASLt), against the
+/// cost model's prediction of each.
+fn validate_production(args: &ValidateArgs, set: KernelSet, schedules: &[Schedule], kernel: crate::cost::AttentionKernel, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     let launch = crate::gpu::launch::Launch::from_env()?;
     if launch.rank != 0 {
-        writeln!(err, "rank {}: nothing to do; with --kernels torch rank 0 times every rank's kernels on its GPU", launch.rank).map_err(io_out)?;
+        writeln!(err, "rank {}: nothing to do; with --kernels {} rank 0 times every rank's kernels on its GPU", launch.rank, set.name()).map_err(io_out)?;
         return Ok(());
     }
-    let source = format!("validate {} --kernels torch", args.plan.display());
-    let (calls, notes) = HarnessPlan::for_schedules(schedules, kernel, args.repeats, args.warmup, &source);
+    let source = format!("validate {} --kernels {}", args.plan.display(), set.name());
+    let (calls, notes) = HarnessPlan::for_schedules(schedules, kernel, set, args.repeats, args.warmup, &source);
     writeln!(
         out,
-        "kernels: torch: {} distinct attention calls and {} GEMMs of the plan's program on GPU {}, attention by {} ({}), GEMMs by torch.matmul; collectives are not timed in this mode (--kernels reference runs them)",
+        "kernels: {}: {} distinct attention calls and {} GEMMs of the plan's program on GPU {}, attention by {} ({}), GEMMs by {}; collectives are not timed in this mode (--kernels reference runs them)",
+        set.name(),
         calls.attention.len(),
         calls.gemms.len(),
         launch.local_rank,
         kernel.name(),
-        kernel.measured_names().join(", ")
+        kernel.measured_names().join(", "),
+        if set == KernelSet::Cudnn { "cuBLASLt" } else { "torch.matmul" }
     )
     .map_err(io_out)?;
+    if set == KernelSet::Cudnn && kernel != crate::cost::AttentionKernel::Cudnn {
+        writeln!(out, "note: the stack prices {} attention; --kernels cudnn times cuDNN's only, so attention is not timed (use --kernels torch)", kernel.name()).map_err(io_out)?;
+    }
     for n in &notes {
         writeln!(out, "note: {n}").map_err(io_out)?;
     }
     let dir = args.out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let dir = dir.join(format!("{}-harness", args.out.file_stem().map_or("measurements".into(), |s| s.to_string_lossy().into_owned())));
-    let rows = harness::run(&calls, &dir, launch.local_rank, err)?;
+    let rows = harness::run_production(set, &calls, &dir, launch.local_rank, err)?;
     crate::formats::measurements::write(&args.out, &rows)?;
     let mut timed: Vec<String> = rows.iter().map(|r| r.kernel_label()).collect();
     timed.sort();

@@ -1280,7 +1280,7 @@ fn op_row(s: &Schedule, op: &OpKind, rank: u32, gpn: u32, pair_flops: f64) -> Op
 /// kernels, which calibration refuses as attention efficiency (docs/measurements.md).
 type Ran = (&'static str, &'static str, &'static str);
 const HSAP_REFERENCE: Ran = (measurements::REFERENCE_KERNEL, "hsap", "bf16");
-const CUBLAS_GEMM: Ran = ("cublas_gemm", "cublas", "bf16");
+pub(super) const CUBLAS_GEMM: Ran = ("cublas_gemm", "cublas", "bf16");
 const NCCL: Ran = ("nccl", "nccl", "bf16");
 
 fn set_kernel(r: &mut Measurement, (kernel, library, dtype): Ran) {

@@ -46,6 +46,15 @@ impl KernelSet {
             KernelSet::Reference => "reference",
         }
     }
+
+    /// The name of the kernel that times GEMMs in the rows.
+    pub fn gemm_kernel(self) -> &'static str {
+        match self {
+            KernelSet::Torch => "matmul",
+            KernelSet::Cudnn => super::cudnn::GEMM_KERNEL,
+            KernelSet::Reference => super::cuda::CUBLAS_GEMM.0,
+        }
+    }
 }
 
 /// Documents packed into one varlen call of the calibration plan: as many documents of the
@@ -131,6 +140,52 @@ impl AttentionCall {
         }
     }
 
+    /// The (query, key) pairs the call computes, as the harness counts them: a causal document
+    /// aligns its last query with its last key (FlashAttention's convention for unequal lengths).
+    pub fn pairs(&self) -> u64 {
+        if let Some(p) = self.pairs {
+            return p;
+        }
+        self.seqlens_q
+            .iter()
+            .zip(&self.seqlens_k)
+            .map(|(&lq, &lk)| {
+                let (lq, lk) = (u64::from(lq), u64::from(lk));
+                match (self.causal, lk >= lq) {
+                    (false, _) => lq * lk,
+                    // Query i (0-based) sees keys up to lk - lq + i.
+                    (true, true) => lq * (lk - lq + 1) + lq * (lq - 1) / 2,
+                    // The last lk queries see 1..lk keys, the earlier ones none.
+                    (true, false) => lk * (lk + 1) / 2,
+                }
+            })
+            .sum()
+    }
+
+    /// The call's FLOPs in `pass` (FlashAttention's convention, `cost::attention::flops_per_pair`).
+    pub fn flops(&self, pass: crate::cost::Pass) -> f64 {
+        self.pairs() as f64 * f64::from(self.heads) * crate::cost::attention::flops_per_pair(pass, f64::from(self.head_dim))
+    }
+
+    /// The measurement rows' `shape` of the call, as the harness writes it.
+    pub fn shape(&self) -> String {
+        let (tq, tk): (u64, u64) = (self.seqlens_q.iter().map(|&l| u64::from(l)).sum(), self.seqlens_k.iter().map(|&l| u64::from(l)).sum());
+        let mut parts = vec![format!("seqlen={tq}")];
+        if tk != tq {
+            parts.push(format!("seqlen_k={tk}"));
+        }
+        parts.push(format!(
+            "heads={};kv_heads={};head_dim={};causal={};docs={};varlen={}",
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            u8::from(self.causal),
+            self.seqlens_q.len(),
+            u8::from(self.varlen)
+        ));
+        parts.join(";")
+    }
+
     /// The cost model's tiles of the call (the tile model of `cost::attention`): per document of
     /// `t` tiles a side, t (t + 1) / 2 tiles causal or t^2 full, and t thread blocks.
     fn tiles(&self) -> (f64, f64) {
@@ -140,6 +195,16 @@ impl AttentionCall {
             let live = if self.causal { tq * (tq + 1.0) / 2.0 + tq * (tk - tq).max(0.0) } else { tq * tk };
             (tiles + live, lead + tq)
         })
+    }
+}
+
+impl GemmCall {
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+
+    pub fn shape(&self) -> String {
+        format!("m={};n={};k={}", self.m, self.n, self.k)
     }
 }
 
@@ -203,10 +268,11 @@ impl HarnessPlan {
     /// `validate`'s kernels: every attention call and GEMM of the schedules' programs, each
     /// distinct call once per batch with how often the step makes it (`calls=` in `source`) and
     /// the cost model's prediction of one call, timed by the stack's attention kernel (the first
-    /// of its names the harness can run, [`AttentionKernel::measured_names`]) and torch.matmul.
+    /// of its names the harness can run, [`AttentionKernel::measured_names`]) and `set`'s GEMMs
+    /// (torch.matmul; cuBLASLt for `cudnn`).
     /// Also returns the attention calls no production kernel can make as one call (a mask that is
     /// neither causal nor full on the documents both sides share), one line per batch.
-    pub fn for_schedules(schedules: &[Schedule], kernel: AttentionKernel, repeats: u32, warmup: u32, source: &str) -> (HarnessPlan, Vec<String>) {
+    pub fn for_schedules(schedules: &[Schedule], kernel: AttentionKernel, set: KernelSet, repeats: u32, warmup: u32, source: &str) -> (HarnessPlan, Vec<String>) {
         let mut attention: Vec<(AttentionCall, u64)> = Vec::new();
         let mut gemms: Vec<(GemmCall, u64)> = Vec::new();
         let mut notes = Vec::new();
@@ -262,7 +328,7 @@ impl HarnessPlan {
             }
         }
         let mut names: Vec<String> = kernel.measured_names().iter().map(|n| n.to_string()).collect();
-        names.push("matmul".into());
+        names.push(set.gemm_kernel().into());
         let plan = HarnessPlan {
             attention: attention.into_iter().map(|(c, _)| c).collect(),
             gemms: gemms.into_iter().map(|(c, _)| c).collect(),
@@ -402,8 +468,8 @@ pub fn cudnn_libraries() -> Vec<(&'static str, bool)> {
 }
 
 /// Refuses a kernel set this machine cannot run for `command`, naming everything missing at
-/// once: the NVIDIA driver for all, PyTorch with CUDA for `torch`, cuDNN and cuBLASLt for
-/// `cudnn`, which this version cannot run yet in any case.
+/// once: the NVIDIA driver for all, PyTorch with CUDA for `torch`, cuDNN 9 and cuBLASLt for
+/// `cudnn`.
 pub fn require(command: &str, set: KernelSet) -> Result<()> {
     if set == KernelSet::Reference && !super::cuda::driver_present() {
         // Only the driver is missing: the executor's own error says how to launch on GPUs.
@@ -416,15 +482,7 @@ pub fn require(command: &str, set: KernelSet) -> Result<()> {
     match set {
         KernelSet::Reference => {}
         KernelSet::Torch => missing.extend(missing_for_harness()?),
-        KernelSet::Cudnn => {
-            missing.extend(cudnn_libraries().into_iter().filter(|(_, ok)| !ok).map(|(n, _)| n.to_string()));
-            // Refused even where every library is there: say so, rather than time something else.
-            missing.push(
-                "the cuDNN path itself: this version of hsap-tune does not build cuDNN's SDPA graphs (forward and backward, through \
-                 the cudnnBackend* descriptor API) or cuBLASLt matmul descriptors through cudarc yet"
-                    .into(),
-            );
-        }
+        KernelSet::Cudnn => missing.extend(cudnn_libraries().into_iter().filter(|(_, ok)| !ok).map(|(n, _)| n.to_string())),
     }
     if missing.is_empty() {
         return Ok(());
@@ -436,10 +494,22 @@ pub fn require(command: &str, set: KernelSet) -> Result<()> {
                 "run on a GPU node whose Python has a CUDA build of PyTorch (set {PYTHON_VAR} to it; flash_attn, flash_attn_interface and \
                  transformer_engine are timed where importable); docs/calibration.md"
             ),
-            KernelSet::Cudnn => "use --kernels torch on nodes with PyTorch; docs/calibration.md says what --kernels cudnn will need".into(),
+            KernelSet::Cudnn => "run on a GPU node with cuDNN 9.1 or later and cuBLASLt on LD_LIBRARY_PATH (the CUDA toolkit's, or the \
+                                 nvidia-cudnn-cu12 and nvidia-cublas-cu12 wheels' lib folders); docs/calibration.md"
+                .into(),
             KernelSet::Reference => "run on GPU nodes; docs/validate.md".into(),
         },
     })
+}
+
+/// Times `plan`'s calls with `set`'s production kernels on CUDA device `device`: the harness
+/// (`torch`, with `dir` for its files) or cuDNN and cuBLASLt (`cudnn`).
+pub fn run_production(set: KernelSet, plan: &HarnessPlan, dir: &Path, device: u32, log: &mut dyn std::io::Write) -> Result<Vec<Measurement>> {
+    match set {
+        KernelSet::Torch => run(plan, dir, device, log),
+        KernelSet::Cudnn => super::cudnn::run(plan, device, log),
+        KernelSet::Reference => Err(Error::internal("the reference kernels are not production kernels")),
+    }
 }
 
 /// Runs the harness over `plan` on CUDA device `device`: the script, the plan
@@ -571,7 +641,7 @@ mod tests {
         for s in &mut schedules {
             s.price(&pricer);
         }
-        let (calls, notes) = HarnessPlan::for_schedules(&schedules, AttentionKernel::Fa2, 5, 1, "validate plan.json");
+        let (calls, notes) = HarnessPlan::for_schedules(&schedules, AttentionKernel::Fa2, KernelSet::Torch, 5, 1, "validate plan.json");
         assert_eq!(calls.kernels.as_deref().unwrap(), ["flash_attn_2", "sdpa_flash", "fa2", "matmul"]);
         assert!(calls.first_only);
         // Every call of the program is counted once: the calls= tags add up to the ops.
@@ -633,10 +703,42 @@ mod tests {
     }
 
     #[test]
-    fn the_cudnn_set_is_refused_naming_what_it_needs() {
+    fn pairs_flops_and_shapes_are_the_harness_s() {
+        // The closed forms of python/tests/test_kernel_harness.py, so that rows timed without
+        // Python (--kernels cudnn) count work as the harness's do.
+        let call = |q: &[u32], k: &[u32], causal: bool| AttentionCall {
+            seqlens_q: q.to_vec(),
+            seqlens_k: k.to_vec(),
+            heads: 2,
+            head_dim: 8,
+            kv_heads: 2,
+            varlen: q.len() > 1,
+            ..AttentionCall::dense(1, 2, 2, 8, causal)
+        };
+        assert_eq!(call(&[4], &[4], true).pairs(), 10);
+        assert_eq!(call(&[4, 3], &[4, 3], true).pairs(), 16);
+        assert_eq!(call(&[4], &[4], false).pairs(), 16);
+        assert_eq!(call(&[2], &[4], true).pairs(), 7);
+        assert_eq!(call(&[4], &[2], true).pairs(), 3);
+        assert_eq!(AttentionCall { pairs: Some(5), ..call(&[4], &[4], true) }.pairs(), 5);
+        use crate::cost::Pass;
+        assert_eq!(call(&[4], &[4], true).flops(Pass::Fwd), f64::from(4 * 10 * 2 * 8));
+        assert_eq!(call(&[4], &[4], true).flops(Pass::Bwd), 2.5 * f64::from(4 * 10 * 2 * 8));
+        assert_eq!(GemmCall { m: 2, n: 3, k: 5, dtype: "bf16", predicted_s: None, tag: String::new() }.flops(), 60.0);
+        assert_eq!(call(&[4, 3], &[4, 3], true).shape(), "seqlen=7;heads=2;kv_heads=2;head_dim=8;causal=1;docs=2;varlen=1");
+        assert_eq!(call(&[2], &[4], false).shape(), "seqlen=2;seqlen_k=4;heads=2;kv_heads=2;head_dim=8;causal=0;docs=1;varlen=0");
+        assert_eq!(GemmCall { m: 2, n: 3, k: 5, dtype: "fp8", predicted_s: None, tag: String::new() }.shape(), "m=2;n=3;k=5");
+    }
+
+    #[test]
+    fn the_cudnn_set_names_what_this_machine_lacks() {
+        if super::super::cuda::driver_present() {
+            return;
+        }
         let err = require("calibrate --run", KernelSet::Cudnn).unwrap_err();
         assert_eq!(err.exit_code(), 4);
         let text = err.to_string();
-        assert!(text.contains("calibrate --run --kernels cudnn cannot run here") && text.contains("does not build cuDNN's SDPA graphs"), "{text}");
+        assert!(text.contains("calibrate --run --kernels cudnn cannot run here; missing: libcuda.so"), "{text}");
+        assert!(!text.contains("does not build"), "{text}");
     }
 }

@@ -9,6 +9,8 @@
 //! - [`program`]: a rank's blocks laid out from its group's workload, and priced back.
 //! - [`launch`]: rank detection (Slurm, Open MPI, torchrun) and the TCP rendezvous.
 //! - [`cuda`]: the CUDA executor and the calibration microbenchmarks.
+//! - [`cudnn`]: `--kernels cudnn`: cuDNN's fused attention (graph API) and cuBLASLt, timed
+//!   without Python.
 //! - [`harness`]: the kernel sets (`--kernels torch|cudnn|reference`) and the production-kernel
 //!   harness (harness/hsap_kernels.py) run with PyTorch.
 //! - [`reference`]: the CPU reference executor, a group's attention schedule with real numbers
@@ -17,6 +19,7 @@
 
 pub mod attention;
 pub mod cuda;
+pub mod cudnn;
 pub mod harness;
 pub mod kernels;
 pub mod launch;
