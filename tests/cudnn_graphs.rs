@@ -105,6 +105,7 @@ fn attention_graphs_finalize_in_cudnn() {
         call(&[1024; 4], &[1024; 4], 16, 4, 64, true),
         call(&[300, 1000, 77], &[300, 1000, 77], 8, 8, 128, true),
         call(&[512, 256], &[1024, 256], 8, 2, 128, true),
+        call(&[512], &[2048], 16, 16, 64, true),
         call(&[512, 256], &[700, 90], 8, 8, 256, false),
     ];
     for c in &calls {
@@ -148,4 +149,8 @@ fn calls_cudnn_does_not_take_say_why() {
     assert_eq!((s.b, s.h, s.hk, s.s_q, s.s_kv, s.d, s.padded, s.bottom_right), (4, 16, 4, 1024, 1024, 64, false, false));
     let s = sdpa::Shape::of(&call(&[512, 256], &[1024, 256], 8, 2, 128, true)).unwrap();
     assert_eq!((s.s_q, s.s_kv, s.padded, s.bottom_right), (512, 1024, true, true));
+    // One dense document with more keys than queries (a ring step): its diagonal needs the
+    // lengths, so they are passed (its graphs are among those cuDNN finalizes above).
+    let s = sdpa::Shape::of(&call(&[512], &[2048], 8, 8, 128, true)).unwrap();
+    assert_eq!((s.b, s.padded, s.bottom_right), (1, true, true));
 }

@@ -30,7 +30,8 @@ pub struct Shape {
     pub s_kv: i64,
     pub d: i64,
     pub causal: bool,
-    /// Some document is shorter than the longest (per-document lengths mask the rest).
+    /// Per-document lengths are passed: some document is shorter than the longest (the lengths
+    /// mask the rest), or the diagonal is bottom-right (it is placed by them).
     pub padded: bool,
     /// Some causal document has more keys than queries (the diagonal ends at the last key).
     pub bottom_right: bool,
@@ -55,7 +56,9 @@ impl Shape {
         if call.causal && call.seqlens_q.iter().zip(&call.seqlens_k).any(|(q, k)| k < q) {
             return Err("a causal document with fewer keys than queries".into());
         }
-        let padded = call.seqlens_q.iter().any(|&l| l != s_q) || call.seqlens_k.iter().any(|&l| l != s_kv);
+        let bottom_right = call.causal && call.seqlens_q.iter().zip(&call.seqlens_k).any(|(q, k)| q != k);
+        // The bottom-right diagonal reads the lengths, so such a call has them even unpadded.
+        let padded = bottom_right || call.seqlens_q.iter().any(|&l| l != s_q) || call.seqlens_k.iter().any(|&l| l != s_kv);
         Ok(Shape {
             b: call.seqlens_q.len() as i64,
             h: i64::from(call.heads),
@@ -65,7 +68,7 @@ impl Shape {
             d: i64::from(call.head_dim),
             causal: call.causal,
             padded,
-            bottom_right: call.causal && call.seqlens_q.iter().zip(&call.seqlens_k).any(|(q, k)| q != k),
+            bottom_right,
         })
     }
 
@@ -173,9 +176,11 @@ impl Build {
         Ok(y)
     }
 
-    fn index(&mut self, name: &str, scores: Tensor, axis: i64) -> Result<Tensor> {
+    /// Row (axis 2) or column (axis 3) indices of the scores, computed in `compute` (cudnn-frontend's
+    /// padding mask asks for int32, its causal mask leaves the graph's f32).
+    fn index(&mut self, name: &str, scores: Tensor, axis: i64, compute: Option<DataType>) -> Result<Tensor> {
         let y = self.g.virt(&self.shape.scores(), I32)?;
-        self.g.pointwise(name, Pointwise::CUDNN_POINTWISE_GEN_INDEX, scores, None, None, y, Some(axis), Some(I32))?;
+        self.g.pointwise(name, Pointwise::CUDNN_POINTWISE_GEN_INDEX, scores, None, None, y, Some(axis), compute)?;
         Ok(y)
     }
 
@@ -189,8 +194,8 @@ impl Build {
     /// Scores of padding rows and columns set to -inf.
     fn padding_mask(&mut self, s: Tensor, (seq_q, seq_kv): (Tensor, Tensor), neg_inf: Tensor) -> Result<Tensor> {
         let scores = self.shape.scores();
-        let row = self.index("gen_row_idx_padding", s, 2)?;
-        let col = self.index("gen_col_idx_padding", s, 3)?;
+        let row = self.index("gen_row_idx_padding", s, 2, Some(I32))?;
+        let col = self.index("gen_col_idx_padding", s, 3, Some(I32))?;
         let row_in = self.pw("lt_row_sq_padding", Pointwise::CUDNN_POINTWISE_CMP_LT, row, Some(seq_q), &scores, BOOL)?;
         let col_in = self.pw("lt_col_skv_padding", Pointwise::CUDNN_POINTWISE_CMP_LT, col, Some(seq_kv), &scores, BOOL)?;
         let keep = self.pw("and_row_col_padding", Pointwise::CUDNN_POINTWISE_LOGICAL_AND, row_in, Some(col_in), &scores, BOOL)?;
@@ -200,11 +205,13 @@ impl Build {
     /// Scores above the diagonal set to -inf: keep row (+ keys - queries) >= column.
     fn causal_mask(&mut self, s: Tensor, lengths: Option<(Tensor, Tensor)>, neg_inf: Tensor) -> Result<Tensor> {
         let scores = self.shape.scores();
-        let mut row = self.index("gen_row_index", s, 2)?;
-        let col = self.index("gen_col_index", s, 3)?;
+        let mut row = self.index("gen_row_index", s, 2, None)?;
+        let col = self.index("gen_col_index", s, 3, None)?;
         if self.shape.bottom_right {
-            // Documents of unequal lengths are padded (`Shape::of`), so the lengths are there.
-            let (seq_q, seq_kv) = lengths.expect("a bottom-right causal call is padded");
+            // `Shape::of` passes the lengths of every bottom-right call.
+            let Some((seq_q, seq_kv)) = lengths else {
+                return Err(crate::error::Error::internal("a bottom-right causal attention graph without document lengths"));
+            };
             let y = self.g.virt(&scores, I32)?;
             self.g.pointwise("row+skv", Pointwise::CUDNN_POINTWISE_ADD, row, Some(seq_kv), None, y, Some(3), Some(I32))?;
             let z = self.g.virt(&scores, I32)?;
@@ -215,12 +222,14 @@ impl Build {
         self.select("binary_select", s, keep, neg_inf)
     }
 
-    /// `scale (q k^T)` masked: padding, then (forward) causal.
-    fn scores(&mut self, name: &str, q: Tensor, kt: Tensor, scale: Tensor, lengths: Option<(Tensor, Tensor)>, neg_inf: Tensor) -> Result<Tensor> {
+    /// `scale (q k^T)` with the padding masked; the forward's matmul also zeroes the padding
+    /// (cudnn-frontend sets that padding value on the forward's first matmul only).
+    #[allow(clippy::too_many_arguments)]
+    fn scores(&mut self, name: &str, q: Tensor, kt: Tensor, scale: Tensor, lengths: Option<(Tensor, Tensor)>, neg_inf: Tensor, zero_padding: bool) -> Result<Tensor> {
         let dims = self.shape.scores();
         let s = self.g.virt(&dims, F32)?;
         let overrides = [lengths.map(|l| l.0), lengths.map(|l| l.1), None];
-        self.g.matmul(name, q, kt, s, overrides, lengths.map(|_| 0.0))?;
+        self.g.matmul(name, q, kt, s, overrides, lengths.filter(|_| zero_padding).map(|_| 0.0))?;
         let s = self.pw("attn_scale", Pointwise::CUDNN_POINTWISE_MUL, s, Some(scale), &dims, F32)?;
         match lengths {
             Some(l) => self.padding_mask(s, l, neg_inf),
@@ -244,7 +253,7 @@ pub fn forward(shape: Shape) -> Result<Sdpa> {
     let scale = b.scalar(Role::Scale)?;
     let neg_inf = b.scalar(Role::NegInf)?;
     let lengths = b.lengths()?;
-    let mut s = b.scores("bmm1", q, kt, scale, lengths, neg_inf)?;
+    let mut s = b.scores("bmm1", q, kt, scale, lengths, neg_inf, true)?;
     if sh.causal {
         s = b.causal_mask(s, lengths, neg_inf)?;
     }
@@ -296,7 +305,7 @@ pub fn backward(shape: Shape) -> Result<Sdpa> {
     b.g.pointwise("scale_dropout_inv", Pointwise::CUDNN_POINTWISE_MUL, rowsum, Some(one), None, softmax_sum, None, None)?;
 
     // P recomputed: exp(scale q k^T - stats), masked.
-    let s = b.scores("matmul_Q_KT", q, kt, scale, lengths, neg_inf)?;
+    let s = b.scores("matmul_Q_KT", q, kt, scale, lengths, neg_inf, false)?;
     let mut s = b.pw("sub_s_m", Pointwise::CUDNN_POINTWISE_SUB, s, Some(stats), &scores, F32)?;
     if sh.causal {
         s = b.causal_mask(s, lengths, neg_inf)?;
