@@ -242,7 +242,7 @@ impl Plan {
     /// Checks that the plan can be replayed and run as written: its model and cluster are valid;
     /// in every micro-batch each GPU of the cluster is in exactly one group; every group has
     /// ranks, positive degrees whose product is its size, one layout per rank whose token ranges
-    /// agree with its `cu_seqlens` and together hold the group's tokens; and every document of a
+    /// agree with its `cu_seqlens` and together hold each of the group's tokens once; and every document of a
     /// batch is in exactly one group of one micro-batch. Errors name `path`, the batch, the
     /// micro-batch and the group.
     pub fn check(&self, path: &Path) -> Result<()> {
@@ -341,7 +341,58 @@ fn check_group(group: &GroupPlan, gpus: u32, owner: &mut [Option<usize>], g: usi
     if held != tokens {
         return Err(format!("its ranks hold {held} tokens but its documents have {tokens}"));
     }
+    check_disjoint(&group.rank_layouts)
+}
+
+/// No token of the group is held twice: with every range inside the group's tokens and as many
+/// held as it has, each token is then held exactly once. Ranges are swept by start, each compared
+/// with the ranges still open at its start: one where ranges follow each other, a stripe's
+/// stride where they interleave.
+fn check_disjoint(layouts: &[RankLayout]) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(TokenRange, u32)> = layouts.iter().flat_map(|l| l.token_ranges.iter().map(move |&t| (t, l.rank))).collect();
+    ranges.sort_unstable_by_key(|(t, _)| (t.start, t.end));
+    let mut open: Vec<(TokenRange, u32)> = Vec::new();
+    for (t, rank) in ranges {
+        open.retain(|(o, _)| o.end > t.start);
+        if let Some((o, other, x)) = open.iter().find_map(|&(o, other)| shared_token(&o, &t).map(|x| (o, other, x))) {
+            let text = |t: &TokenRange| if t.stride == 1 { format!("{}..{}", t.start, t.end) } else { format!("{}..{} by {}", t.start, t.end, t.stride) };
+            return Err(format!("ranks {other} and {rank} both hold token {x} (their ranges {} and {})", text(&o), text(&t)));
+        }
+        open.push((t, rank));
+    }
     Ok(())
+}
+
+/// The first token two ranges both hold, if any: `x = a.start (mod a.stride)` and `x = b.start
+/// (mod b.stride)` inside both, by the Chinese remainder theorem.
+fn shared_token(a: &TokenRange, b: &TokenRange) -> Option<u64> {
+    let (lo, hi) = (a.start.max(b.start), a.end.min(b.end));
+    if lo >= hi {
+        return None;
+    }
+    let (sa, sb) = (i128::from(a.stride), i128::from(b.stride));
+    let (g, inv, _) = extended_gcd(sa, sb);
+    let diff = i128::from(b.start) - i128::from(a.start);
+    if diff % g != 0 {
+        return None;
+    }
+    // a.start + sa k = b.start (mod sb): k = (diff / g) inv (mod sb / g).
+    let m = sb / g;
+    let k = ((diff / g) % m * (inv % m) % m + m) % m;
+    let lcm = sa / g * sb;
+    let x0 = i128::from(a.start) + sa * k;
+    let lo = i128::from(lo);
+    let x = if x0 >= lo { x0 } else { x0 + (lo - x0 + lcm - 1) / lcm * lcm };
+    (x < i128::from(hi)).then_some(x as u64)
+}
+
+/// (gcd(a, b), x, y) with a x + b y = gcd(a, b), for positive a and b.
+fn extended_gcd(a: i128, b: i128) -> (i128, i128, i128) {
+    if b == 0 {
+        return (a, 1, 0);
+    }
+    let (g, x, y) = extended_gcd(b, a % b);
+    (g, y, x - a / b * y)
 }
 
 /// A rank's layout: token ranges inside the group's `tokens`, and `cu_seqlens` (unpadded and
@@ -367,4 +418,41 @@ fn check_layout(layout: &RankLayout, tokens: u64) -> std::result::Result<u64, St
         return Err(format!("its token ranges hold {held} tokens but cu_seqlens counts {counted}"));
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{shared_token, TokenRange};
+    use proptest::prelude::*;
+
+    fn r(start: u64, end: u64, stride: u32) -> TokenRange {
+        TokenRange { start, end, stride }
+    }
+
+    #[test]
+    fn shared_tokens_of_intervals_and_stripes() {
+        assert_eq!(shared_token(&r(0, 10, 1), &r(10, 20, 1)), None);
+        assert_eq!(shared_token(&r(0, 10, 1), &r(9, 20, 1)), Some(9));
+        // A stripe of 4 starting at 1 (1, 5, 9) and one starting at 2 never meet; one at 5 does.
+        assert_eq!(shared_token(&r(1, 10, 4), &r(2, 11, 4)), None);
+        assert_eq!(shared_token(&r(1, 10, 4), &r(5, 6, 1)), Some(5));
+        // Strides 4 and 6 from 1 and 3: 9 is the first token both hold (1, 5, 9 / 3, 9).
+        assert_eq!(shared_token(&r(1, 30, 4), &r(3, 30, 6)), Some(9));
+        assert_eq!(shared_token(&r(1, 9, 4), &r(3, 30, 6)), None);
+        // Parities differ: strides 2 and 4 from 0 and 1 never meet.
+        assert_eq!(shared_token(&r(0, 100, 2), &r(1, 100, 4)), None);
+    }
+
+    proptest! {
+        /// Against enumerating both ranges' tokens.
+        #[test]
+        fn shared_token_is_the_first_common_token(a0 in 0u64..60, an in 1u64..40, sa in 1u32..9, b0 in 0u64..60, bn in 1u64..40, sb in 1u32..9) {
+            let a = r(a0, a0 + (an - 1) * u64::from(sa) + 1, sa);
+            let b = r(b0, b0 + (bn - 1) * u64::from(sb) + 1, sb);
+            let tokens = |t: &TokenRange| (t.start..t.end).step_by(t.stride as usize).collect::<std::collections::BTreeSet<u64>>();
+            let first = tokens(&a).intersection(&tokens(&b)).next().copied();
+            prop_assert_eq!(shared_token(&a, &b), first);
+            prop_assert_eq!(shared_token(&b, &a), first);
+        }
+    }
 }

@@ -103,6 +103,16 @@ fn a_document_missing() {
 }
 
 #[test]
+fn two_ranks_holding_the_same_tokens() {
+    // Rank 4 (slot 1 of the u4 x r2 group) takes tokens 1000..2000 instead of 1250..2250: as
+    // many tokens, inside the group, agreeing with its cu_seqlens; but 1000..1250 are rank 1's
+    // and 2000..2250 nobody's.
+    let mut p = plan();
+    group(&mut p, 0, 0)["rank_layouts"][4]["token_ranges"] = json!([{"start": 1000, "end": 2000}]);
+    refused(&p, &["batch 4, micro-batch 0, group 0", "ranks 1 and 4 both hold token 1000 (their ranges 1000..1250 and 1000..2000)"]);
+}
+
+#[test]
 fn token_ranges_that_disagree_with_cu_seqlens() {
     let mut p = plan();
     group(&mut p, 0, 2)["rank_layouts"][1]["cu_seqlens"] = json!([0, 5]);
