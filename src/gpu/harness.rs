@@ -146,20 +146,7 @@ impl AttentionCall {
         if let Some(p) = self.pairs {
             return p;
         }
-        self.seqlens_q
-            .iter()
-            .zip(&self.seqlens_k)
-            .map(|(&lq, &lk)| {
-                let (lq, lk) = (u64::from(lq), u64::from(lk));
-                match (self.causal, lk >= lq) {
-                    (false, _) => lq * lk,
-                    // Query i (0-based) sees keys up to lk - lq + i.
-                    (true, true) => lq * (lk - lq + 1) + lq * (lq - 1) / 2,
-                    // The last lk queries see 1..lk keys, the earlier ones none.
-                    (true, false) => lk * (lk + 1) / 2,
-                }
-            })
-            .sum()
+        self.seqlens_q.iter().zip(&self.seqlens_k).map(|(&lq, &lk)| document_pairs(u64::from(lq), u64::from(lk), self.causal)).sum()
     }
 
     /// The call's FLOPs in `pass` (FlashAttention's convention, `cost::attention::flops_per_pair`).
@@ -195,6 +182,18 @@ impl AttentionCall {
             let live = if self.causal { tq * (tq + 1.0) / 2.0 + tq * (tk - tq).max(0.0) } else { tq * tk };
             (tiles + live, lead + tq)
         })
+    }
+}
+
+/// The (query, key) pairs of one document of `lq` queries and `lk` keys: all of them, or causal
+/// with the last query aligned with the last key (FlashAttention's convention).
+fn document_pairs(lq: u64, lk: u64, causal: bool) -> u64 {
+    match (causal, lk >= lq) {
+        (false, _) => lq * lk,
+        // Query i (0-based) sees keys up to lk - lq + i.
+        (true, true) => lq * (lk - lq + 1) + lq * (lq - 1) / 2,
+        // The last lk queries see 1..lk keys, the earlier ones none.
+        (true, false) => lk * (lk + 1) / 2,
     }
 }
 
@@ -374,7 +373,7 @@ fn attention_calls(a: &Attn, gv: &GroupVarlen, head_dim: u32, fwd: bool, predict
             } else if k0 >= q1 {
                 continue;
             } else if q1 == k1 && k0 <= q0 {
-                (0, lq * (lk - lq + 1) + lq * (lq - 1) / 2)
+                (0, document_pairs(lq, lk, true))
             } else {
                 return None;
             };

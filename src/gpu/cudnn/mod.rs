@@ -416,7 +416,7 @@ pub fn run(plan: &HarnessPlan, device: u32, log: &mut dyn Write) -> Result<Vec<M
 pub fn measure(plan: &HarnessPlan, timer: &mut dyn Timer, log: &mut dyn Write) -> Result<Vec<Measurement>> {
     let io = crate::output::io_out;
     let cudnn_names: Vec<&str> = crate::cost::AttentionKernel::Cudnn.measured_names().to_vec();
-    let (attention, gemms) = (asked(plan, &cudnn_names), asked(plan, &[GEMM_KERNEL, "matmul"]));
+    let (attention, gemms) = (asked(plan, &cudnn_names), asked(plan, &[GEMM_KERNEL]));
     let [(attn_lib, attn_version), (gemm_lib, gemm_version)] = timer.versions();
     let base = |kernel: &str, library: String, version: String| Measurement {
         kernel: kernel.into(),
