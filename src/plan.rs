@@ -444,6 +444,26 @@ mod tests {
     }
 
     proptest! {
+        /// Every layout hsap writes passes: each scheme and ring variant on random documents.
+        #[test]
+        fn the_layouts_of_every_scheme_hold_each_token_once(docs in proptest::collection::vec(1u32..300, 1..6), u in 0usize..3, r in 0usize..3) {
+            use crate::scheme::{layout, GroupShape, HsapParams, RingVariant, Scheme};
+            let (u, r) = ([1u32, 2, 4][u], [1u32, 2, 4][r]);
+            for scheme in Scheme::ALL {
+                let (u, r) = match scheme {
+                    Scheme::Ulysses => (u, 1),
+                    Scheme::Ring | Scheme::Allgather => (1, r),
+                    _ => (u, r),
+                };
+                for variant in RingVariant::ALL {
+                    let l = layout(&GroupShape { scheme, ulysses: u, ring: r, variant }, &docs, &HsapParams::default());
+                    let ranks: Vec<u32> = (0..u * r).collect();
+                    let layouts = super::RankLayout::from_layout(&l, &ranks);
+                    prop_assert_eq!(super::check_disjoint(&layouts), Ok(()), "{:?} u{} r{} {:?} on {:?}", scheme, u, r, variant, docs);
+                }
+            }
+        }
+
         /// Against enumerating both ranges' tokens.
         #[test]
         fn shared_token_is_the_first_common_token(a0 in 0u64..60, an in 1u64..40, sa in 1u32..9, b0 in 0u64..60, bn in 1u64..40, sb in 1u32..9) {
