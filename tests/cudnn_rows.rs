@@ -35,9 +35,8 @@ impl Timer for StandIn {
     }
     fn attention(&mut self, call: &AttentionCall, _warmup: u32, repeats: u32) -> hsap::error::Result<(Option<Vec<f64>>, Option<Vec<f64>>)> {
         self.attention_calls += 1;
-        let wants = |p: &str| call.passes.is_empty() || call.passes.contains(&p);
         let t = |pass| samples(call.flops(pass) / 400e12, repeats);
-        Ok((wants("fwd").then(|| t(hsap::cost::Pass::Fwd)), wants("bwd").then(|| t(hsap::cost::Pass::Bwd))))
+        Ok((call.wants("fwd").then(|| t(hsap::cost::Pass::Fwd)), call.wants("bwd").then(|| t(hsap::cost::Pass::Bwd))))
     }
     fn gemm(&mut self, call: &GemmCall, _warmup: u32, repeats: u32) -> hsap::error::Result<Vec<f64>> {
         Ok(samples(call.flops() / 600e12, repeats))

@@ -83,7 +83,7 @@ pub fn check_libraries() -> Result<()> {
 }
 
 /// Turns a cudarc error into an `Error::Gpu` naming what was being done.
-fn fail<E: std::fmt::Debug>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
+pub(super) fn fail<E: std::fmt::Debug>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
     move |e| Error::Gpu {
         what: format!("{what}: {e:?}"),
         hint: "a CUDA, cuBLAS or NCCL call failed; NCCL_DEBUG=WARN and CUDA_LAUNCH_BLOCKING=1 say more".into(),
@@ -1392,21 +1392,8 @@ pub fn microbenchmarks(
         let n_max = plan.groups.iter().map(Vec::len).max().unwrap_or(1) as u64;
         let (a, b) = (gpu.alloc(largest * n_max, false, 1)?, gpu.alloc(largest * n_max, false, 2)?);
         let tag = |what: &str| super::report::source(source, &[("rank", launch.rank.to_string()), ("bench", what.to_string())]);
-        let (start, end) = (gpu.event()?, gpu.event()?);
         let s = gpu.stream(Stream::Compute).clone();
-        let time = |gpu: &Gpu, f: &dyn Fn() -> Result<()>| -> Result<Vec<f64>> {
-            let mut t = Vec::new();
-            for i in 0..warmup + repeats {
-                gpu.record(&start, Stream::Compute)?;
-                f()?;
-                gpu.record(&end, Stream::Compute)?;
-                gpu.synchronize()?;
-                if i >= warmup {
-                    t.push(f64::from(start.elapsed_ms(&end).map_err(gpu_err_event)?) * 1e-3);
-                }
-            }
-            Ok(t)
-        };
+        let time = |gpu: &Gpu, f: &dyn Fn() -> Result<()>| time_events(&gpu.ctx, &s, warmup, repeats, &mut || f());
         for members in &plan.groups {
             let inside = members.iter().position(|&r| r == launch.rank);
             let comm = world.split(inside.map_or(NCCL_SPLIT_NOCOLOR, |_| 1), inside.unwrap_or(0) as u32)?;
@@ -1505,8 +1492,22 @@ pub fn microbenchmarks(
     Ok(Some(rows))
 }
 
-fn gpu_err_event(e: cudarc::driver::DriverError) -> Error {
-    fail("reading an event")(e)
+/// Seconds of each of `repeats` runs of `f` after `warmup` untimed ones, each between two events
+/// recorded on `stream`, waiting for the whole context after each run.
+pub(super) fn time_events(ctx: &Arc<CudaContext>, stream: &CudaStream, warmup: u32, repeats: u32, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let event = || ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(fail("creating an event"));
+    let (start, end) = (event()?, event()?);
+    let mut t = Vec::with_capacity(repeats as usize);
+    for i in 0..warmup + repeats {
+        start.record(stream).map_err(fail("recording an event"))?;
+        f()?;
+        end.record(stream).map_err(fail("recording an event"))?;
+        ctx.synchronize().map_err(fail("synchronizing the GPU"))?;
+        if i >= warmup {
+            t.push(f64::from(start.elapsed_ms(&end).map_err(fail("reading an event"))?) * 1e-3);
+        }
+    }
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -140,6 +140,11 @@ impl AttentionCall {
         }
     }
 
+    /// Whether `pass` (`fwd`, `bwd`) is to be timed: every pass where `passes` names none.
+    pub fn wants(&self, pass: &str) -> bool {
+        self.passes.is_empty() || self.passes.contains(&pass)
+    }
+
     /// The (query, key) pairs the call computes, as the harness counts them: a causal document
     /// aligns its last query with its last key (FlashAttention's convention for unequal lengths).
     pub fn pairs(&self) -> u64 {

@@ -10,6 +10,7 @@
 pub mod graph;
 pub mod sdpa;
 
+use super::cuda::fail;
 use super::harness::{AttentionCall, GemmCall, HarnessPlan};
 use crate::cost::Pass;
 use crate::error::{Error, Result};
@@ -28,10 +29,6 @@ pub const ATTENTION_KERNEL: &str = "cudnn_sdpa";
 pub const GEMM_KERNEL: &str = "cublaslt_matmul";
 /// The oldest cuDNN whose graphs these are (9.1: the composite masks without the 9.0 workaround).
 pub const MIN_CUDNN_VERSION: usize = 90100;
-
-fn fail<E: std::fmt::Debug>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
-    move |e| Error::Gpu { what: format!("{what}: {e:?}"), hint: "a CUDA or cuBLASLt call failed; CUDA_LAUNCH_BLOCKING=1 says more".into() }
-}
 
 /// cuDNN's version as `cudnnGetVersion` gives it (9.1.0 is 90100).
 pub fn cudnn_version() -> usize {
@@ -103,23 +100,8 @@ impl Device {
         Ok(pool.device_ptr(&self.stream).0)
     }
 
-    /// Seconds of each of `repeats` runs of `f` after `warmup` untimed ones, each between two
-    /// events on the stream.
     fn time(&self, warmup: u32, repeats: u32, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
-        let event = || self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(fail("creating an event"));
-        let (start, end) = (event()?, event()?);
-        for _ in 0..warmup {
-            f()?;
-        }
-        let mut t = Vec::with_capacity(repeats as usize);
-        for _ in 0..repeats {
-            start.record(&self.stream).map_err(fail("recording an event"))?;
-            f()?;
-            end.record(&self.stream).map_err(fail("recording an event"))?;
-            end.synchronize().map_err(fail("waiting for the GPU"))?;
-            t.push(f64::from(start.elapsed_ms(&end).map_err(fail("reading an event"))?) * 1e-3);
-        }
-        Ok(t)
+        super::cuda::time_events(&self.ctx, &self.stream, warmup, repeats, f)
     }
 }
 
@@ -137,14 +119,16 @@ fn random_bf16(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Bytes a tensor of `dims` and `strides` spans in memory.
+/// Bytes a tensor of `dims` and `strides` spans in memory (the graphs' tensors in memory are
+/// f32, int32 or bf16).
 fn span_bytes(spec: &graph::TensorSpec) -> i64 {
+    use super::schedule::{BF16_BYTES, F32_BYTES};
     let elems = 1 + spec.dims.iter().zip(&spec.strides).map(|(d, s)| (d - 1) * s).sum::<i64>();
     let size = match spec.dtype {
-        graph::DataType::CUDNN_DATA_FLOAT | graph::DataType::CUDNN_DATA_INT32 => 4,
-        _ => 2,
+        graph::DataType::CUDNN_DATA_FLOAT | graph::DataType::CUDNN_DATA_INT32 => F32_BYTES,
+        _ => BF16_BYTES,
     };
-    elems * size
+    elems * size as i64
 }
 
 /// A built and planned attention pass, ready to run.
@@ -196,11 +180,6 @@ impl Planned {
     }
 }
 
-/// Why this runner does not take `call`, if it does not.
-fn unsupported(call: &AttentionCall) -> Option<String> {
-    Shape::of(call).err()
-}
-
 /// Seconds of each timed repeat of a pass, where it was timed.
 type Samples = Option<Vec<f64>>;
 
@@ -208,17 +187,16 @@ type Samples = Option<Vec<f64>>;
 fn time_attention(dev: &mut Device, call: &AttentionCall, warmup: u32, repeats: u32) -> Result<(Samples, Samples)> {
     let shape = Shape::of(call).map_err(|why| Error::internal(format!("an attention call cuDNN does not take was timed: {why}")))?;
     let fwd = Planned::new(dev, sdpa::forward(shape)?)?;
-    let wants = |pass: &str| call.passes.is_empty() || call.passes.contains(&pass);
-    let bwd = if wants("bwd") { Some(Planned::new(dev, sdpa::backward(shape)?)?) } else { None };
+    let bwd = if call.wants("bwd") { Some(Planned::new(dev, sdpa::backward(shape)?)?) } else { None };
+    let passes: Vec<&Planned> = [Some(&fwd), bwd.as_ref()].into_iter().flatten().collect();
     let scalars: HashMap<Role, f32> = [(Role::Scale, 1.0 / (shape.d as f32).sqrt()), (Role::NegInf, f32::NEG_INFINITY), (Role::One, 1.0)].into();
     // Memory: inputs from the random pool, every other tensor its own.
     let mut owned: Vec<CudaSlice<u8>> = Vec::new();
     let mut lengths_owned: Vec<CudaSlice<i32>> = Vec::new();
     let mut pointers: HashMap<Role, u64> = HashMap::new();
     let read_only = [Role::Q, Role::K, Role::V, Role::DO];
-    let largest = [&Some(&fwd), &bwd.as_ref()]
-        .into_iter()
-        .flatten()
+    let largest = passes
+        .iter()
         .flat_map(|p| p.sdpa.tensors.iter().map(|&(r, t)| (r, span_bytes(p.sdpa.graph.spec(t)))))
         .filter(|(r, _)| read_only.contains(r))
         .map(|(_, b)| b)
@@ -234,7 +212,7 @@ fn time_attention(dev: &mut Device, call: &AttentionCall, warmup: u32, repeats: 
         pointers.insert(role, s.device_ptr(&dev.stream).0);
         lengths_owned.push(s);
     }
-    for p in [Some(&fwd), bwd.as_ref()].into_iter().flatten() {
+    for p in &passes {
         for &(role, t) in &p.sdpa.tensors {
             let spec = p.sdpa.graph.spec(t);
             if spec.by_value || pointers.contains_key(&role) {
@@ -249,7 +227,7 @@ fn time_attention(dev: &mut Device, call: &AttentionCall, warmup: u32, repeats: 
     let fwd_pack = fwd.pack(dev, &pointers, &scalars)?;
     // The forward runs at least once, so that the backward reads real output and statistics.
     fwd.run(dev, &fwd_pack)?;
-    let f = if wants("fwd") { Some(dev.time(warmup, repeats, &mut || fwd.run(dev, &fwd_pack))?) } else { None };
+    let f = if call.wants("fwd") { Some(dev.time(warmup, repeats, &mut || fwd.run(dev, &fwd_pack))?) } else { None };
     let b = match &bwd {
         Some(bwd) => {
             let pack = bwd.pack(dev, &pointers, &scalars)?;
@@ -435,7 +413,7 @@ pub fn measure(plan: &HarnessPlan, timer: &mut dyn Timer, log: &mut dyn Write) -
     for call in plan.attention.iter().filter(|_| attention) {
         done += 1;
         writeln!(log, "[{done}/{total}] {ATTENTION_KERNEL} {}", call.shape()).map_err(io)?;
-        if let Some(why) = unsupported(call) {
+        if let Err(why) = Shape::of(call) {
             writeln!(log, "skipped: {ATTENTION_KERNEL} {}: {why}", call.shape()).map_err(io)?;
             continue;
         }
